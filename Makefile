@@ -1,0 +1,41 @@
+# Two commands set everything up on a fresh machine: `make run` and `make test`.
+# Each bootstraps .venv itself (scripts/bootstrap.sh; fast when already done).
+
+VENV := .venv
+BIN := $(VENV)/bin
+TINY := var/tiny-model
+
+.PHONY: run test test-unit test-e2e lint format bootstrap engine tiny-model clean
+
+run: engine tiny-model
+	@scripts/run-demo.sh
+
+test: engine
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-unit: bootstrap
+	$(BIN)/python -m pytest neuron/tests cortex/tests $(PYTEST_ARGS)
+
+test-e2e: engine
+	$(BIN)/python -m pytest tests/e2e $(PYTEST_ARGS)
+
+lint: bootstrap
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy neuron/src cortex/src
+
+format: bootstrap
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bootstrap:
+	@scripts/bootstrap.sh dev
+
+engine:
+	@scripts/bootstrap.sh engine
+
+tiny-model: engine
+	@$(BIN)/python scripts/make_tiny_model.py $(TINY)
+
+clean:
+	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

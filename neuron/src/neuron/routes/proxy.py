@@ -1,0 +1,114 @@
+"""Inference: relay the request to the engine serving ``body.model`` and stream the answer back.
+
+The body is read once (bounded) and forwarded unchanged; only ``model`` and ``stream`` are
+looked at. The engine's answer is relayed byte for byte as it arrives. When the client goes
+away mid-stream the relay is cancelled and the upstream response closed, which vLLM sees as
+a disconnect and aborts the generation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
+
+import httpx
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from neuron.errors import BadRequest, EngineUnavailable, envelope
+from neuron.routes.body import parse_object, read_body
+
+if TYPE_CHECKING:
+    from neuron.app import Neuron
+    from neuron.registry import Slot
+
+log = logging.getLogger("neuron.proxy")
+
+PATHS = (
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/messages",
+    "/v1/messages/count_tokens",
+    "/v1/responses",
+    "/tokenize",
+    "/detokenize",
+)
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+    }
+)
+# The neuron's own token is for the neuron; never hand it to the engine.
+NOT_FORWARDED = HOP_BY_HOP | {"authorization"}
+
+
+async def proxy(request: Request) -> Response:
+    neuron: Neuron = request.app.state.neuron
+    body = await read_body(request, neuron.settings.max_body_bytes)
+    payload = parse_object(body)
+    model = payload.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequest("'model' is required and must be a non-empty string", param="model")
+    if not isinstance(payload.get("stream", False), bool):
+        raise BadRequest("'stream' must be true or false", param="stream")
+    slot = neuron.require(model)
+    headers = [(k, v) for k, v in request.headers.items() if k.lower() not in NOT_FORWARDED]
+    upstream = neuron.client.build_request(
+        request.method, slot.engine.url + request.url.path, content=body, headers=headers
+    )
+    release = neuron.track(slot)
+    try:
+        answer = await neuron.client.send(upstream, stream=True)
+    except httpx.TransportError as exc:
+        release(502)
+        log.warning("engine for %s unreachable: %r", model, exc)
+        raise EngineUnavailable(f"the engine serving {model!r} is not reachable") from None
+    except BaseException:
+        release(499)
+        raise
+    out_headers = {k: v for k, v in answer.headers.items() if k.lower() not in HOP_BY_HOP}
+    if "content-length" in answer.headers:  # raw bytes are relayed, so the length holds
+        out_headers["content-length"] = answer.headers["content-length"]
+    return StreamingResponse(
+        _relay(answer, slot, release),
+        status_code=answer.status_code,
+        headers=out_headers,
+    )
+
+
+async def _relay(
+    answer: httpx.Response, slot: Slot, release: Callable[[int], None]
+) -> AsyncIterator[bytes]:
+    status = answer.status_code
+    try:
+        async for chunk in answer.aiter_raw():
+            yield chunk
+    except httpx.TransportError as exc:
+        # Headers are gone already: say it in-band, then end the stream.
+        status = 502
+        log.warning("engine for %s broke off mid-answer: %r", slot.model_id, exc)
+        if answer.headers.get("content-type", "").startswith("text/event-stream"):
+            error = envelope(
+                f"the engine serving {slot.model_id!r} broke off the answer",
+                "engine_error",
+                "engine_unavailable",
+            )
+            yield f"event: error\ndata: {json.dumps(error)}\n\n".encode()
+    except BaseException:
+        status = 499  # the client went away; closing the answer aborts the generation
+        raise
+    finally:
+        await answer.aclose()
+        release(status)

@@ -1,0 +1,302 @@
+"""Fake stand-in for vLLM's OpenAI server, launched with vLLM's CLI flags (fast unit tests).
+
+Env: FAKE_ENGINE_STARTUP_DELAY, FAKE_ENGINE_FAIL, FAKE_ENGINE_CHUNK_DELAY, FAKE_ENGINE_EXIT_AFTER.
+A request body ``"fake_sleep": S`` delays a non-streamed reply by S seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+import uuid
+from collections.abc import AsyncGenerator
+from typing import Any, cast
+
+from hypercorn.asyncio import serve
+from hypercorn.config import Config
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+CHUNK_DELAY = float(os.environ.get("FAKE_ENGINE_CHUNK_DELAY", "0.01"))
+CHAT, COMPLETIONS, MESSAGES = "/v1/chat/completions", "/v1/completions", "/v1/messages"
+RUNNING = 0  # generation requests in flight, exported as vllm:num_requests_running
+
+
+def log(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def error(status: int, message: str, etype: str, param: str | None = None) -> JSONResponse:
+    body = {"error": {"message": message, "type": etype, "param": param, "code": status}}
+    return JSONResponse(body, status_code=status)
+
+
+def words(n: int) -> list[str]:
+    return (["fake", "reply"] + [str(i) for i in range(n)])[:n]
+
+
+def count_tokens(body: dict[str, Any]) -> int:
+    parts = [body.get("prompt"), body.get("input"), body.get("system")]
+    parts += [m.get("content") for m in body.get("messages", []) if isinstance(m, dict)]
+    return max(1, sum(len(json.dumps(p).split()) for p in parts if p))
+
+
+def sse(data: Any, event: str | None = None) -> bytes:
+    head = f"event: {event}\n" if event else ""
+    return f"{head}data: {data if isinstance(data, str) else json.dumps(data)}\n\n".encode()
+
+
+class Slot:
+    """Counts one in-flight generation request; release() is idempotent."""
+
+    def __init__(self) -> None:
+        global RUNNING
+        RUNNING, self.held = RUNNING + 1, True
+
+    def release(self) -> None:
+        global RUNNING
+        RUNNING, self.held = RUNNING - int(self.held), False
+
+
+class TrackedStream(StreamingResponse):
+    """Closes the generator (running its finally) even if cancelled mid-stream."""
+
+    def __init__(self, gen: AsyncGenerator[bytes, None], slot: Slot) -> None:
+        super().__init__(gen, media_type="text/event-stream")
+        self.gen, self.slot = gen, slot
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.gen.aclose()
+            self.slot.release()
+
+
+def complete(path: str, model: str, n: int, prompt: int) -> dict[str, Any]:
+    rid, text = f"fake-{uuid.uuid4().hex[:12]}", " ".join(words(n))
+    if path == MESSAGES:
+        return {
+            "id": rid,
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": [{"type": "text", "text": text}],
+            "stop_reason": "end_turn",
+            "stop_sequence": None,
+            "usage": {"input_tokens": prompt, "output_tokens": n},
+        }
+    usage = {"prompt_tokens": prompt, "completion_tokens": n, "total_tokens": prompt + n}
+    choice: dict[str, Any] = {"index": 0, "text": text, "finish_reason": "length"}
+    if path == CHAT:
+        choice = {
+            "index": 0,
+            "message": {"role": "assistant", "content": text},
+            "finish_reason": "length",
+        }
+    obj = "chat.completion" if path == CHAT else "text_completion"
+    return {
+        "id": rid,
+        "object": obj,
+        "created": int(time.time()),
+        "model": model,
+        "choices": [choice],
+        "usage": usage,
+    }
+
+
+async def stream(
+    path: str, model: str, n: int, prompt: int, usage: bool, slot: Slot
+) -> AsyncGenerator[bytes, None]:
+    rid, created = f"fake-{uuid.uuid4().hex[:12]}", int(time.time())
+    obj = "chat.completion.chunk" if path == CHAT else "text_completion"
+    try:
+        if path == MESSAGES:
+            msg = complete(path, model, 0, prompt) | {"id": rid, "content": [], "stop_reason": None}
+            yield sse({"type": "message_start", "message": msg}, "message_start")
+            block = {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "text", "text": ""},
+            }
+            yield sse(block, "content_block_start")
+        for i, tok in enumerate(words(n)):
+            await asyncio.sleep(CHUNK_DELAY)
+            text = tok if i == 0 else " " + tok
+            if path == MESSAGES:
+                delta = {
+                    "type": "content_block_delta",
+                    "index": 0,
+                    "delta": {"type": "text_delta", "text": text},
+                }
+                yield sse(delta, "content_block_delta")
+                continue
+            choice: dict[str, Any] = {"index": 0, "text": text}
+            if path == CHAT:
+                role = {"role": "assistant"} if i == 0 else {}
+                choice = {"index": 0, "delta": role | {"content": text}}
+            choice["finish_reason"] = "length" if i == n - 1 else None
+            yield sse(
+                {"id": rid, "object": obj, "created": created, "model": model, "choices": [choice]}
+            )
+        if path == MESSAGES:
+            yield sse({"type": "content_block_stop", "index": 0}, "content_block_stop")
+            yield sse(
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": "end_turn"},
+                    "usage": {"output_tokens": n},
+                },
+                "message_delta",
+            )
+            yield sse({"type": "message_stop"}, "message_stop")
+            return
+        if usage:
+            use = {"prompt_tokens": prompt, "completion_tokens": n, "total_tokens": prompt + n}
+            yield sse(
+                {
+                    "id": rid,
+                    "object": obj,
+                    "created": created,
+                    "model": model,
+                    "choices": [],
+                    "usage": use,
+                }
+            )
+        yield sse("[DONE]")
+    finally:
+        slot.release()
+
+
+def build_app(names: list[str]) -> ASGIApp:
+    async def health(_: Request) -> Response:
+        return Response(status_code=200)
+
+    async def models(_: Request) -> Response:
+        data = [{"id": n, "object": "model", "created": 0, "owned_by": "vllm"} for n in names]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def metrics(_: Request) -> Response:
+        text = (
+            "# HELP vllm:num_requests_running Number of requests in model execution batches.\n"
+            "# TYPE vllm:num_requests_running gauge\n"
+            f'vllm:num_requests_running{{model_name="{names[0]}"}} {float(RUNNING)}\n'
+        )
+        return Response(text, media_type="text/plain; version=0.0.4")
+
+    async def post(request: Request) -> Response:
+        path = request.url.path
+        try:
+            body = json.loads(await request.body() or b"{}")
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            return error(400, "request body must be a JSON object", "BadRequestError")
+        model = body.get("model", names[0])  # vLLM falls back to the served model if omitted
+        if model not in names:
+            return error(404, f"The model `{model}` does not exist.", "NotFoundError", "model")
+        prompt = count_tokens(body)
+        if path == "/v1/messages/count_tokens":
+            return JSONResponse({"input_tokens": prompt})
+        if path == "/v1/embeddings":
+            raw, vec = body.get("input", ""), [0.125 * k for k in range(8)]
+            data = [
+                {"object": "embedding", "index": i, "embedding": vec}
+                for i in range(len(raw) if isinstance(raw, list) else 1)
+            ]
+            usage = {"prompt_tokens": prompt, "total_tokens": prompt}
+            return JSONResponse({"object": "list", "data": data, "model": model, "usage": usage})
+        if path not in (CHAT, COMPLETIONS, MESSAGES):
+            return JSONResponse({"object": "echo", "path": path, "model": model, "body": body})
+        n = int(body.get("max_tokens") or body.get("max_completion_tokens") or 16)
+        slot = Slot()
+        if body.get("stream"):
+            usage_on = bool((body.get("stream_options") or {}).get("include_usage"))
+            return TrackedStream(stream(path, model, n, prompt, usage_on, slot), slot)
+        try:
+            await asyncio.sleep(float(body.get("fake_sleep", 0)))
+            return JSONResponse(complete(path, model, n, prompt))
+        finally:
+            slot.release()
+
+    posts = [
+        CHAT,
+        COMPLETIONS,
+        MESSAGES,
+        "/v1/messages/count_tokens",
+        "/v1/embeddings",
+        "/v1/responses",
+        "/tokenize",
+        "/detokenize",
+    ]
+    routes = [Route("/health", health), Route("/v1/models", models), Route("/metrics", metrics)]
+    app = Starlette(routes=routes + [Route(p, post, methods=["POST"]) for p in posts])
+
+    async def with_headers(scope: Scope, receive: Receive, send: Send) -> None:
+        rid = next((v for k, v in scope.get("headers", []) if k == b"x-request-id"), None)
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                extra = [(b"x-fake-engine", b"1")] + ([(b"x-request-id", rid)] if rid else [])
+                message["headers"] = [*message.get("headers", []), *extra]
+            await send(message)
+
+        await app(scope, receive, send_with_headers if scope["type"] == "http" else send)
+
+    return with_headers
+
+
+def quiet_cancel(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """Hide hypercorn's harmless CancelledError tracebacks when SIGTERM cuts open streams."""
+    if not isinstance(context.get("exception"), asyncio.CancelledError):
+        loop.default_exception_handler(context)
+
+
+async def main(args: argparse.Namespace, names: list[str]) -> None:
+    asyncio.get_running_loop().set_exception_handler(quiet_cancel)
+    config = Config()
+    config.bind, config.accesslog = [f"{args.host}:{args.port}"], None
+    config.loglevel, config.graceful_timeout = "WARNING", 0.5  # quiet stderr, fast SIGTERM
+    exit_after = os.environ.get("FAKE_ENGINE_EXIT_AFTER")
+    server = asyncio.create_task(serve(cast(Any, build_app(names)), config))
+    while exit_after:  # wait until the port accepts connections ("healthy"), then arm the crash
+        try:
+            (await asyncio.open_connection(args.host, args.port))[1].close()
+            break
+        except OSError:
+            await asyncio.sleep(0.01)
+    if exit_after:
+        await asyncio.sleep(float(exit_after))
+        log("ERROR fake engine: simulated crash (FAKE_ENGINE_EXIT_AFTER)")
+        os._exit(7)
+    await server
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="fake vLLM OpenAI server")
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--served-model-name", nargs="+", default=None)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    args, unknown = parser.parse_known_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # hypercorn takes over once serving
+    served = args.served_model_name or [args.model]
+    log(f"INFO fake engine starting model={args.model} served={','.join(served)}")
+    log(f"INFO fake engine ignoring args: {' '.join(unknown) or '-'}")
+    fail = os.environ.get("FAKE_ENGINE_FAIL")
+    if fail or args.model.startswith("/nonexistent"):
+        log("INFO loading weights")
+        log(f"ERROR fake engine: {fail or f'model source not found: {args.model}'}")
+        sys.exit(3 if fail else 1)
+    time.sleep(float(os.environ.get("FAKE_ENGINE_STARTUP_DELAY", "0")))
+    log(f"INFO fake engine serving on http://{args.host}:{args.port}")
+    asyncio.run(main(args, served))
