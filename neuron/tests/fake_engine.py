@@ -204,6 +204,8 @@ def build_app(names: list[str]) -> ASGIApp:
         model = body.get("model", names[0])  # vLLM falls back to the served model if omitted
         if model not in names:
             return error(404, f"The model `{model}` does not exist.", "NotFoundError", "model")
+        if isinstance(body.get("fake_status"), int):  # an engine-side error, e.g. a bad param
+            return error(body["fake_status"], "fake engine error", "BadRequestError")
         prompt = count_tokens(body)
         if path == "/v1/messages/count_tokens":
             return JSONResponse({"input_tokens": prompt})
@@ -242,11 +244,14 @@ def build_app(names: list[str]) -> ASGIApp:
     app = Starlette(routes=routes + [Route(p, post, methods=["POST"]) for p in posts])
 
     async def with_headers(scope: Scope, receive: Receive, send: Send) -> None:
-        rid = next((v for k, v in scope.get("headers", []) if k == b"x-request-id"), None)
+        headers = dict(scope.get("headers", []))
+        rid = headers.get(b"x-request-id")
+        saw_auth = b"yes" if b"authorization" in headers else b"no"
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                extra = [(b"x-fake-engine", b"1")] + ([(b"x-request-id", rid)] if rid else [])
+                extra = [(b"x-fake-engine", b"1"), (b"x-fake-engine-saw-authorization", saw_auth)]
+                extra += [(b"x-request-id", rid)] if rid else []
                 message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -115,3 +117,53 @@ async def wait_gone(pid: int, timeout: float = 10.0) -> bool:
 def kill_group(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
+
+
+class NeuronProcess:
+    """A real ``neuron`` process (the console script) with a config file, for signal tests."""
+
+    def __init__(self, tmp: Path, config: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.config = tmp / "neuron.toml"
+        self.config.write_text(config)
+        self.log = tmp / "neuron.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> subprocess.Popen[bytes]:
+        neuron = Path(sys.executable).with_name("neuron")
+        with self.log.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [str(neuron), "--config", str(self.config), "--port", str(self.port)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        return self.proc
+
+    async def wait_ready(self, client: httpx.AsyncClient, timeout: float = 60) -> None:
+        for _ in range(int(timeout / 0.1)):
+            with contextlib.suppress(httpx.TransportError):
+                if (await client.get(f"{self.url}/health")).json()["status"] == "ready":
+                    return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"neuron never ready:\n{self.log.read_text()}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def fake_engine_config(*models: str, drain_timeout: float = 10, **env: str) -> str:
+    """A neuron.toml that serves ``models`` (as default models) with the fake engine."""
+    command = json.dumps([sys.executable, str(FAKE_ENGINE)])
+    env_table = ", ".join(f'{k} = "{v}"' for k, v in env.items())
+    text = f"""host = "127.0.0.1"
+drain_timeout = {drain_timeout}
+[harness.vllm]
+command = {command}
+startup_timeout = 15
+stop_timeout = 5
+env = {{ {env_table} }}
+"""
+    return text + "".join(f'[[default_models]]\nmodel_id = "{m}"\n' for m in models)

@@ -76,9 +76,11 @@ class GpuProbe:
         self,
         *,
         use_nvml: bool = True,
+        nvml: Any = None,
         run: Callable[[list[str]], str] | None = None,
     ) -> None:
-        self._nvml: Any = _load_nvml() if use_nvml else None
+        """``nvml`` stands in for the ``pynvml`` module (tests); ``run`` for ``nvidia-smi``."""
+        self._nvml: Any = nvml or (_load_nvml() if use_nvml else None)
         self._run = run or _run_smi
 
     @property

@@ -78,7 +78,7 @@ class VllmHarness(BaseModel):
     ``--trust-remote-code`` is not here on purpose: add it only if you trust every caller."""
     env: dict[str, str] = Field(default_factory=dict)
     """Extra environment for every engine (e.g. ``VLLM_CPU_KVCACHE_SPACE``)."""
-    log_tail_lines: Annotated[int, Field(ge=1, le=1000)] = 20
+    log_tail_lines: Annotated[int, Field(ge=1, le=1000)] = 40
 
     @property
     def argv_prefix(self) -> list[str]:

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -29,6 +30,11 @@ log = logging.getLogger("neuron.engine")
 
 HEALTH_POLL = 0.5
 READ_CHUNK = 65536
+# For the one-line summary of a failed start only (never for control flow): the last line
+# that looks like a raised exception, e.g. "OSError: Repo id must be ...".
+ERROR_LINE = re.compile(r"\b[A-Z]\w*(Error|Exception): ")
+# Shutdown chatter of vLLM's native extensions that would push the real error out of the tail.
+NOISE = ("nanobind: leaked",)
 
 
 def free_port() -> int:
@@ -125,11 +131,16 @@ class EngineProcess:
         return list(self._tail)
 
     def failure(self, what: str) -> str:
-        """``what: <last engine line>`` then the whole tail, for ``ModelInfo.error``."""
+        """``what: <the engine's last error line>``, then its last lines, for ``ModelInfo.error``.
+
+        The first line is what a user sees in a 404/502 message; the rest is for operators.
+        """
         tail = self.tail()
         if not tail:
             return f"{what} (no output)"
-        return f"{what}: {tail[-1]}\n--- last engine output ---\n" + "\n".join(tail)
+        errors = [line for line in tail if ERROR_LINE.search(line)]
+        summary = (errors or tail)[-1]
+        return f"{what}: {summary}\n--- last engine output ---\n" + "\n".join(tail)
 
     async def start(self) -> None:
         argv = [
@@ -199,9 +210,11 @@ class EngineProcess:
 
     def _log_line(self, raw: bytes) -> None:
         line = raw.decode("utf-8", "replace").rstrip()
-        if line:
+        if not line:
+            return
+        log.info("[%s] %s", self.spec.model_id, line)
+        if not line.lstrip().startswith(NOISE):
             self._tail.append(line)
-            log.info("[%s] %s", self.spec.model_id, line)
 
     async def _wait(self, proc: asyncio.subprocess.Process) -> None:
         self.returncode = await proc.wait()

@@ -1,0 +1,119 @@
+"""Inference is relayed to the engine byte for byte; a client that goes away aborts it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+
+import httpx
+from neuron_testing import Running, fake_harness, running, settings_for
+
+RUNNING = re.compile(r'vllm:num_requests_running\{[^}]*model_name="(?P<m>[^"]+)"[^}]*\} (?P<n>\S+)')
+
+
+async def engine_running(engine_url: str, model: str) -> float:
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(f"{engine_url}/metrics")).text
+    for match in RUNNING.finditer(text):
+        if match["m"] == model:
+            return float(match["n"])
+    raise AssertionError(f"no running gauge for {model} in {text!r}")
+
+
+async def test_a_streamed_answer_arrives_unchanged(neuron: Running) -> None:
+    engine_url = (await neuron.load("m1")).json()["model"]["engine"]["url"]
+    body = {"model": "m1", "stream": True, "max_tokens": 5}
+    body["stream_options"] = {"include_usage": True}
+    async with httpx.AsyncClient() as direct:
+        reference = (await direct.post(f"{engine_url}/v1/chat/completions", json=body)).content
+    via = await neuron.client.post("/v1/chat/completions", json=body)
+    assert via.status_code == 200
+    assert via.headers["content-type"].startswith("text/event-stream")
+    assert via.headers["x-fake-engine"] == "1"
+    # Same bytes except the per-request id and timestamp the engine makes up.
+    normalise = re.compile(rb'"(id|created)": ?("[^"]*"|\d+)')
+    assert normalise.sub(b"", via.content) == normalise.sub(b"", reference)
+    events = [line for line in via.text.split("\n\n") if line]
+    assert events[-1] == "data: [DONE]"
+    assert json.loads(events[-2].removeprefix("data: "))["usage"]["completion_tokens"] == 5
+
+
+async def test_headers_pass_but_the_neurons_token_does_not() -> None:
+    async with running(settings_for(auth_token="t0k")) as neuron:
+        auth = {"authorization": "Bearer t0k"}
+        await neuron.client.post("/models/load", json={"model_id": "m1"}, headers=auth)
+        response = await neuron.client.post(
+            "/v1/chat/completions",
+            json={"model": "m1", "echo_headers": True},
+            headers={**auth, "x-request-id": "req-42"},
+        )
+        assert response.status_code == 200
+        assert response.headers["x-request-id"] == "req-42"
+        assert response.headers["x-fake-engine-saw-authorization"] == "no"
+
+
+async def test_every_openai_and_anthropic_path_is_relayed(neuron: Running) -> None:
+    await neuron.load("m1")
+    for path, extra in [
+        ("/v1/completions", {"prompt": "hi", "max_tokens": 2}),
+        ("/v1/embeddings", {"input": ["a", "b"]}),
+        ("/v1/messages", {"max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}),
+        ("/v1/messages/count_tokens", {"messages": [{"role": "user", "content": "hi"}]}),
+        ("/v1/responses", {"input": "hi"}),
+        ("/tokenize", {"prompt": "hi"}),
+        ("/detokenize", {"tokens": [1, 2]}),
+    ]:
+        response = await neuron.client.post(path, json={"model": "m1", **extra})
+        assert response.status_code == 200, (path, response.text)
+        assert response.headers["x-fake-engine"] == "1"
+    stream = await neuron.client.post(
+        "/v1/messages",
+        json={"model": "m1", "stream": True, "max_tokens": 2, "messages": []},
+    )
+    assert "event: message_start" in stream.text
+    assert stream.text.rstrip().endswith('"type": "message_stop"}')
+
+
+async def test_engine_errors_pass_through_with_their_status(neuron: Running) -> None:
+    await neuron.load("m1")
+    response = await neuron.client.post(
+        "/v1/chat/completions", json={"model": "m1", "fake_status": 400}
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["message"] == "fake engine error"
+    metrics = (await neuron.client.get("/metrics")).text
+    assert 'neuron_requests_total{model="m1",status="400"} 1.0' in metrics
+
+
+async def test_client_disconnect_mid_stream_aborts_the_generation() -> None:
+    settings = settings_for(harness={"vllm": fake_harness(FAKE_ENGINE_CHUNK_DELAY="0.05")})
+    async with running(settings) as neuron:
+        engine_url = (await neuron.load("m1")).json()["model"]["engine"]["url"]
+        body = {"model": "m1", "stream": True, "max_tokens": 1000}
+        async with neuron.client.stream("POST", "/v1/chat/completions", json=body) as response:
+            lines = response.aiter_lines()
+            for _ in range(3):
+                await anext(lines)
+            assert await engine_running(engine_url, "m1") == 1
+            assert (await neuron.models())["m1"]["in_flight"] == 1
+        # The client closed the stream after 3 of 1000 chunks.
+        for _ in range(50):
+            if await engine_running(engine_url, "m1") == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert await engine_running(engine_url, "m1") == 0
+        assert (await neuron.models())["m1"]["in_flight"] == 0
+        metrics = (await neuron.client.get("/metrics")).text
+        assert 'neuron_requests_total{model="m1",status="499"} 1.0' in metrics
+
+
+async def test_an_unreachable_engine_is_a_502(neuron: Running) -> None:
+    await neuron.load("m1")
+    slot = neuron.neuron.registry.get("m1")
+    assert slot is not None
+    slot.engine.url = "http://127.0.0.1:9"  # nothing listens on the discard port
+    response = await neuron.client.post("/v1/chat/completions", json={"model": "m1"})
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "engine_unavailable"
+    assert (await neuron.client.get("/health")).status_code == 200
