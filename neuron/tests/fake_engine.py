@@ -1,6 +1,7 @@
 """Fake stand-in for vLLM's OpenAI server, launched with vLLM's CLI flags (fast unit tests).
 
-Env: FAKE_ENGINE_STARTUP_DELAY, FAKE_ENGINE_FAIL, FAKE_ENGINE_CHUNK_DELAY, FAKE_ENGINE_EXIT_AFTER.
+Env: FAKE_ENGINE_STARTUP_DELAY, FAKE_ENGINE_FAIL, FAKE_ENGINE_CHUNK_DELAY, FAKE_ENGINE_EXIT_AFTER,
+FAKE_ENGINE_SPAM_LINES (that many long lines on stderr before serving).
 A request body ``"fake_sleep": S`` delays a non-streamed reply by S seconds.
 """
 
@@ -303,5 +304,9 @@ if __name__ == "__main__":
         log(f"ERROR fake engine: {fail or f'model source not found: {args.model}'}")
         sys.exit(3 if fail else 1)
     time.sleep(float(os.environ.get("FAKE_ENGINE_STARTUP_DELAY", "0")))
+    spam = int(os.environ.get("FAKE_ENGINE_SPAM_LINES", "0"))
+    for i in range(spam):  # a chatty engine: blocks here if nobody drains the pipe
+        sys.stderr.write(f"WARNING spam line {i} " + "x" * 100 + "\n")
+    sys.stderr.flush()
     log(f"INFO fake engine serving on http://{args.host}:{args.port}")
     asyncio.run(main(args, served))

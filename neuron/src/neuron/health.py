@@ -31,7 +31,11 @@ class HealthMonitor:
         return self.samples
 
     async def describe_host(self) -> Host:
-        self.host = await asyncio.to_thread(self.probe.host)
+        try:
+            self.host = await asyncio.to_thread(self.probe.host)
+        except Exception:  # report what we can rather than nothing
+            log.warning("GPU discovery failed", exc_info=True)
+            self.host = await asyncio.to_thread(GpuProbe(use_nvml=False, run=lambda _: "").host)
         return self.host
 
     async def run(self) -> None:

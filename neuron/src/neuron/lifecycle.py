@@ -91,6 +91,9 @@ class Lifecycle:
         self.drained.set()
 
     async def deactivate(self, registry: Registry) -> None:
+        """Unload everything. Called once the listener is closed; ends any drain still waiting."""
+        if self._drainer is not None and not self._drainer.done():
+            self._drainer.cancel()
         began = time.monotonic()
         count = len(registry)
         await registry.unload_all()
