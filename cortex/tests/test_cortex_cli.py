@@ -13,8 +13,3 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--version"])
     assert exit_.value.code == 0
     assert __version__ in capsys.readouterr().out
-
-
-def test_without_a_gateway_it_says_so(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main([]) == 2
-    assert "not implemented yet" in capsys.readouterr().err

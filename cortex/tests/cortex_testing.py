@@ -1,0 +1,100 @@
+"""Helpers for cortex's fast tests: fake neurons and a real cortex, each on a real port."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from fake_neuron import FakeNeuron
+from hypercorn.asyncio import serve
+from hypercorn.config import Config
+
+from cortex.app import Gateway, build, create_app, create_metrics_app
+from cortex.settings import Catalogue, CatalogueModel, CortexSettings
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.asynccontextmanager
+async def served(app: Any, port: int) -> AsyncIterator[None]:
+    config = Config()
+    config.bind = [f"127.0.0.1:{port}"]
+    config.accesslog = None
+    config.graceful_timeout = 1.0
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(app, config, shutdown_trigger=stop.wait))
+    for _ in range(100):
+        with contextlib.suppress(OSError):
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            break
+        await asyncio.sleep(0.02)
+    try:
+        yield
+    finally:
+        stop.set()
+        await task
+
+
+@dataclass
+class Running:
+    gateway: Gateway
+    client: httpx.AsyncClient
+    metrics_url: str
+    neurons: dict[str, FakeNeuron]
+
+    async def metrics(self) -> str:
+        async with httpx.AsyncClient() as client:
+            return (await client.get(self.metrics_url)).text
+
+    async def poll(self) -> None:
+        await self.gateway.poller.poll_once()
+
+
+@contextlib.asynccontextmanager
+async def cortex(
+    *fakes: FakeNeuron,
+    dead: tuple[str, ...] = (),
+    catalogue: tuple[str, ...] = (),
+    **settings: Any,
+) -> AsyncIterator[Running]:
+    """A cortex in front of ``fakes`` (served) and ``dead`` (names pointing at closed ports)."""
+    ports = {f.name: free_port() for f in fakes} | {name: free_port() for name in dead}
+    values: dict[str, Any] = {
+        "neurons": [{"name": n, "endpoint": f"http://127.0.0.1:{p}"} for n, p in ports.items()],
+        "poll": {"interval": 30, "timeout": 1, "down_after": 2},
+        "gateway": {"connect_timeout": 1, "idle_timeout": 5},
+    }
+    for key, value in settings.items():
+        values[key] = {**values.get(key, {}), **value} if isinstance(value, dict) else value
+    gateway = build(
+        CortexSettings(**values), Catalogue(models=[CatalogueModel(id=m) for m in catalogue])
+    )
+    api_port, metrics_port = free_port(), free_port()
+    async with contextlib.AsyncExitStack() as stack:
+        for fake in fakes:
+            await stack.enter_async_context(served(fake.app(), ports[fake.name]))
+        await stack.enter_async_context(served(create_app(gateway), api_port))
+        await stack.enter_async_context(served(create_metrics_app(gateway), metrics_port))
+        client = await stack.enter_async_context(
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}", timeout=10)
+        )
+        yield Running(
+            gateway=gateway,
+            client=client,
+            metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
+            neurons={f.name: f for f in fakes},
+        )
+
+
+def sse_data(text: str) -> list[str]:
+    return [line[6:] for line in text.split("\n") if line.startswith("data: ")]

@@ -1,0 +1,131 @@
+"""A neuron stand-in for cortex's fast tests: the neuron HTTP contract, with knobs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+
+@dataclass
+class FakeNeuron:
+    name: str
+    models: dict[str, str] = field(default_factory=lambda: {"m1": "ready"})
+    chunks: int = 4
+    chunk_delay: float = 0.0
+    break_after: int | None = None
+    """Drop the connection after this many chunks (a neuron that dies mid-stream)."""
+    answer_status: int = 200
+    polls_fail: bool = False
+    health_status: str = "ready"
+    devices: list[dict[str, Any]] = field(default_factory=list)
+    seen: list[dict[str, Any]] = field(default_factory=list)
+    """Bodies and headers of inference requests, in order."""
+    streaming: int = 0
+    cancelled: int = 0
+
+    def app(self) -> Starlette:
+        return Starlette(
+            routes=[
+                Route("/health", self.health),
+                Route("/models", self.list_models),
+                Route("/discovery", self.discovery),
+                *(
+                    Route(p, self.infer, methods=["POST"])
+                    for p in (
+                        "/v1/chat/completions",
+                        "/v1/completions",
+                        "/v1/embeddings",
+                        "/v1/messages",
+                        "/v1/messages/count_tokens",
+                        "/v1/responses",
+                    )
+                ),
+            ]
+        )
+
+    async def health(self, request: Request) -> Response:
+        if self.polls_fail:
+            return JSONResponse({"error": "down"}, 500)
+        return JSONResponse(
+            {
+                "status": self.health_status,
+                "uptime_secs": 1,
+                "in_flight": 0,
+                "devices": self.devices,
+            }
+        )
+
+    async def list_models(self, request: Request) -> Response:
+        if self.polls_fail:
+            return JSONResponse({"error": "down"}, 500)
+        return JSONResponse(
+            [
+                {"id": m, "harness": "vllm", "status": s, "in_flight": 0}
+                for m, s in self.models.items()
+            ]
+        )
+
+    async def discovery(self, request: Request) -> Response:
+        devices = [
+            {"index": d["index"], "name": "Fake GPU", "vram_total_mb": d["total"]}
+            for d in self.devices
+        ]
+        return JSONResponse({"hostname": self.name, "devices": devices, "harnesses": ["vllm"]})
+
+    async def infer(self, request: Request) -> Response:
+        body = await request.json()
+        self.seen.append({"path": request.url.path, "body": body, "headers": dict(request.headers)})
+        if self.answer_status != 200:
+            error = {"error": {"message": "fake neuron says no", "type": "x", "code": "x"}}
+            return JSONResponse(error, self.answer_status)
+        if not body.get("stream"):
+            usage = {
+                "prompt_tokens": 3,
+                "completion_tokens": self.chunks,
+                "total_tokens": 3 + self.chunks,
+            }
+            return JSONResponse({"object": "chat.completion", "node": self.name, "usage": usage})
+        anthropic = request.url.path.startswith("/v1/messages")
+        usage_wanted = (body.get("stream_options") or {}).get("include_usage")
+        return StreamingResponse(
+            self.events(anthropic, bool(usage_wanted)), media_type="text/event-stream"
+        )
+
+    async def events(self, anthropic: bool, usage: bool) -> AsyncIterator[bytes]:
+        self.streaming += 1
+        try:
+            if anthropic:
+                start = {"type": "message_start", "message": {"usage": {"input_tokens": 3}}}
+                yield f"event: message_start\ndata: {json.dumps(start)}\n\n".encode()
+            for i in range(self.chunks):
+                if self.break_after is not None and i == self.break_after:
+                    raise ConnectionAbortedError("fake neuron dies mid-stream")
+                await asyncio.sleep(self.chunk_delay)
+                if anthropic:
+                    delta = {"type": "content_block_delta", "delta": {"text": f"t{i}"}}
+                    yield f"event: content_block_delta\ndata: {json.dumps(delta)}\n\n".encode()
+                else:
+                    chunk = {"node": self.name, "choices": [{"delta": {"content": f"t{i}"}}]}
+                    yield f"data: {json.dumps(chunk)}\n\n".encode()
+            if anthropic:
+                end = {"type": "message_delta", "usage": {"output_tokens": self.chunks}}
+                yield f"event: message_delta\ndata: {json.dumps(end)}\n\n".encode()
+                yield b'event: message_stop\ndata: {"type": "message_stop"}\n\n'
+                return
+            if usage:
+                total = {"prompt_tokens": 3, "completion_tokens": self.chunks}
+                yield f"data: {json.dumps({'choices': [], 'usage': total})}\n\n".encode()
+            yield b"data: [DONE]\n\n"
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        finally:
+            self.streaming -= 1

@@ -1,0 +1,78 @@
+"""The poller's view: up/down with hysteresis, the merged /v1/models, /health, cortex status."""
+
+from __future__ import annotations
+
+from cortex_testing import cortex
+from fake_neuron import FakeNeuron
+
+from cortex.status import render
+
+
+async def test_a_neuron_is_down_only_after_several_failures_and_back_on_one_success() -> None:
+    fake = FakeNeuron("n1")
+    async with cortex(fake) as c:  # down_after = 2
+        node = c.gateway.fleet.nodes[0]
+        assert node.up
+        fake.polls_fail = True
+        await c.poll()
+        assert node.up and node.failures == 1
+        await c.poll()
+        assert not node.up
+        health = (await c.client.get("/health")).json()
+        assert health == {
+            "status": "degraded",
+            "neurons": {"up": 0, "down": 1, "total": 1},
+            "models_ready": 0,
+        }
+        assert 'cortex_neuron_up{node="n1"} 0.0' in await c.metrics()
+        chat = await c.client.post("/v1/chat/completions", json={"model": "m1"})
+        assert chat.status_code == 404  # nothing up knows it
+        fake.polls_fail = False
+        await c.poll()
+        assert node.up
+        assert (await c.client.get("/health")).json()["status"] == "ok"
+        assert 'cortex_neuron_up{node="n1"} 1.0' in await c.metrics()
+
+
+async def test_a_neuron_down_at_start_is_not_fatal() -> None:
+    async with cortex(FakeNeuron("n2"), dead=("n1",)) as c:
+        health = (await c.client.get("/health")).json()
+        assert health["status"] == "ok"
+        assert health["neurons"] == {"up": 1, "down": 1, "total": 2}
+
+
+async def test_models_merge_the_catalogue_and_every_neuron() -> None:
+    n1 = FakeNeuron("n1", models={"m1": "ready", "m2": "loading"})
+    n2 = FakeNeuron("n2", models={"m1": "ready"})
+    async with cortex(n1, n2, catalogue=("m3",)) as c:
+        data = (await c.client.get("/v1/models")).json()
+        assert data["object"] == "list"
+        by_id = {m["id"]: m for m in data["data"]}
+        assert sorted(by_id) == ["m1", "m2", "m3"]
+        assert by_id["m1"]["object"] == "model"
+        assert by_id["m1"]["locations"] == [
+            {"node": "n1", "status": "ready"},
+            {"node": "n2", "status": "ready"},
+        ]
+        assert by_id["m2"]["locations"] == [{"node": "n1", "status": "loading"}]
+        assert by_id["m3"]["locations"] == []
+
+
+async def test_status_prints_the_fleet_as_a_table() -> None:
+    gpus = [{"index": 0, "total": 24000, "vram_free_mb": 20000, "vram_used_mb": 4000}]
+    async with cortex(FakeNeuron("gpu-1", devices=gpus), dead=("gpu-2",)) as c:
+        table = render((await c.client.get("/fleet")).json())
+    lines = table.splitlines()
+    assert lines[0].split() == [
+        "NEURON",
+        "STATUS",
+        "GPUS",
+        "VRAM",
+        "USED/TOTAL",
+        "IN",
+        "FLIGHT",
+        "ENDPOINT",
+    ]
+    assert lines[1].split()[:5] == ["gpu-1", "ready", "1", "4000/24000", "MiB"]
+    assert lines[2].split()[:2] == ["gpu-2", "down"]
+    assert "m1" in table and "gpu-1 (ready)" in table

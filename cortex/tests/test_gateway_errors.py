@@ -1,0 +1,71 @@
+"""Every error a client can get: status, envelope (OpenAI or Anthropic), and still serving."""
+
+from __future__ import annotations
+
+import pytest
+from cortex_testing import cortex
+from fake_neuron import FakeNeuron
+
+CHAT = "/v1/chat/completions"
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "fragment"),
+    [
+        (b'{"model": "m1", "messages": [', 400, "not valid JSON"),
+        (b"", 400, "body is empty"),
+        (b'"m1"', 400, "must be a JSON object, not str"),
+        (b'{"messages": []}', 400, "'model' is required"),
+        (b'{"model": ["m1"]}', 400, "'model' is required and must be a non-empty string"),
+        (b'{"model": "m1", "stream": 1}', 400, "'stream' must be true or false"),
+        (b'{"model": "who"}', 404, "model 'who' does not exist"),
+        (b'{"model": "m2"}', 503, "model 'm2' is not ready on any neuron"),
+    ],
+)
+async def test_openai_and_anthropic_errors(body: bytes, status: int, fragment: str) -> None:
+    async with cortex(FakeNeuron("n1", models={"m1": "ready", "m2": "loading"})) as c:
+        openai = await c.client.post(CHAT, content=body)
+        assert openai.status_code == status
+        error = openai.json()["error"]
+        assert fragment in error["message"]
+        assert set(error) == {"message", "type", "param", "code"}
+
+        anthropic = await c.client.post("/v1/messages", content=body)
+        assert anthropic.status_code == status
+        assert anthropic.json()["type"] == "error"
+        assert fragment in anthropic.json()["error"]["message"]
+        if status == 503:
+            assert openai.headers["retry-after"] == "5"
+            assert anthropic.json()["error"]["type"] == "overloaded_error"
+        assert (await c.client.post(CHAT, json={"model": "m1"})).status_code == 200
+
+
+async def test_a_catalogued_model_not_loaded_anywhere_is_503_not_404() -> None:
+    async with cortex(FakeNeuron("n1"), catalogue=("big",)) as c:
+        response = await c.client.post(CHAT, json={"model": "big"})
+        assert response.status_code == 503
+        assert response.headers["retry-after"]
+
+
+async def test_oversized_bodies_are_413() -> None:
+    async with cortex(FakeNeuron("n1"), gateway={"max_body_bytes": 100}) as c:
+        response = await c.client.post(CHAT, json={"model": "m1", "prompt": "x" * 200})
+        assert response.status_code == 413
+        assert response.json()["error"]["code"] == "payload_too_large"
+        assert (await c.client.post(CHAT, json={"model": "m1"})).status_code == 200
+
+
+async def test_upstream_errors_pass_through_with_their_status() -> None:
+    async with cortex(FakeNeuron("n1", answer_status=400)) as c:
+        response = await c.client.post(CHAT, json={"model": "m1"})
+        assert response.status_code == 400
+        assert response.json()["error"]["message"] == "fake neuron says no"
+
+
+async def test_unknown_routes_and_methods() -> None:
+    async with cortex() as c:
+        assert (await c.client.get("/nope")).status_code == 404
+        assert (await c.client.get("/nope")).json()["error"]["type"] == "not_found_error"
+        assert (await c.client.get(CHAT)).status_code == 405
+        messages = await c.client.get("/v1/messages")
+        assert messages.json()["type"] == "error"
