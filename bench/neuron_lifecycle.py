@@ -62,7 +62,7 @@ def run_once(models: int, model_dir: Path, work: Path) -> dict[str, object]:
     log_path = work / "neuron.log"
     began = time.monotonic()
     with log_path.open("wb") as log:
-        proc = subprocess.Popen(  # noqa: S603 - our own console script
+        proc = subprocess.Popen(
             [str(Path(sys.executable).with_name("neuron")), "--config", str(config)],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -101,7 +101,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--model-dir", type=Path, default=ROOT / "var" / "tiny-model")
     args = parser.parse_args()
-    subprocess.run(  # noqa: S603
+    subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "make_tiny_model.py"), str(args.model_dir)],
         check=True,
         stdout=subprocess.DEVNULL,

@@ -32,6 +32,9 @@ async def test_a_neuron_is_down_only_after_several_failures_and_back_on_one_succ
         assert node.up
         assert (await c.client.get("/health")).json()["status"] == "ok"
         assert 'cortex_neuron_up{node="n1"} 1.0' in await c.metrics()
+        fake.models = {}
+        await c.poll()
+        assert "cortex_model_loaded{" not in await c.metrics()
 
 
 async def test_a_neuron_down_at_start_is_not_fatal() -> None:

@@ -82,12 +82,17 @@ class CortexMetrics:
         self.gpu_utilization = Gauge(
             "cortex_gpu_utilization_ratio", "GPU busy fraction (0-1).", ["node", "gpu"], registry=r
         )
+        self._loaded_series: dict[str, set[str]] = {}
 
     def observe_node(self, node: Node) -> None:
         self.neuron_up.labels(node.name).set(1 if node.up else 0)
         for model_id, info in node.models.items():
             ready = node.up and info.get("status") == "ready"
             self.model_loaded.labels(model_id, node.name).set(1 if ready else 0)
+        # A model the neuron no longer reports (unloaded) loses its series.
+        for model_id in self._loaded_series.get(node.name, set()) - node.models.keys():
+            self.model_loaded.remove(model_id, node.name)
+        self._loaded_series[node.name] = set(node.models)
         if not node.up:
             return
         for device in (node.health or {}).get("devices", []):
