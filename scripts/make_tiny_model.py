@@ -51,7 +51,7 @@ You are a helpful assistant. Please summarize the following text in one sentence
 """
 
 
-def build(out: Path) -> str:
+def build(out: Path, layers: int) -> str:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -101,7 +101,7 @@ def build(out: Path) -> str:
         vocab_size=len(tok),
         hidden_size=128,
         intermediate_size=256,
-        num_hidden_layers=2,
+        num_hidden_layers=layers,
         num_attention_heads=2,
         num_key_value_heads=1,
         head_dim=64,
@@ -118,22 +118,34 @@ def build(out: Path) -> str:
     gen = GenerationConfig(bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=pad_id)
     gen.save_pretrained(out)
     params = sum(p.numel() for p in model.parameters())
-    return f"vocab {len(tok)}, {params} params"
+    return f"{layers} layers, vocab {len(tok)}, {params} params"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("output_dir", type=Path, help="directory to create the model in")
     parser.add_argument("--force", action="store_true", help="rebuild even if complete")
+    parser.add_argument(
+        "--layers",
+        type=int,
+        default=2,
+        help="decoder layers (default 2; the e2e tests use 48 so that a 2-core machine decodes "
+        "~80 tokens/s instead of ~700, slow enough for streams to be observed mid-flight)",
+    )
     args = parser.parse_args(argv)
     out: Path = args.output_dir.resolve()
-    if (out / MARKER).is_file() and not args.force:
+    marker = out / MARKER
+    if (
+        marker.is_file()
+        and marker.read_text().startswith(f"{args.layers} layers,")
+        and not args.force
+    ):
         sys.stdout.write(f"tiny model already present at {out}\n")
         return 0
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        summary = build(tmp)
+        summary = build(tmp, args.layers)
         (tmp / MARKER).write_text(summary + "\n", encoding="utf-8")
         for path in tmp.iterdir():
             path.chmod(0o644)

@@ -126,7 +126,7 @@ def build(
         metrics=metrics,
         client=client,
         registry=registry,
-        lifecycle=Lifecycle(settings.drain_timeout),
+        lifecycle=Lifecycle(settings.drain_timeout, registry),
         health=health,
     )
 
@@ -138,16 +138,15 @@ def create_app(settings: NeuronSettings, *, neuron: Neuron | None = None) -> Sta
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         monitor = asyncio.create_task(n.health.run(), name="health")
         activation = asyncio.create_task(
-            n.lifecycle.activate(n.registry, settings.default_models), name="activation"
+            n.lifecycle.activate(settings.default_models), name="activation"
         )
         try:
             yield
         finally:
-            n.lifecycle.begin_drain()
+            await n.lifecycle.deactivate()
             activation.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await activation
-            await n.lifecycle.deactivate(n.registry)
             monitor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await monitor

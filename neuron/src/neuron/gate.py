@@ -17,6 +17,9 @@ OPEN_PATHS = frozenset({"/health"})
 """Answered without a token (load balancers and cortex probe it)."""
 DRAIN_EXEMPT = frozenset({"/health", "/metrics"})
 """Still answered while draining, and not counted as in-flight work."""
+NOT_DRAINED = frozenset({"/models/load"})
+"""Not waited for by the drain: an engine start can take minutes, longer than systemd's stop
+budget. Deactivation cancels it instead, and the caller gets 409 ``load_cancelled``."""
 
 
 class Gate:
@@ -37,7 +40,7 @@ class Gate:
                 response.headers["Connection"] = "close"
             await response(scope, receive, send)
             return
-        if path in DRAIN_EXEMPT:
+        if path in DRAIN_EXEMPT or path in NOT_DRAINED:
             await self.app(scope, receive, send)
             return
         self.lifecycle.enter()

@@ -1,9 +1,10 @@
 """Activation (load the default models) and deactivation (drain, then unload everything).
 
 Status moves ``activating → ready → draining``. While draining, :mod:`neuron.gate` answers
-new requests with 503 ``shutting_down``; :attr:`Lifecycle.drained` is set once the
-requests already in flight have finished or ``drain_timeout`` has passed, whichever comes
-first. The caller then stops the listener and :meth:`Lifecycle.deactivate` unloads.
+new requests with 503 ``shutting_down``. Once the requests already in flight have finished
+(or ``drain_timeout`` has passed), every model is unloaded, loads still in progress are
+cancelled (their callers get 409 ``load_cancelled`` while the listener is still up), and
+then :attr:`Lifecycle.drained` is set: the caller closes the listener and exits.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ log = logging.getLogger("neuron.lifecycle")
 
 
 class Lifecycle:
-    def __init__(self, drain_timeout: float) -> None:
+    def __init__(self, drain_timeout: float, registry: Registry) -> None:
+        self.registry = registry
         self.status = "activating"
         self.started = time.monotonic()
         self.in_flight = 0
@@ -47,7 +49,7 @@ class Lifecycle:
         if self.in_flight == 0:
             self._idle.set()
 
-    async def activate(self, registry: Registry, specs: list[ModelSpec]) -> None:
+    async def activate(self, specs: list[ModelSpec]) -> None:
         """Load ``specs`` one after another; a failure is a warning and the next is tried."""
         self.pending = {s.model_id: s for s in specs}
         for spec in specs:
@@ -55,7 +57,7 @@ class Lifecycle:
                 break
             began = time.monotonic()
             try:
-                await registry.load(spec)
+                await self.registry.load(spec)
             except NeuronError as exc:
                 log.warning("default model %s failed to load: %s", spec.model_id, exc.message)
             except Exception:
@@ -88,17 +90,19 @@ class Lifecycle:
                 self._drain_timeout,
                 self.in_flight,
             )
-        self.drained.set()
+        try:
+            began = time.monotonic()
+            count = len(self.registry)
+            await self.registry.unload_all()
+            if count:
+                log.info("unloaded %d model(s) in %.1fs", count, time.monotonic() - began)
+        finally:
+            self.drained.set()
 
-    async def deactivate(self, registry: Registry) -> None:
-        """Unload everything. Called once the listener is closed; ends any drain still waiting."""
-        if self._drainer is not None and not self._drainer.done():
-            self._drainer.cancel()
-        began = time.monotonic()
-        count = len(registry)
-        await registry.unload_all()
-        if count:
-            log.info("unloaded %d model(s) in %.1fs", count, time.monotonic() - began)
+    async def deactivate(self) -> None:
+        """Drain (if no signal started it already) and unload everything; returns when done."""
+        self.begin_drain()
+        await self.drained.wait()
 
 
 def notify_systemd(message: str) -> None:

@@ -52,6 +52,8 @@ HOP_BY_HOP = frozenset(
 )
 # The neuron's own token is for the neuron; never hand it to the engine.
 NOT_FORWARDED = HOP_BY_HOP | {"authorization"}
+# Hypercorn writes its own; passing the engine's on would send each header twice.
+NOT_RETURNED = HOP_BY_HOP | {"date", "server"}
 
 
 async def proxy(request: Request) -> Response:
@@ -78,7 +80,7 @@ async def proxy(request: Request) -> Response:
     except BaseException:
         release(499)
         raise
-    out_headers = {k: v for k, v in answer.headers.items() if k.lower() not in HOP_BY_HOP}
+    out_headers = {k: v for k, v in answer.headers.items() if k.lower() not in NOT_RETURNED}
     if "content-length" in answer.headers:  # raw bytes are relayed, so the length holds
         out_headers["content-length"] = answer.headers["content-length"]
     return StreamingResponse(

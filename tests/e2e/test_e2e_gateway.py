@@ -1,0 +1,196 @@
+"""cortex → neuron → vLLM, end to end, through the official OpenAI and Anthropic clients.
+
+One neuron with the tiny model as its default, one `cortex serve` in front. Then the
+neuron is killed mid-stream (the client gets an in-band error, cortex turns degraded) and
+started again (cortex recovers on its own).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from anthropic import AsyncAnthropic
+from e2e_support import (
+    ENGINE_START_TIMEOUT,
+    STREAM_TOKENS,
+    async_wait_group_gone,
+    free_port,
+    prometheus_value,
+    record,
+    start_neuron,
+    tail,
+    tiny_spec,
+    write_config,
+)
+from openai import AsyncOpenAI
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
+
+
+@contextlib.contextmanager
+def cortex_running(tmp_path: Path, neuron_url: str) -> Iterator[tuple[str, str]]:
+    api, metrics = free_port(), free_port()
+    config = tmp_path / "cortex.toml"
+    config.write_text(
+        f'models_config = "{tmp_path / "models.toml"}"\n'
+        f'[gateway]\nlisten = "127.0.0.1:{api}"\nmetrics_listen = "127.0.0.1:{metrics}"\n'
+        "[poll]\ninterval = 0.5\ntimeout = 2.0\ndown_after = 2\n"
+        f'[[neurons]]\nname = "n1"\nendpoint = "{neuron_url}"\n',
+        encoding="utf-8",
+    )
+    log = tmp_path / "cortex.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).with_name("cortex")), "serve", "--config", str(config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        yield f"http://127.0.0.1:{api}", f"http://127.0.0.1:{metrics}/metrics"
+    except BaseException:
+        print(tail(log.read_text(errors="replace")), file=sys.stderr)  # noqa: T201
+        raise
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            assert proc.wait(timeout=30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+
+async def wait_until(check, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.TransportError):
+            if await check():
+                return
+        await asyncio.sleep(0.25)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_clients_through_cortex_and_a_neuron_that_dies_and_returns(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    port = free_port()
+    config = write_config(
+        tmp_path / "neuron.toml", port=port, default_models=[tiny_spec(tiny_model)]
+    )
+    neuron = start_neuron(config, tmp_path / "neuron-1.log")
+    try:
+        began = time.monotonic()
+        neuron.wait_ready(ENGINE_START_TIMEOUT)
+        record("gateway: engine start (neuron ready)", time.monotonic() - began)
+        with cortex_running(tmp_path, neuron.url) as (api, metrics_url):
+            async with (
+                contextlib.AsyncExitStack() as stack,
+                httpx.AsyncClient(base_url=api, timeout=60) as raw,
+            ):
+
+                async def tiny_ready() -> bool:
+                    data = (await raw.get("/v1/models")).json()["data"]
+                    return any(
+                        m["id"] == "tiny" and {"node": "n1", "status": "ready"} in m["locations"]
+                        for m in data
+                    )
+
+                await wait_until(tiny_ready, 30, "cortex to see tiny ready")
+
+                openai = AsyncOpenAI(base_url=f"{api}/v1", api_key="unused", max_retries=0)
+                anthropic = AsyncAnthropic(base_url=api, api_key="unused", max_retries=0)
+                await stack.enter_async_context(openai)
+                await stack.enter_async_context(anthropic)
+                assert "tiny" in [m.id async for m in openai.models.list()]
+                chat = await openai.chat.completions.create(
+                    model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=8
+                )
+                assert chat.choices[0].message.role == "assistant"
+                assert chat.usage is not None and chat.usage.completion_tokens > 0
+
+                stream = await openai.chat.completions.create(
+                    model="tiny",
+                    messages=[{"role": "user", "content": "hi"}],
+                    max_tokens=8,
+                    stream=True,
+                    stream_options={"include_usage": True},
+                )
+                chunks = [chunk async for chunk in stream]
+                assert chunks[-1].usage is not None
+                assert chunks[-1].usage.completion_tokens == 8
+
+                async with anthropic.messages.stream(
+                    model="tiny", max_tokens=8, messages=[{"role": "user", "content": "hi"}]
+                ) as messages:
+                    events = [event.type async for event in messages]
+                    final = await messages.get_final_message()
+                assert events[0] == "message_start" and events[-1] == "message_stop"
+                assert final.usage.output_tokens > 0
+
+                scraped = (await raw.get(metrics_url)).text
+                ok = prometheus_value(
+                    scraped,
+                    "cortex_requests_total",
+                    model="tiny",
+                    node="n1",
+                    endpoint="/v1/chat/completions",
+                    status="200",
+                )
+                assert ok == 2
+                completion = prometheus_value(
+                    scraped, "cortex_completion_tokens_total", model="tiny"
+                )
+                assert completion is not None and completion >= 16
+                assert prometheus_value(scraped, "cortex_neuron_up", node="n1") == 1
+
+                # The neuron dies mid-stream: one in-band error event, then the stream ends.
+                body = {
+                    "model": "tiny",
+                    "messages": [{"role": "user", "content": "hi"}],
+                    "max_tokens": STREAM_TOKENS,
+                    "ignore_eos": True,
+                    "stream": True,
+                }
+                engines = [m["engine"]["pid"] for m in neuron.models().values()]
+                async with raw.stream("POST", "/v1/chat/completions", json=body) as response:
+                    lines = response.aiter_lines()
+                    for _ in range(3):
+                        await anext(lines)
+                    neuron.proc.send_signal(signal.SIGKILL)
+                    rest = [line async for line in lines if line.startswith("data: ")]
+                assert rest, "the stream ended without a word"
+                error = json.loads(rest[-1].removeprefix("data: "))
+                assert error["error"]["code"] == "upstream_error"
+                for pgid in engines:
+                    assert await async_wait_group_gone(pgid, 30) is not None
+
+                async def degraded() -> bool:
+                    return bool((await raw.get("/health")).json()["status"] == "degraded")
+
+                await wait_until(degraded, 15, "cortex /health to turn degraded")
+                scraped = (await raw.get(metrics_url)).text
+                assert prometheus_value(scraped, "cortex_neuron_up", node="n1") == 0
+
+                # Started again, it is found again without touching cortex.
+                neuron.cleanup()
+                neuron = start_neuron(config, tmp_path / "neuron-2.log")
+                began = time.monotonic()
+                neuron.wait_ready(ENGINE_START_TIMEOUT)
+                record("gateway: engine start after neuron restart", time.monotonic() - began)
+                await wait_until(tiny_ready, 30, "cortex to see tiny ready again")
+                assert (await raw.get("/health")).json()["status"] == "ok"
+                again = await openai.chat.completions.create(
+                    model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=4
+                )
+                assert again.usage is not None and again.usage.completion_tokens == 4
+    finally:
+        neuron.cleanup()

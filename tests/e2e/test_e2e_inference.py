@@ -1,0 +1,284 @@
+"""One neuron, real vLLM: load, inference (OpenAI and Anthropic shapes), disconnect, failures.
+
+The tests share one neuron and its engine (module scope) and run in file order; each one
+(re)loads ``tiny`` first, which is instant while the engine is ready. Engine starts here:
+the first load of ``tiny`` and the reload after the engine is killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from e2e_support import (
+    STREAM_TOKENS,
+    NeuronProcess,
+    async_wait_group_gone,
+    broken_spec,
+    chat_body,
+    client,
+    engine_groups,
+    engine_metric,
+    free_port,
+    list_models,
+    load,
+    neuron_running,
+    prometheus_value,
+    record,
+    sse_data,
+    sse_events,
+    tiny_spec,
+    wait_for_model,
+    write_config,
+)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+
+RUNNING_METRIC = "vllm:num_requests_running"
+GENERATED_METRIC = "vllm:generation_tokens_total"
+DISCONNECT_ATTEMPTS = 3
+
+
+@pytest.fixture(scope="module")
+def neuron(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NeuronProcess]:
+    tmp = tmp_path_factory.mktemp("inference")
+    config = write_config(tmp / "neuron.toml", port=free_port())
+    with neuron_running(config, tmp / "neuron.log") as running:
+        yield running
+
+
+async def ensure_tiny(c: httpx.AsyncClient, neuron: NeuronProcess, model: Path) -> dict[str, Any]:
+    response = await load(c, neuron, tiny_spec(model))
+    assert response.status_code == 200, response.text
+    info: dict[str, Any] = response.json()["model"]
+    assert info["status"] == "ready"
+    return info
+
+
+async def test_concurrent_loads_share_one_engine(neuron: NeuronProcess, tiny_model: Path) -> None:
+    spec = tiny_spec(tiny_model)
+    async with client(neuron) as c:
+        began = time.monotonic()
+        first, second = await asyncio.gather(load(c, neuron, spec), load(c, neuron, spec))
+        record("engine start #1: tiny (two concurrent loads)", time.monotonic() - began)
+        assert first.status_code == 200, first.text
+        assert second.status_code == 200, second.text
+        for answer in (first, second):
+            assert answer.json()["status"] == "loaded"
+            assert answer.json()["model"]["status"] == "ready"
+        pid = first.json()["model"]["engine"]["pid"]
+        assert second.json()["model"]["engine"]["pid"] == pid, "two engines for one model"
+        assert engine_groups(neuron.pid) == {pid}, "exactly one engine process group"
+
+        models = await list_models(c, neuron)
+        assert models["tiny"]["status"] == "ready"
+        assert models["tiny"]["engine"]["pid"] == pid
+        assert models["tiny"]["error"] is None
+        listed = (await c.get("/v1/models")).json()
+        assert [m["id"] for m in listed["data"]] == ["tiny"]
+
+
+async def test_chat_completion(neuron: NeuronProcess, tiny_model: Path) -> None:
+    async with client(neuron) as c:
+        await ensure_tiny(c, neuron, tiny_model)
+        response = await c.post("/v1/chat/completions", json=chat_body("tiny", max_tokens=8))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["object"] == "chat.completion"
+    assert body["model"] == "tiny"
+    message = body["choices"][0]["message"]
+    assert message["role"] == "assistant"
+    assert isinstance(message["content"], str)
+    usage = body["usage"]
+    assert usage["prompt_tokens"] > 0
+    assert 1 <= usage["completion_tokens"] <= 8
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+
+
+async def test_text_completion(neuron: NeuronProcess, tiny_model: Path) -> None:
+    async with client(neuron) as c:
+        await ensure_tiny(c, neuron, tiny_model)
+        response = await c.post(
+            "/v1/completions", json={"model": "tiny", "prompt": "Once upon a time", "max_tokens": 5}
+        )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["object"] == "text_completion"
+    assert isinstance(body["choices"][0]["text"], str)
+    assert 1 <= body["usage"]["completion_tokens"] <= 5
+
+
+async def test_streaming_chat_with_usage(neuron: NeuronProcess, tiny_model: Path) -> None:
+    body = chat_body("tiny", max_tokens=8, stream=True, stream_options={"include_usage": True})
+    async with client(neuron) as c:
+        await ensure_tiny(c, neuron, tiny_model)
+        async with c.stream("POST", "/v1/chat/completions", json=body) as response:
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+            lines = [line async for line in response.aiter_lines()]
+    data = sse_data(lines)
+    assert data, f"no SSE data lines in {lines!r}"
+    assert data[-1] == "[DONE]", f"stream did not end with [DONE]: {data[-3:]}"
+    chunks = [json.loads(d) for d in data[:-1]]
+    assert chunks
+    assert all(chunk["object"] == "chat.completion.chunk" for chunk in chunks)
+    deltas = [choice["delta"] for chunk in chunks for choice in chunk["choices"]]
+    assert any(delta.get("content") for delta in deltas), "no content streamed"
+    usages = [chunk["usage"] for chunk in chunks if chunk.get("usage")]
+    assert usages, "include_usage asked for a usage chunk"
+    assert 1 <= usages[-1]["completion_tokens"] <= 8
+
+
+async def test_anthropic_messages(neuron: NeuronProcess, tiny_model: Path) -> None:
+    body = {"model": "tiny", "max_tokens": 8, "messages": [{"role": "user", "content": "Hi"}]}
+    async with client(neuron) as c:
+        await ensure_tiny(c, neuron, tiny_model)
+        response = await c.post("/v1/messages", json=body)
+        assert response.status_code == 200, response.text
+        message = response.json()
+        assert message["type"] == "message"
+        assert message["role"] == "assistant"
+        assert isinstance(message["content"], list)
+        assert message["content"]
+        assert message["content"][0]["type"] == "text"
+        assert message["usage"]["output_tokens"] <= 8
+
+        async with c.stream("POST", "/v1/messages", json={**body, "stream": True}) as streamed:
+            assert streamed.status_code == 200
+            assert streamed.headers["content-type"].startswith("text/event-stream")
+            lines = [line async for line in streamed.aiter_lines()]
+    events = sse_events(lines)
+    assert events[0] == "message_start", events
+    assert events[-1] == "message_stop", events
+    assert "content_block_start" in events
+    assert "content_block_delta" in events
+    assert "message_delta" in events
+    payloads = [json.loads(d) for d in sse_data(lines)]
+    assert [p["type"] for p in payloads] == events
+
+
+async def test_client_disconnect_aborts_generation(neuron: NeuronProcess, tiny_model: Path) -> None:
+    """Closing a stream mid-way stops the engine's work, not just the relay."""
+    max_tokens = STREAM_TOKENS  # a couple of seconds of generation if nothing stops it
+    body = chat_body("tiny", max_tokens=max_tokens, stream=True, ignore_eos=True)
+    async with client(neuron) as c:
+        info = await ensure_tiny(c, neuron, tiny_model)
+        async with httpx.AsyncClient(base_url=info["engine"]["url"], timeout=30) as engine:
+            attempt = 0
+            while True:
+                attempt += 1
+                generated_before = await engine_metric(engine, GENERATED_METRIC, "tiny")
+                async with c.stream("POST", "/v1/chat/completions", json=body) as response:
+                    assert response.status_code == 200
+                    chunks = 0
+                    async for line in response.aiter_lines():
+                        chunks += line.startswith("data:")
+                        if chunks == 3:
+                            break
+                    running_while_streaming = await engine_metric(engine, RUNNING_METRIC, "tiny")
+                closed = time.monotonic()  # leaving the block closed the connection mid-stream
+                if running_while_streaming >= 1:
+                    break
+                # Inconclusive, not wrong: on a starved 2-core machine vLLM's API server may
+                # answer /metrics only once the whole generation is over. Try again.
+                if attempt == DISCONNECT_ATTEMPTS:
+                    pytest.fail(
+                        f"in {attempt} tries the engine never answered /metrics while a "
+                        "stream was running: the machine is too busy for this test"
+                    )
+            tries = f" ({attempt} tries)" if attempt > 1 else ""
+
+            running = await engine_metric(engine, RUNNING_METRIC, "tiny")
+            while running > 0 and time.monotonic() - closed < 5:
+                await asyncio.sleep(0.05)
+                running = await engine_metric(engine, RUNNING_METRIC, "tiny")
+            assert running == 0, "the engine kept generating 5 s after the client went away"
+            record(f"client disconnect → engine idle{tries}", time.monotonic() - closed)
+
+            # Without the abort the engine would produce all max_tokens (ignore_eos); the
+            # idle gauge already says it stopped, the token count says it stopped early.
+            generated = await engine_metric(engine, GENERATED_METRIC, "tiny") - generated_before
+            assert generated < max_tokens / 2, f"{generated:g} tokens generated: not aborted"
+
+        health = (await c.get("/health")).json()
+        assert health["in_flight"] == 0
+        metrics = (await c.get("/metrics")).text
+        assert prometheus_value(metrics, "neuron_requests_total", model="tiny", status="499")
+
+
+async def test_bad_source_fails_and_neuron_keeps_serving(
+    neuron: NeuronProcess, tiny_model: Path
+) -> None:
+    async with client(neuron) as c:
+        await ensure_tiny(c, neuron, tiny_model)
+        began = time.monotonic()
+        response = await load(c, neuron, broken_spec())
+        record("failed engine start (bad source) → 502", time.monotonic() - began)
+        assert response.status_code == 502, response.text
+        error = response.json()["error"]
+        assert error["code"] == "engine_failed"
+        assert error["type"] == "engine_error"
+        first_line = error["message"].splitlines()[0]
+        assert "exited with status 1" in first_line
+        assert "nonexistent" in first_line or "Repo id" in first_line, first_line
+
+        models = await list_models(c, neuron)
+        assert models["broken"]["status"] == "failed"
+        assert "nonexistent" in models["broken"]["error"]
+        assert models["tiny"]["status"] == "ready"
+
+        refused = await c.post("/v1/chat/completions", json=chat_body("broken"))
+        assert refused.status_code == 404, refused.text
+        assert "exited with status 1" in refused.json()["error"]["message"]
+
+        served = await c.post("/v1/chat/completions", json=chat_body("tiny"))
+        assert served.status_code == 200, served.text
+
+        unloaded = await c.post("/models/unload", json={"model_id": "broken"})
+        assert unloaded.status_code == 200, unloaded.text
+        assert "broken" not in await list_models(c, neuron)
+
+
+async def test_engine_killed_then_reloaded_then_unloaded(
+    neuron: NeuronProcess, tiny_model: Path
+) -> None:
+    async with client(neuron) as c:
+        old = (await ensure_tiny(c, neuron, tiny_model))["engine"]["pid"]
+        os.killpg(old, signal.SIGKILL)
+        failed = await wait_for_model(c, neuron, "tiny", "failed", timeout=15)
+        assert "exited with status" in failed["error"]
+        refused = await c.post("/v1/chat/completions", json=chat_body("tiny"))
+        assert refused.status_code == 404, refused.text
+        assert "exited with status" in refused.json()["error"]["message"]
+        metrics = (await c.get("/metrics")).text
+        assert prometheus_value(
+            metrics, "neuron_engine_exits_total", model="tiny", reason="crashed"
+        )
+
+        began = time.monotonic()
+        info = await ensure_tiny(c, neuron, tiny_model)
+        record("engine start #2: tiny (reload after kill -9)", time.monotonic() - began)
+        new = info["engine"]["pid"]
+        assert new != old
+        served = await c.post("/v1/chat/completions", json=chat_body("tiny"))
+        assert served.status_code == 200, served.text
+
+        began = time.monotonic()
+        unloaded = await c.post("/models/unload", json={"model_id": "tiny"})
+        assert unloaded.status_code == 200, unloaded.text
+        assert unloaded.json() == {"status": "unloaded"}
+        record("unload tiny (request → 200)", time.monotonic() - began)
+        gone = await async_wait_group_gone(new, timeout=10)
+        assert gone is not None, f"engine process group {new} still there 10 s after unload"
+        assert await list_models(c, neuron) == {}
+        gone_request = await c.post("/v1/chat/completions", json=chat_body("tiny"))
+        assert gone_request.status_code == 404
+        assert gone_request.json()["error"]["code"] == "model_not_found"
