@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import signal
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from gateway import cpu_seconds, free_port, pinned, throughput, wait_http
@@ -32,7 +34,8 @@ def relay_app(client: str, upstream: str):  # type: ignore[no-untyped-def]
 
     state: dict[str, object] = {}
 
-    async def startup() -> None:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if client == "httpx":
             import httpx
 
@@ -41,6 +44,8 @@ def relay_app(client: str, upstream: str):  # type: ignore[no-untyped-def]
             import aiohttp
 
             state["c"] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        yield
+        await state["c"].aclose() if client == "httpx" else await state["c"].close()  # type: ignore[attr-defined]
 
     async def health(request: Request) -> Response:
         return Response("ok")
@@ -56,7 +61,7 @@ def relay_app(client: str, upstream: str):  # type: ignore[no-untyped-def]
 
     return Starlette(
         routes=[Route("/health", health), Route("/v1/chat/completions", relay, methods=["POST"])],
-        on_startup=[startup],
+        lifespan=lifespan,
     )
 
 
