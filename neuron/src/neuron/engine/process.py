@@ -34,7 +34,7 @@ READ_CHUNK = 65536
 # that looks like a raised exception, e.g. "OSError: Repo id must be ...".
 ERROR_LINE = re.compile(r"\b[A-Z]\w*(Error|Exception): ")
 # Shutdown chatter of vLLM's native extensions that would push the real error out of the tail.
-NOISE = ("nanobind: leaked",)
+NOISE = ("nanobind:", "- leaked ", "... skipped remainder")
 
 
 def free_port() -> int:
