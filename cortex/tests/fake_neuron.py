@@ -23,6 +23,7 @@ class FakeNeuron:
     break_after: int | None = None
     """Drop the connection after this many chunks (a neuron that dies mid-stream)."""
     answer_status: int = 200
+    answer_delay: float = 0.0
     polls_fail: bool = False
     health_status: str = "ready"
     devices: list[dict[str, Any]] = field(default_factory=list)
@@ -87,6 +88,7 @@ class FakeNeuron:
             error = {"error": {"message": "fake neuron says no", "type": "x", "code": "x"}}
             return JSONResponse(error, self.answer_status)
         if not body.get("stream"):
+            await asyncio.sleep(self.answer_delay)
             usage = {
                 "prompt_tokens": 3,
                 "completion_tokens": self.chunks,

@@ -65,6 +65,16 @@ async def test_an_idle_neuron_times_out_in_band() -> None:
         assert json.loads(data[-1])["error"]["code"] == "upstream_timeout"
 
 
+async def test_a_silent_neuron_is_a_504_before_the_first_byte() -> None:
+    async with cortex(FakeNeuron("n1", answer_delay=3.0), gateway={"idle_timeout": 0.5}) as c:
+        response = await c.client.post(CHAT, json={"model": "m1"})
+        assert response.status_code == 504
+        assert response.json()["error"]["code"] == "upstream_timeout"
+        anthropic = await c.client.post("/v1/messages", json={"model": "m1"})
+        assert anthropic.status_code == 504
+        assert anthropic.json()["type"] == "error"
+
+
 async def test_a_client_that_goes_away_cancels_the_upstream_request() -> None:
     fake = FakeNeuron("n1", chunks=1000, chunk_delay=0.02)
     async with cortex(fake) as c:

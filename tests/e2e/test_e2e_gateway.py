@@ -24,6 +24,7 @@ from e2e_support import (
     ENGINE_START_TIMEOUT,
     STREAM_TOKENS,
     async_wait_group_gone,
+    engine_metric,
     free_port,
     prometheus_value,
     record,
@@ -151,6 +152,32 @@ async def test_clients_through_cortex_and_a_neuron_that_dies_and_returns(
                 )
                 assert completion is not None and completion >= 16
                 assert prometheus_value(scraped, "cortex_neuron_up", node="n1") == 1
+
+                # A client that goes away mid-stream: cortex → neuron → vLLM, and vLLM aborts.
+                engine_url = neuron.models()["tiny"]["engine"]["url"]
+                long = {
+                    "model": "tiny",
+                    "messages": [{"role": "user", "content": "hi"}],
+                    "max_tokens": STREAM_TOKENS,
+                    "ignore_eos": True,
+                    "stream": True,
+                }
+                async with httpx.AsyncClient(base_url=engine_url, timeout=30) as engine:
+                    before = await engine_metric(engine, "vllm:generation_tokens_total", "tiny")
+                    async with raw.stream("POST", "/v1/chat/completions", json=long) as r:
+                        lines = r.aiter_lines()
+                        for _ in range(3):
+                            await anext(lines)
+
+                    async def engine_idle() -> bool:
+                        running = await engine_metric(engine, "vllm:num_requests_running", "tiny")
+                        return running == 0
+
+                    await wait_until(engine_idle, 10, "vLLM to abort the abandoned stream")
+                    after = await engine_metric(engine, "vllm:generation_tokens_total", "tiny")
+                assert after - before < STREAM_TOKENS / 2, (
+                    "the generation ran on after the client left"
+                )
 
                 # The neuron dies mid-stream: one in-band error event, then the stream ends.
                 body = {

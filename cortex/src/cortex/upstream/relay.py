@@ -145,14 +145,21 @@ async def _open(
             answer = await gw.session.post(
                 node.base + call.path, data=body, headers={**headers, **node.headers()}
             )
+        except aiohttp.ConnectionTimeoutError:
+            gw.leave(call, node, 504, "connect_timeout")
+            error = UpstreamTimeout(f"neuron {node.name} did not accept a connection in time")
+            continue
+        except TimeoutError:
+            # Connected, but no answer within idle_timeout: the neuron may be working on it,
+            # so it is not sent a second time elsewhere.
+            gw.leave(call, node, 504, "read_timeout")
+            raise UpstreamTimeout(
+                f"neuron {node.name} sent nothing for {gw.settings.gateway.idle_timeout:g}s"
+            ) from None
         except CONNECT_ERRORS as exc:
             gw.leave(call, node, 502, "connect_failed")
             log.warning("neuron %s unreachable for %s: %s", node.name, call.model, exc)
             error = UpstreamError(f"neuron {node.name} could not be reached: {exc}")
-            continue
-        except TimeoutError:
-            gw.leave(call, node, 504, "connect_timeout")
-            error = UpstreamTimeout(f"neuron {node.name} did not answer in time")
             continue
         except BaseException:
             gw.leave(call, node, 499, None)
