@@ -180,15 +180,8 @@ async def test_clients_through_cortex_and_a_neuron_that_dies_and_returns(
                 )
 
                 # The neuron dies mid-stream: one in-band error event, then the stream ends.
-                body = {
-                    "model": "tiny",
-                    "messages": [{"role": "user", "content": "hi"}],
-                    "max_tokens": STREAM_TOKENS,
-                    "ignore_eos": True,
-                    "stream": True,
-                }
                 engines = [m["engine"]["pid"] for m in neuron.models().values()]
-                async with raw.stream("POST", "/v1/chat/completions", json=body) as response:
+                async with raw.stream("POST", "/v1/chat/completions", json=long) as response:
                     lines = response.aiter_lines()
                     for _ in range(3):
                         await anext(lines)
