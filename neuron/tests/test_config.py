@@ -79,3 +79,34 @@ def test_a_bad_environment_value_is_exit_2(monkeypatch: pytest.MonkeyPatch) -> N
     done = neuron_cli()
     assert done.returncode == 2
     assert "drain_timeout: Input should be a valid number" in done.stderr
+
+
+def first_lines(host: str, tmp_path: Path) -> list[str]:
+    """What a neuron on ``host`` (port 0: any free one) logs until it serves; then stop it."""
+    path = tmp_path / "neuron.toml"
+    path.write_text(f'host = "{host}"\nport = 0\n')
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "neuron.cli", "--config", str(path)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    with proc, proc.stderr as stderr:  # type: ignore[union-attr]
+        for line in stderr:
+            lines.append(line)
+            if "Running on" in line:
+                break
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0
+    return lines
+
+
+def test_no_token_on_a_public_address_is_warned_about(tmp_path: Path) -> None:
+    lines = first_lines("0.0.0.0", tmp_path)
+    assert "WARNING" in lines[0]
+    assert "auth_token is not set and the neuron listens on 0.0.0.0" in lines[0]
+
+
+def test_loopback_without_a_token_is_not_warned_about(tmp_path: Path) -> None:
+    lines = first_lines("127.0.0.1", tmp_path)
+    assert not [line for line in lines if "WARNING" in line]
