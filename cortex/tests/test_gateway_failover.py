@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 
+import httpx
 from cortex_testing import cortex, sse_data
 from fake_neuron import FakeNeuron
 
@@ -99,3 +101,23 @@ async def test_requests_spread_over_neurons_serving_the_model() -> None:
     async with cortex(FakeNeuron("n1"), FakeNeuron("n2"), FakeNeuron("n3", models={})) as c:
         nodes = [(await c.client.post(CHAT, json={"model": "m1"})).json()["node"] for _ in range(6)]
         assert sorted(nodes) == ["n1", "n1", "n1", "n2", "n2", "n2"]
+
+
+async def test_a_client_gone_before_the_answer_starts_leaves_nothing_behind() -> None:
+    fake = FakeNeuron("n1", chunks=3)
+    async with cortex(fake) as c:
+        fake.answer_delay = 1.0
+        with contextlib.suppress(httpx.ReadTimeout):
+            await c.client.post(CHAT, json={"model": "m1"}, timeout=0.3)
+        # Streams: headers come late from a neuron that is slow to start answering.
+        fake.answer_delay = 0.0
+        fake.chunk_delay = 1.0
+        with contextlib.suppress(httpx.ReadTimeout):
+            await c.client.post(CHAT, json={"model": "m1", "stream": True}, timeout=0.3)
+        node = c.gateway.fleet.nodes[0]
+        for _ in range(100):
+            if node.in_flight == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert node.in_flight == 0
+        assert 'cortex_inflight_requests{model="m1",node="n1"} 0.0' in await c.metrics()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 
@@ -119,3 +120,31 @@ async def test_an_unreachable_engine_is_a_502(neuron: Running) -> None:
     assert response.status_code == 502
     assert response.json()["error"]["code"] == "engine_unavailable"
     assert (await neuron.client.get("/health")).status_code == 200
+
+
+async def test_a_client_gone_before_the_answer_starts_leaves_nothing_behind(
+    neuron: Running,
+) -> None:
+    await neuron.load("m1")
+    with contextlib.suppress(httpx.ReadTimeout):
+        await neuron.client.post(
+            "/v1/chat/completions", json={"model": "m1", "fake_sleep": 1.0}, timeout=0.3
+        )
+    for _ in range(60):
+        if (await neuron.models())["m1"]["in_flight"] == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert (await neuron.models())["m1"]["in_flight"] == 0
+    metrics = (await neuron.client.get("/metrics")).text
+    assert 'neuron_requests_in_flight{model="m1"} 0.0' in metrics
+    assert 'neuron_requests_total{model="m1",status="499"} 1.0' in metrics
+
+
+async def test_a_silent_engine_is_a_504() -> None:
+    async with running(settings_for(engine_read_timeout=0.3)) as neuron:
+        await neuron.load("m1")
+        response = await neuron.client.post(
+            "/v1/chat/completions", json={"model": "m1", "fake_sleep": 2.0}
+        )
+        assert response.status_code == 504
+        assert response.json()["error"]["code"] == "engine_timeout"

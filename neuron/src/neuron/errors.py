@@ -10,6 +10,7 @@
     ├── PayloadTooLarge              413 invalid_request_error / payload_too_large
     ├── EngineFailed                 502 engine_error / engine_failed (an engine would not start)
     ├── EngineUnavailable            502 engine_error / engine_unavailable (cannot reach it)
+    ├── EngineTimeout                504 engine_error / engine_timeout (silent too long)
     └── Unavailable                  503 + Retry-After
         ├── ModelLoading             503 model_loading
         ├── ModelUnloading           503 model_unloading
@@ -94,6 +95,12 @@ class EngineUnavailable(NeuronError):
     status = 502
     type = "engine_error"
     code = "engine_unavailable"
+
+
+class EngineTimeout(NeuronError):
+    status = 504
+    type = "engine_error"
+    code = "engine_timeout"
 
 
 class Unavailable(NeuronError):

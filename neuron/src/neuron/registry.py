@@ -27,7 +27,13 @@ import httpx
 
 from neuron.discovery import DeviceSample
 from neuron.engine import HARNESSES, EngineProcess
-from neuron.errors import EngineFailed, LoadCancelled, ModelNotFound, UnknownHarness
+from neuron.errors import (
+    EngineFailed,
+    LoadCancelled,
+    ModelNotFound,
+    ShuttingDown,
+    UnknownHarness,
+)
 from neuron.metrics import NeuronMetrics
 from neuron.placement import choose_devices
 from neuron.settings import ModelSpec, VllmHarness
@@ -88,6 +94,7 @@ class Registry:
         self._sample = sample
         self._slots: dict[str, Slot] = {}
         self._placing = asyncio.Lock()
+        self._closed = False
 
     def get(self, model_id: str) -> Slot | None:
         return self._slots.get(model_id)
@@ -109,6 +116,8 @@ class Registry:
                 param="harness",
             )
         while True:
+            if self._closed:
+                raise ShuttingDown("this neuron is shutting down; load the model elsewhere")
             slot = self._slots.get(spec.model_id)
             if slot is not None and slot.state is State.READY:
                 return slot
@@ -118,9 +127,10 @@ class Registry:
                 await slot.gone.wait()  # then start afresh
                 continue
             async with self._placing:  # placement must see the reservations of earlier loads
-                if self._slots.get(spec.model_id) is not slot:
-                    continue  # someone else acted on this model while we waited
-                slot = self._place(spec, await self._sample())
+                samples = await self._sample()
+                if self._closed or self._slots.get(spec.model_id) is not slot:
+                    continue  # shut down, or someone else acted on this model meanwhile
+                slot = self._place(spec, samples)
             return await self._join(slot)
 
     def _place(self, spec: ModelSpec, samples: list[DeviceSample]) -> Slot:
@@ -159,6 +169,12 @@ class Registry:
             self._metrics.load_failures.labels(slot.model_id).inc()
             self._publish()
             raise
+        except Exception as exc:  # e.g. no file descriptors left to start a process
+            log.exception("starting the engine for %s failed", slot.model_id)
+            slot.state, slot.error = State.FAILED, f"engine could not be started: {exc!r}"
+            self._metrics.load_failures.labels(slot.model_id).inc()
+            self._publish()
+            raise EngineFailed(slot.error) from None
         slot.state = State.READY
         self._metrics.load_seconds.labels(slot.model_id).observe(time.monotonic() - began)
         self._publish()
@@ -177,6 +193,8 @@ class Registry:
         try:
             if was is State.LOADING and slot.start is not None:
                 slot.start.cancel()
+                # Let the start unwind first: it may be about to spawn the process.
+                await asyncio.wait({slot.start})
             await slot.engine.stop()
         finally:
             if self._slots.get(model_id) is slot:
@@ -188,7 +206,11 @@ class Registry:
         log.info("unloaded %s", model_id)
 
     async def unload_all(self) -> None:
-        """Unload every model concurrently; a failure is logged and the rest still go."""
+        """Unload every model concurrently, and refuse loads from now on (shutdown).
+
+        A failure is logged and the rest still go.
+        """
+        self._closed = True
         if not self._slots:
             return
         ids = list(self._slots)

@@ -20,13 +20,14 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from cortex.errors import (
     BadRequest,
@@ -126,11 +127,52 @@ async def relay(request: Request) -> Response:
     if not answer.headers.get("content-type", "").startswith("text/event-stream"):
         return await _whole(gw, call, node, answer, out_headers)
     out_headers.pop("Content-Length", None)
-    return StreamingResponse(
-        _events(gw, call, node, answer, drop_usage),
+    finish = _finisher(gw, call, node, answer)
+    return Relayed(
+        _events(gw, call, node, answer, drop_usage, finish),
         status_code=answer.status,
         headers=out_headers,
+        on_close=lambda: finish(499, None),
     )
+
+
+class Relayed(StreamingResponse):
+    """A streamed answer that runs ``on_close`` however it ends.
+
+    Starlette cancels the send as soon as the client disconnects; if that happens before
+    the body iterator started, the iterator's own ``finally`` never runs. This one does.
+    """
+
+    def __init__(
+        self, content: AsyncIterator[bytes], *, on_close: Callable[[], None], **kw: Any
+    ) -> None:
+        super().__init__(content, **kw)
+        self._on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._on_close()
+
+
+def _finisher(
+    gw: Gateway, call: Call, node: Node, answer: aiohttp.ClientResponse
+) -> Callable[[int, str | None], None]:
+    """End the call once: close the upstream answer and count it (later calls do nothing)."""
+    done = False
+
+    def finish(status: int, reason: str | None) -> None:
+        nonlocal done
+        if done:
+            return
+        done = True
+        # close(), not release(): an unfinished answer must drop the connection so the
+        # neuron (and vLLM behind it) sees the disconnect and aborts the generation.
+        answer.close()
+        gw.leave(call, node, status, reason)
+
+    return finish
 
 
 async def _open(
@@ -161,6 +203,9 @@ async def _open(
             log.warning("neuron %s unreachable for %s: %s", node.name, call.model, exc)
             error = UpstreamError(f"neuron {node.name} could not be reached: {exc}")
             continue
+        except aiohttp.ClientError as exc:  # connected, but the answer was not HTTP we can use
+            gw.leave(call, node, 502, "upstream_broke")
+            raise UpstreamError(f"neuron {node.name} sent a broken answer: {exc}") from None
         except BaseException:
             gw.leave(call, node, 499, None)
             raise
@@ -201,7 +246,12 @@ async def _whole(
 
 
 async def _events(
-    gw: Gateway, call: Call, node: Node, answer: aiohttp.ClientResponse, drop_usage: bool
+    gw: Gateway,
+    call: Call,
+    node: Node,
+    answer: aiohttp.ClientResponse,
+    drop_usage: bool,
+    finish: Callable[[int, str | None], None],
 ) -> AsyncIterator[bytes]:
     splitter = EventSplitter()
     status, reason = answer.status, None
@@ -244,10 +294,7 @@ async def _events(
         status = 499  # the client went away
         raise
     finally:
-        # close(), not release(): an unfinished answer must drop the connection so the neuron
-        # (and vLLM behind it) sees the disconnect and aborts the generation.
-        answer.close()
-        gw.leave(call, node, status, reason)
+        finish(status, reason)
 
 
 def _asks_usage(payload: dict[str, Any]) -> bool:

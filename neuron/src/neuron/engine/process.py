@@ -227,9 +227,9 @@ class EngineProcess:
                 self.spec.model_id,
                 self.returncode,
             )
-            await self._reap_group(proc.pid)
             if self._on_exit is not None:
-                self._on_exit(self)
+                self._on_exit(self)  # first: stop routing requests to a dead engine
+            await self._reap_group(proc.pid)
 
     async def stop(self) -> None:
         """SIGTERM the engine's process group, wait (bounded) until it is empty, SIGKILL the rest.

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
-from neuron.errors import BadRequest, EngineUnavailable, envelope
+from neuron.errors import BadRequest, EngineTimeout, EngineUnavailable, envelope
 from neuron.routes.body import parse_object, read_body
 
 if TYPE_CHECKING:
@@ -73,6 +74,12 @@ async def proxy(request: Request) -> Response:
     release = neuron.track(slot)
     try:
         answer = await neuron.client.send(upstream, stream=True)
+    except httpx.TimeoutException:
+        release(504)
+        raise EngineTimeout(
+            f"the engine serving {model!r} sent nothing for "
+            f"{neuron.settings.engine_read_timeout:g}s"
+        ) from None
     except httpx.TransportError as exc:
         release(502)
         log.warning("engine for %s unreachable: %r", model, exc)
@@ -83,11 +90,37 @@ async def proxy(request: Request) -> Response:
     out_headers = {k: v for k, v in answer.headers.items() if k.lower() not in NOT_RETURNED}
     if "content-length" in answer.headers:  # raw bytes are relayed, so the length holds
         out_headers["content-length"] = answer.headers["content-length"]
-    return StreamingResponse(
+
+    async def close() -> None:  # also when the client left before the first chunk
+        await answer.aclose()
+        release(499)
+
+    return Relayed(
         _relay(answer, slot, release),
         status_code=answer.status_code,
         headers=out_headers,
+        on_close=close,
     )
+
+
+class Relayed(StreamingResponse):
+    """A streamed answer that runs ``on_close`` however it ends.
+
+    Starlette cancels the send as soon as the client disconnects; if that happens before
+    the body iterator started, the iterator's own ``finally`` never runs. This one does.
+    """
+
+    def __init__(
+        self, content: AsyncIterator[bytes], *, on_close: Callable[[], Awaitable[None]], **kw: Any
+    ) -> None:
+        super().__init__(content, **kw)
+        self._on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._on_close()
 
 
 async def _relay(
