@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TINY := var/tiny-model
 
-.PHONY: run test test-unit test-e2e lint format bootstrap engine tiny-model clean
+.PHONY: run test test-unit test-e2e lint format check-packaging bootstrap engine tiny-model clean
 
 run: engine tiny-model
 	@scripts/run-demo.sh
@@ -23,6 +23,11 @@ lint: bootstrap
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy neuron/src cortex/src
+
+# Needs rpm, rpmlint, systemd and firewalld tools (Debian: apt-get install rpm rpmlint
+# python3-rpm systemd firewalld); .ci/run installs them when missing.
+check-packaging: bootstrap
+	@packaging/check.sh
 
 format: bootstrap
 	$(BIN)/ruff check --fix .

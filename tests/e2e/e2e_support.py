@@ -154,7 +154,7 @@ def kill_group(pgid: int) -> None:
 def engine_groups(neuron_pid: int) -> set[int]:
     """Process groups of the engines a neuron started, found via their guard's command line.
 
-    Each engine runs as ``python -m neuron.engine.guard <neuron pid> -- ...`` leading its
+    Each engine runs as ``python -I .../neuron/engine/guard.py <neuron pid> -- ...`` leading its
     own group; this finds them even after the neuron itself is gone.
     """
     found: set[int] = set()
@@ -166,7 +166,7 @@ def engine_groups(neuron_pid: int) -> set[int]:
         except OSError:
             continue
         for i, arg in enumerate(argv[:-2]):
-            if arg == b"neuron.engine.guard" and argv[i + 1] == str(neuron_pid).encode():
+            if arg.endswith(b"/neuron/engine/guard.py") and argv[i + 1] == str(neuron_pid).encode():
                 with contextlib.suppress(OSError):
                     found.add(os.getpgid(int(entry.name)))
                 break

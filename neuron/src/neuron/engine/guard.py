@@ -1,4 +1,4 @@
-"""``python -m neuron.engine.guard PARENT -- CMD...``: an engine must not outlive the neuron.
+"""``python -I guard.py PARENT -- CMD...``: an engine must not outlive the neuron.
 
 The neuron starts every engine through this guard, as the leader of a new process group.
 The guard asks the kernel for SIGTERM when its parent dies (``PR_SET_PDEATHSIG``), runs
@@ -42,7 +42,7 @@ def _exit_code(returncode: int) -> int:
 
 def main(argv: list[str]) -> int:
     if len(argv) < 3 or argv[1] != "--":
-        sys.stderr.write("usage: python -m neuron.engine.guard PARENT_PID -- CMD...\n")
+        sys.stderr.write("usage: python -I guard.py PARENT_PID -- CMD...\n")
         return 2
     parent, cmd = int(argv[0]), argv[2:]
     _ask_for_parent_death_signal()

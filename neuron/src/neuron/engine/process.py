@@ -1,7 +1,7 @@
 """One vLLM OpenAI server as a supervised child process.
 
-The engine runs as ``python -m neuron.engine.guard <neuron pid> -- <engine argv>`` in a new
-process group (see :mod:`neuron.engine.guard`). Its stdout and stderr are merged into one
+The engine runs as ``python -I .../neuron/engine/guard.py <neuron pid> -- <engine argv>`` in a
+new process group (see :mod:`neuron.engine.guard`). Its stdout and stderr are merged into one
 pipe that a reader task drains continuously, so a chatty engine never blocks on a full
 pipe; each line goes to the neuron's log prefixed by the model id, and the last few are
 kept for error messages.
@@ -23,11 +23,13 @@ from collections.abc import Callable
 
 import httpx
 
+from neuron.engine import guard
 from neuron.errors import EngineFailed
 from neuron.settings import ModelSpec, VllmHarness
 
 log = logging.getLogger("neuron.engine")
 
+GUARD = guard.__file__
 HEALTH_POLL = 0.5
 READ_CHUNK = 65536
 # For the one-line summary of a failed start only (never for control flow): the last line
@@ -144,9 +146,11 @@ class EngineProcess:
 
     async def start(self) -> None:
         argv = [
+            # By path and isolated (-I): the guard is standard library only, so it runs the
+            # same wherever this package is installed (the RPM keeps it off sys.path).
             sys.executable,
-            "-m",
-            "neuron.engine.guard",
+            "-I",
+            GUARD,
             str(os.getpid()),
             "--",
             *engine_argv(self.spec, self.harness, self.port),

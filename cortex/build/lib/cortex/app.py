@@ -1,0 +1,154 @@
+"""``create_app(settings)``: the API app and the metrics app, with everything built once."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import aiohttp
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from cortex.auth import Gatekeeper
+from cortex.errors import CortexError, MethodNotAllowed, RouteNotFound
+from cortex.fleet.poller import Poller
+from cortex.fleet.state import Fleet, Node
+from cortex.metrics import CortexMetrics
+from cortex.routes import fleet as fleet_routes
+from cortex.settings import Catalogue, CortexSettings
+from cortex.upstream.client import make_session
+from cortex.upstream.relay import PATHS, Call, relay
+
+log = logging.getLogger("cortex.app")
+
+
+@dataclass(eq=False)
+class Gateway:
+    """Everything one cortex process owns; handlers reach it as ``request.app.state.gateway``."""
+
+    settings: CortexSettings
+    fleet: Fleet
+    metrics: CortexMetrics
+    session: aiohttp.ClientSession
+    poller: Poller
+    draining: list[bool] = field(default_factory=lambda: [False])
+    started: float = field(default_factory=time.monotonic)
+    started_wall: float = field(default_factory=time.time)
+    _turn: int = 0
+
+    def next_turn(self) -> int:
+        self._turn += 1
+        return self._turn
+
+    def enter(self, call: Call, node: Node) -> None:
+        node.in_flight += 1
+        call.node = node.name
+        self.metrics.in_flight.labels(call.label, node.name).inc()
+
+    def leave(self, call: Call, node: Node, status: int, reason: str | None) -> None:
+        """End one attempt of ``call`` on ``node`` with ``status`` (and an error reason)."""
+        node.in_flight -= 1
+        m = self.metrics
+        m.in_flight.labels(call.label, node.name).dec()
+        m.requests.labels(call.label, node.name, call.path, str(status)).inc()
+        if reason:
+            m.errors.labels(call.label, node.name, reason).inc()
+            return
+        m.duration.labels(call.label, call.path).observe(time.monotonic() - call.started)
+        if call.usage.prompt:
+            m.prompt_tokens.labels(call.label).inc(call.usage.prompt)
+        if call.usage.completion:
+            m.completion_tokens.labels(call.label).inc(call.usage.completion)
+
+
+def build(settings: CortexSettings, catalogue: Catalogue) -> Gateway:
+    metrics = CortexMetrics()
+    fleet = Fleet.build(settings.neurons, catalogue)
+    session = make_session(settings.gateway)
+    return Gateway(
+        settings=settings,
+        fleet=fleet,
+        metrics=metrics,
+        session=session,
+        poller=Poller(fleet, session, settings.poll, metrics),
+    )
+
+
+def create_app(gateway: Gateway) -> Starlette:
+    """The API app (port 31313); its lifespan runs the poller and closes the client."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        poller = asyncio.create_task(gateway.poller.run(), name="poller")
+        with contextlib.suppress(TimeoutError):
+            # A first view of the fleet before serving, but never block start on a dead neuron.
+            await asyncio.wait_for(gateway.poller.polled.wait(), gateway.settings.poll.timeout + 1)
+        try:
+            yield
+        finally:
+            poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poller
+            await gateway.session.close()
+
+    routes = [
+        Route("/health", fleet_routes.health, methods=["GET"]),
+        Route("/v1/models", fleet_routes.models, methods=["GET"]),
+        Route("/fleet", fleet_routes.fleet, methods=["GET"]),
+        *(Route(path, relay, methods=["POST"]) for path in PATHS),
+    ]
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        middleware=[
+            Middleware(
+                Gatekeeper, api_keys=gateway.settings.auth.api_keys, draining=gateway.draining
+            )
+        ],
+        exception_handlers={
+            CortexError: _cortex_error,
+            404: _not_found,
+            405: _not_allowed,
+            Exception: _internal_error,
+        },
+    )
+    app.state.gateway = gateway
+    return app
+
+
+def create_metrics_app(gateway: Gateway) -> Starlette:
+    """The Prometheus app (port 31314)."""
+
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return Starlette(routes=[Route("/metrics", metrics, methods=["GET"])])
+
+
+async def _cortex_error(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, CortexError):
+        return exc.response(request.url.path)
+    return await _internal_error(request, exc)
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    error = RouteNotFound(f"no route for {request.method} {request.url.path}")
+    return error.response(request.url.path)
+
+
+async def _not_allowed(request: Request, exc: Exception) -> Response:
+    error = MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}")
+    return error.response(request.url.path)
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return CortexError("internal error").response(request.url.path)

@@ -1,0 +1,138 @@
+"""``cortex serve --config PATH`` runs the gateway; ``cortex status`` shows the fleet."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+from hypercorn.asyncio import serve
+from hypercorn.config import Config
+
+from cortex import __version__
+from cortex.app import build, create_app, create_metrics_app
+from cortex.settings import ConfigError, CortexSettings, load_catalogue, load_settings
+from cortex.status import fetch_fleet, render
+
+log = logging.getLogger("cortex")
+
+DEFAULT_CONFIG = Path("/etc/cortex/cortex.toml")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="cortex", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"cortex {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve_cmd = commands.add_parser("serve", help="run the gateway")
+    serve_cmd.add_argument(
+        "--config", type=Path, default=None, help=f"cortex.toml (default: {DEFAULT_CONFIG})"
+    )
+    status = commands.add_parser("status", help="print the fleet as a table")
+    status.add_argument(
+        "--endpoint",
+        default=os.environ.get("CORTEX_ENDPOINT", "http://127.0.0.1:31313"),
+        help="the gateway's API URL (default: $CORTEX_ENDPOINT or http://127.0.0.1:31313)",
+    )
+    status.add_argument(
+        "--api-key",
+        default=os.environ.get("CORTEX_API_KEY"),
+        help="API key when the gateway requires one (default: $CORTEX_API_KEY)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.command == "status":
+        try:
+            fleet = fetch_fleet(args.endpoint, args.api_key)
+        except RuntimeError as exc:
+            sys.stderr.write(f"cortex status: {exc}\n")
+            return 1
+        sys.stdout.write(render(fleet))
+        return 0
+    path = args.config
+    if path is None and DEFAULT_CONFIG.exists():
+        path = DEFAULT_CONFIG
+    try:
+        settings = load_settings(path)
+        catalogue = load_catalogue(settings.models_config)
+    except ConfigError as exc:
+        sys.stderr.write(f"cortex: invalid configuration: {exc}\n")
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    log.info(
+        "cortex %s: %d neuron(s), %d catalogued model(s)",
+        __version__,
+        len(settings.neurons),
+        len(catalogue.models),
+    )
+    _run(_serve(settings, catalogue))
+    return 0
+
+
+async def _serve(settings: CortexSettings, catalogue: Any) -> None:
+    gateway = build(settings, catalogue)
+    stop = asyncio.Event()
+
+    def on_signal(sig: signal.Signals) -> None:
+        log.info(
+            "%s received: finishing in-flight requests (up to %gs)",
+            sig.name,
+            settings.gateway.drain_timeout,
+        )
+        gateway.draining[0] = True
+        stop.set()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    api = _config(settings.gateway.listen, settings.gateway.drain_timeout)
+    metrics = _config(settings.gateway.metrics_listen, 1.0)
+    api_done = asyncio.Event()
+
+    async def serve_api() -> None:
+        try:
+            await serve(create_app(gateway), api, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+        finally:
+            api_done.set()
+
+    # Metrics stay up until the API has drained, so the drain itself can be watched.
+    await asyncio.gather(
+        serve_api(),
+        serve(create_metrics_app(gateway), metrics, shutdown_trigger=api_done.wait),  # type: ignore[arg-type]
+    )
+    log.info("cortex stopped")
+
+
+def _config(listen: str, graceful: float) -> Config:
+    config = Config()
+    config.bind = [listen]
+    config.accesslog = None
+    config.errorlog = log
+    config.graceful_timeout = graceful  # in-flight streams get this long after SIGTERM
+    config.keep_alive_timeout = 75.0
+    return config
+
+
+def _run(main: Coroutine[Any, Any, None]) -> None:
+    try:
+        import uvloop  # optional speed-up
+
+        uvloop.run(main)
+    except ImportError:
+        asyncio.run(main)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""cortex's one exception tree, rendered in the envelope of the API the client called.
+
+    CortexError                 500 api_error
+    ├── BadRequest              400 invalid_request_error
+    ├── Unauthorized            401 authentication_error
+    ├── ModelNotFound           404 not_found_error / model_not_found
+    ├── RouteNotFound           404 not_found_error
+    ├── MethodNotAllowed        405 invalid_request_error
+    ├── PayloadTooLarge         413 invalid_request_error / payload_too_large
+    ├── UpstreamError           502 api_error / upstream_error (no neuron could be reached)
+    ├── UpstreamTimeout         504 api_error / upstream_timeout
+    └── Unavailable             503 overloaded_error + Retry-After
+        ├── ModelNotReady       503 model_not_ready (known, not ready anywhere)
+        └── ShuttingDown        503 shutting_down
+
+OpenAI paths get ``{"error": {"message","type","param","code"}}``; Anthropic paths
+(``/v1/messages*``) get ``{"type": "error", "error": {"type","message"}}``. After the first
+byte of a stream, the same error is sent in-band in the stream's own format
+(:func:`sse_error`), then the stream ends.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, ClassVar
+
+from starlette.responses import JSONResponse
+
+
+class CortexError(Exception):
+    status: ClassVar[int] = 500
+    type: ClassVar[str] = "api_error"
+    code: ClassVar[str | None] = None
+    retry_after: int | None = None
+
+    def __init__(
+        self, message: str, *, param: str | None = None, retry_after: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if retry_after is not None:
+            self.retry_after = retry_after
+
+    def body(self, anthropic: bool) -> dict[str, Any]:
+        if anthropic:
+            return {"type": "error", "error": {"type": self.type, "message": self.message}}
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+    def response(self, path: str) -> JSONResponse:
+        headers = {"Retry-After": str(self.retry_after)} if self.retry_after else None
+        return JSONResponse(self.body(is_anthropic(path)), self.status, headers=headers)
+
+
+class BadRequest(CortexError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class Unauthorized(CortexError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class ModelNotFound(CortexError):
+    status = 404
+    type = "not_found_error"
+    code = "model_not_found"
+
+
+class RouteNotFound(CortexError):
+    status = 404
+    type = "not_found_error"
+
+
+class MethodNotAllowed(CortexError):
+    status = 405
+    type = "invalid_request_error"
+
+
+class PayloadTooLarge(CortexError):
+    status = 413
+    type = "invalid_request_error"
+    code = "payload_too_large"
+
+
+class UpstreamError(CortexError):
+    status = 502
+    type = "api_error"
+    code = "upstream_error"
+
+
+class UpstreamTimeout(CortexError):
+    status = 504
+    type = "api_error"
+    code = "upstream_timeout"
+
+
+class Unavailable(CortexError):
+    status = 503
+    type = "overloaded_error"
+    retry_after = 5
+
+
+class ModelNotReady(Unavailable):
+    code = "model_not_ready"
+
+
+class ShuttingDown(Unavailable):
+    code = "shutting_down"
+
+
+def is_anthropic(path: str) -> bool:
+    return path.startswith("/v1/messages")
+
+
+def sse_error(error: CortexError, path: str) -> bytes:
+    """The in-band error event for a stream already under way."""
+    body = json.dumps(error.body(is_anthropic(path)))
+    if is_anthropic(path):
+        return f"event: error\ndata: {body}\n\n".encode()
+    return f"data: {body}\n\n".encode()

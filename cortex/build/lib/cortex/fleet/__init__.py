@@ -1,0 +1,1 @@
+"""What cortex knows about the fleet: neurons, the catalogue, and where each model is."""

@@ -1,0 +1,92 @@
+"""Polls every neuron's ``/models`` and ``/health`` (and ``/discovery`` when it comes up).
+
+A neuron is marked down after ``down_after`` consecutive failed polls and up again on the
+first success; a neuron that is down when cortex starts is simply down. Each poll of a
+node is bounded by ``poll.timeout``; nodes are polled concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import aiohttp
+
+from cortex.fleet.state import Fleet, Node
+from cortex.metrics import CortexMetrics
+from cortex.settings import Poll
+
+log = logging.getLogger("cortex.poller")
+
+
+class Poller:
+    def __init__(
+        self, fleet: Fleet, session: aiohttp.ClientSession, settings: Poll, metrics: CortexMetrics
+    ) -> None:
+        self.fleet = fleet
+        self._session = session
+        self._settings = settings
+        self._metrics = metrics
+        self.polled = asyncio.Event()
+        """Set after the first round, so start-up can wait for a first view of the fleet."""
+
+    async def run(self) -> None:
+        while True:
+            await self.poll_once()
+            await asyncio.sleep(self._settings.interval)
+
+    async def poll_once(self) -> None:
+        await asyncio.gather(*(self._poll(node) for node in self.fleet.nodes))
+        self.polled.set()
+
+    async def _poll(self, node: Node) -> None:
+        try:
+            async with asyncio.timeout(self._settings.timeout):
+                models, health = await asyncio.gather(
+                    self._get(node, "/models"), self._get(node, "/health")
+                )
+                if not node.up or node.discovery is None:
+                    node.discovery = await self._get(node, "/discovery")
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            self._failed(node, exc)
+            return
+        if not node.up:
+            log.info("neuron %s is up (%s)", node.name, node.base)
+        node.up, node.failures, node.last_error = True, 0, None
+        node.health = health if isinstance(health, dict) else None
+        node.models = (
+            {str(m["id"]): m for m in models if isinstance(m, dict) and "id" in m}
+            if isinstance(models, list)
+            else {}
+        )
+        self._metrics.observe_node(node)
+
+    async def _get(self, node: Node, path: str) -> Any:
+        async with self._session.get(node.base + path, headers=node.headers()) as response:
+            response.raise_for_status()
+            return await response.json(content_type=None)
+
+    def _failed(self, node: Node, exc: BaseException) -> None:
+        node.failures += 1
+        node.last_error = _reason(exc)
+        if node.up and node.failures >= self._settings.down_after:
+            log.warning(
+                "neuron %s is down after %d failed polls: %s",
+                node.name,
+                node.failures,
+                node.last_error,
+            )
+            node.up = False
+            node.discovery = None  # re-read when it comes back: it may be a new machine
+        elif node.up:
+            log.info("poll of neuron %s failed (%d): %s", node.name, node.failures, node.last_error)
+        self._metrics.observe_node(node)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return f"HTTP {exc.status}"
+    return f"{type(exc).__name__}: {exc}"

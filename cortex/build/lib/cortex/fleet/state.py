@@ -1,0 +1,80 @@
+"""The fleet as last polled: one :class:`Node` per configured neuron.
+
+Written only by the poller (and the in-flight counters by the relay); read by routing and
+the fleet views. Everything runs on one event loop, so no locks are needed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from cortex.settings import Catalogue, NeuronEntry
+
+
+@dataclass(eq=False)
+class Node:
+    name: str
+    base: str
+    token: str | None
+    up: bool = False
+    failures: int = 0
+    last_error: str | None = None
+    health: dict[str, Any] | None = None
+    discovery: dict[str, Any] | None = None
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """``ModelInfo`` by model id, as the neuron last reported them."""
+    in_flight: int = 0
+    """Requests this cortex has routed to the node that have not finished."""
+
+    @classmethod
+    def from_entry(cls, entry: NeuronEntry) -> Node:
+        return cls(name=entry.name, base=entry.base, token=entry.token)
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    def status_of(self, model: str) -> str | None:
+        info = self.models.get(model)
+        return str(info.get("status")) if info else None
+
+    @property
+    def status(self) -> str:
+        if not self.up:
+            return "down"
+        return str((self.health or {}).get("status", "up"))
+
+
+@dataclass
+class Fleet:
+    nodes: list[Node]
+    catalogue: Catalogue
+
+    @classmethod
+    def build(cls, entries: list[NeuronEntry], catalogue: Catalogue) -> Fleet:
+        return cls([Node.from_entry(e) for e in entries], catalogue)
+
+    def up(self) -> list[Node]:
+        return [n for n in self.nodes if n.up]
+
+    def ready_nodes(self, model: str) -> list[Node]:
+        """Up, not draining, and serving ``model``."""
+        return [
+            n
+            for n in self.nodes
+            if n.up and n.status != "draining" and n.status_of(model) == "ready"
+        ]
+
+    def knows(self, model: str) -> bool:
+        """In the catalogue, or reported by some neuron that is up (in any state)."""
+        return model in self.catalogue.ids() or any(model in n.models for n in self.up())
+
+    def locations(self) -> dict[str, list[dict[str, str]]]:
+        """Model id → ``[{"node", "status"}]`` for every model some up neuron reports."""
+        where: dict[str, list[dict[str, str]]] = {m.id: [] for m in self.catalogue.models}
+        for node in self.up():
+            for model_id, info in node.models.items():
+                where.setdefault(model_id, []).append(
+                    {"node": node.name, "status": str(info.get("status"))}
+                )
+        return where

@@ -1,0 +1,105 @@
+"""cortex's Prometheus metrics, on a registry of its own per app instance.
+
+Label values stay bounded: ``model`` is a catalogued or neuron-reported id (anything else
+is ``_unknown``), ``node`` a configured neuron name, ``endpoint`` one of the fixed routes.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from cortex.fleet.state import Node
+
+MIB = 1024 * 1024
+LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+GAPS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+
+
+class CortexMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = r = registry or CollectorRegistry()
+        self.requests = Counter(
+            "cortex_requests",
+            "Requests by model, neuron, endpoint and HTTP status.",
+            ["model", "node", "endpoint", "status"],
+            registry=r,
+        )
+        self.errors = Counter(
+            "cortex_request_errors",
+            "Requests that failed on cortex's side of the wire, by reason.",
+            ["model", "node", "reason"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            "cortex_request_duration_seconds",
+            "Time from request to the last byte of the answer.",
+            ["model", "endpoint"],
+            buckets=LATENCY,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "cortex_time_to_first_token_seconds",
+            "Streaming: time from request to the first chunk of the answer.",
+            ["model"],
+            buckets=LATENCY,
+            registry=r,
+        )
+        self.inter_chunk = Histogram(
+            "cortex_inter_token_latency_seconds",
+            "Streaming: gap between consecutive chunks of an answer.",
+            ["model"],
+            buckets=GAPS,
+            registry=r,
+        )
+        self.prompt_tokens = Counter(
+            "cortex_prompt_tokens", "Prompt tokens, from upstream usage.", ["model"], registry=r
+        )
+        self.completion_tokens = Counter(
+            "cortex_completion_tokens",
+            "Completion tokens, from upstream usage.",
+            ["model"],
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "cortex_inflight_requests", "Requests being relayed.", ["model", "node"], registry=r
+        )
+        self.neuron_up = Gauge("cortex_neuron_up", "1 if the neuron is up.", ["node"], registry=r)
+        self.model_loaded = Gauge(
+            "cortex_model_loaded",
+            "1 if the model is ready on the neuron, else 0.",
+            ["model", "node"],
+            registry=r,
+        )
+        self.gpu_memory_used = Gauge(
+            "cortex_gpu_memory_used_bytes", "GPU memory in use.", ["node", "gpu"], registry=r
+        )
+        self.gpu_memory_free = Gauge(
+            "cortex_gpu_memory_free_bytes", "GPU memory free.", ["node", "gpu"], registry=r
+        )
+        self.gpu_utilization = Gauge(
+            "cortex_gpu_utilization_ratio", "GPU busy fraction (0-1).", ["node", "gpu"], registry=r
+        )
+        self._loaded_series: dict[str, set[str]] = {}
+
+    def observe_node(self, node: Node) -> None:
+        self.neuron_up.labels(node.name).set(1 if node.up else 0)
+        for model_id, info in node.models.items():
+            ready = node.up and info.get("status") == "ready"
+            self.model_loaded.labels(model_id, node.name).set(1 if ready else 0)
+        # A model the neuron no longer reports (unloaded) loses its series.
+        for model_id in self._loaded_series.get(node.name, set()) - node.models.keys():
+            self.model_loaded.remove(model_id, node.name)
+        self._loaded_series[node.name] = set(node.models)
+        if not node.up:
+            return
+        for device in (node.health or {}).get("devices", []):
+            gpu = str(device.get("index"))
+            if isinstance(device.get("vram_used_mb"), int | float):
+                self.gpu_memory_used.labels(node.name, gpu).set(device["vram_used_mb"] * MIB)
+            if isinstance(device.get("vram_free_mb"), int | float):
+                self.gpu_memory_free.labels(node.name, gpu).set(device["vram_free_mb"] * MIB)
+            if isinstance(device.get("utilization_pct"), int | float):
+                self.gpu_utilization.labels(node.name, gpu).set(device["utilization_pct"] / 100)

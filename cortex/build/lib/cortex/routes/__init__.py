@@ -1,0 +1,1 @@
+"""cortex's URL table and thin handlers."""

@@ -1,0 +1,82 @@
+"""Fleet views: ``/health``, the merged ``/v1/models``, and ``/fleet`` for ``cortex status``."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+if TYPE_CHECKING:
+    from cortex.app import Gateway
+
+
+def _gw(request: Request) -> Gateway:
+    gw: Gateway = request.app.state.gateway
+    return gw
+
+
+async def health(request: Request) -> Response:
+    fleet = _gw(request).fleet
+    up = len(fleet.up())
+    return JSONResponse(
+        {
+            "status": "ok" if up else "degraded",
+            "neurons": {"up": up, "down": len(fleet.nodes) - up, "total": len(fleet.nodes)},
+            "models_ready": sum(1 for locs in fleet.locations().values() if _ready(locs)),
+        }
+    )
+
+
+async def models(request: Request) -> Response:
+    gw = _gw(request)
+    created = int(gw.started_wall)
+    data = [
+        {
+            "id": model_id,
+            "object": "model",
+            "created": created,
+            "owned_by": "cortex",
+            "locations": locations,
+        }
+        for model_id, locations in sorted(gw.fleet.locations().items())
+    ]
+    return JSONResponse({"object": "list", "data": data})
+
+
+async def fleet(request: Request) -> Response:
+    gw = _gw(request)
+    nodes: list[dict[str, Any]] = []
+    for node in gw.fleet.nodes:
+        devices = (node.health or {}).get("devices", []) if node.up else []
+        info = (node.discovery or {}).get("devices", [])
+        total = sum(int(d.get("vram_total_mb") or 0) for d in info)
+        free = sum(int(d.get("vram_free_mb") or 0) for d in devices)
+        nodes.append(
+            {
+                "name": node.name,
+                "endpoint": node.base,
+                "status": node.status,
+                "up": node.up,
+                "error": node.last_error,
+                "gpus": len(info),
+                "vram_total_mb": total,
+                "vram_used_mb": max(0, total - free) if devices else 0,
+                "in_flight": node.in_flight,
+                "models": [
+                    {"id": m, "status": i.get("status")} for m, i in sorted(node.models.items())
+                ],
+            }
+        )
+    return JSONResponse(
+        {
+            "uptime_secs": round(time.monotonic() - gw.started, 1),
+            "neurons": nodes,
+            "models": gw.fleet.locations(),
+        }
+    )
+
+
+def _ready(locations: list[dict[str, str]]) -> bool:
+    return any(loc["status"] == "ready" for loc in locations)

@@ -1,0 +1,183 @@
+"""cortex's configuration: ``cortex.toml`` + ``CORTEX_`` environment, and the model catalogue.
+
+Precedence, highest first: ``CORTEX_*`` environment variables (nested keys joined with
+``__``, e.g. ``CORTEX_GATEWAY__LISTEN=127.0.0.1:8080``), the TOML file, the defaults.
+Unknown keys and wrong types are errors: :func:`load_settings` raises :class:`ConfigError`
+naming the file and the key. A missing ``models.toml`` is an empty catalogue; a broken one
+is an error.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+DEFAULT_MODELS_CONFIG = Path("/etc/cortex/models.toml")
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message is meant for the operator as is."""
+
+
+def _listen(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    return value
+
+
+class Gateway(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    listen: str = "0.0.0.0:31313"
+    metrics_listen: str = "0.0.0.0:31314"
+    max_body_bytes: Annotated[int, Field(gt=0)] = 32 * 1024 * 1024
+    connect_timeout: Annotated[float, Field(gt=0)] = 5.0
+    idle_timeout: Annotated[float, Field(gt=0)] = 300.0
+    """Longest silence between two chunks from a neuron; never a deadline on a whole answer."""
+    drain_timeout: Annotated[float, Field(ge=0)] = 60.0
+    retry_after: Annotated[int, Field(ge=1)] = 5
+
+    _check_listen = field_validator("listen", "metrics_listen")(_listen)
+
+
+class Poll(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    interval: Annotated[float, Field(gt=0)] = 2.0
+    timeout: Annotated[float, Field(gt=0)] = 5.0
+    down_after: Annotated[int, Field(ge=1)] = 3
+    """Consecutive failed polls before a neuron is marked down (one success brings it back)."""
+
+
+class NeuronEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")]
+    endpoint: Annotated[str, Field(pattern=r"^https?://[^/]+")]
+    token: str | None = None
+
+    @property
+    def base(self) -> str:
+        return self.endpoint.rstrip("/")
+
+
+class Auth(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    api_keys: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+
+
+class CortexSettings(BaseSettings):
+    """Everything ``cortex serve`` reads at start; see ``cortex/cortex.example.toml``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CORTEX_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    gateway: Gateway = Field(default_factory=Gateway)
+    poll: Poll = Field(default_factory=Poll)
+    neurons: list[NeuronEntry] = Field(default_factory=list)
+    models_config: Path = DEFAULT_MODELS_CONFIG
+    auth: Auth = Field(default_factory=Auth)
+    log_level: str = Field(default="info", pattern="^(debug|info|warning|error)$")
+
+    @field_validator("neurons")
+    @classmethod
+    def _unique_names(cls, neurons: list[NeuronEntry]) -> list[NeuronEntry]:
+        names = [n.name for n in neurons]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"neuron names must be unique; repeated: {dupes}")
+        return neurons
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The TOML file arrives as init kwargs; the environment must win over it.
+        return (env_settings, init_settings)
+
+
+class CatalogueModel(BaseModel):
+    """One ``[[models]]`` entry of ``models.toml``: a neuron ModelSpec plus placement facts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: Annotated[str, Field(min_length=1)]
+    harness: str = "vllm"
+    source: str | None = None
+    quant: str | None = None
+    dtype: str | None = None
+    max_model_len: Annotated[int, Field(gt=0)] | None = None
+    tensor_parallel: Annotated[int, Field(ge=1)] = 1
+    vram_mb: Annotated[int, Field(ge=0)] | None = None
+    min_devices: Annotated[int, Field(ge=0)] = 0
+    min_device_vram_mb: Annotated[int, Field(ge=0)] = 0
+    pinned_on: list[str] = Field(default_factory=list)
+    engine_args: list[str] = Field(default_factory=list)
+
+
+class Catalogue(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    models: list[CatalogueModel] = Field(default_factory=list)
+
+    def ids(self) -> set[str]:
+        return {m.id for m in self.models}
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+
+
+def load_settings(path: Path | None) -> CortexSettings:
+    """Read ``path`` (``None``: defaults and environment only). Raises :class:`ConfigError`."""
+    data = _read_toml(path) if path is not None else {}
+    try:
+        return CortexSettings(**data)
+    except ValidationError as exc:
+        raise ConfigError(f"{path or 'environment'}: {describe(exc)}") from None
+
+
+def load_catalogue(path: Path) -> Catalogue:
+    """The catalogue at ``path``; a missing file is an empty catalogue."""
+    if not path.exists():
+        return Catalogue()
+    try:
+        catalogue = Catalogue(**_read_toml(path))
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {describe(exc)}") from None
+    ids = [m.id for m in catalogue.models]
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        raise ConfigError(f"{path}: models: ids must be unique; repeated: {dupes}")
+    return catalogue
+
+
+def describe(exc: ValidationError) -> str:
+    """One clause per problem: ``key.path: message``."""
+    parts = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        parts.append(f"{key}: {msg}")
+    return "; ".join(parts)

@@ -1,0 +1,65 @@
+"""``cortex status``: the fleet as a readable table (from the gateway's ``/fleet``)."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+
+def fetch_fleet(endpoint: str, api_key: str | None) -> dict[str, Any]:
+    """GET ``{endpoint}/fleet``; RuntimeError with a readable reason on any failure."""
+    url = endpoint.rstrip("/") + "/fleet"
+    if not url.startswith(("http://", "https://")):
+        raise RuntimeError(f"endpoint must be an http(s) URL, got {endpoint!r}")
+    request = urllib.request.Request(url)  # noqa: S310 - scheme checked above
+    if api_key:
+        request.add_header("Authorization", f"Bearer {api_key}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+            data: dict[str, Any] = json.load(response)
+            return data
+    except urllib.error.HTTPError as exc:
+        raise RuntimeError(
+            f"{url}: HTTP {exc.code}: {exc.read().decode(errors='replace')}"
+        ) from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise RuntimeError(f"cannot reach cortex at {url}: {exc}") from None
+
+
+def render(fleet: dict[str, Any]) -> str:
+    neurons = [
+        [
+            n["name"],
+            n["status"],
+            str(n["gpus"]),
+            f"{n['vram_used_mb']}/{n['vram_total_mb']} MiB" if n["gpus"] else "-",
+            str(n["in_flight"]),
+            n["endpoint"] if n["up"] else f"{n['endpoint']} ({n.get('error') or 'down'})",
+        ]
+        for n in fleet["neurons"]
+    ]
+    models = [
+        [
+            model_id,
+            ", ".join(f"{loc['node']} ({loc['status']})" for loc in locations) or "not loaded",
+        ]
+        for model_id, locations in sorted(fleet["models"].items())
+    ]
+    return (
+        table(["NEURON", "STATUS", "GPUS", "VRAM USED/TOTAL", "IN FLIGHT", "ENDPOINT"], neurons)
+        + "\n"
+        + table(["MODEL", "LOCATIONS"], models)
+    )
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    if not rows:
+        rows = [["(none)"] + [""] * (len(header) - 1)]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
+    ]
+    return "\n".join(lines) + "\n"

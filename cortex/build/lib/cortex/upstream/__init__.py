@@ -1,0 +1,1 @@
+"""Talking to neurons: the shared HTTP client, the streaming relay, SSE helpers."""

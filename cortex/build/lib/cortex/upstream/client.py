@@ -1,0 +1,32 @@
+"""The one long-lived HTTP client cortex uses to talk to neurons.
+
+aiohttp, not httpx, on the hot path: measured here, httpx's connection pool costs 4-6x
+more CPU per request under concurrency and merges stream chunks (see bench/README.md).
+Bodies are not decompressed (``auto_decompress=False``), so answers are relayed as sent.
+"""
+
+from __future__ import annotations
+
+import aiohttp
+
+from cortex.settings import Gateway
+
+
+def make_session(gateway: Gateway) -> aiohttp.ClientSession:
+    connector = aiohttp.TCPConnector(
+        limit=0,  # no global cap: the neurons and their engines are the back-pressure
+        limit_per_host=0,
+        keepalive_timeout=60,
+        ttl_dns_cache=300,
+        enable_cleanup_closed=True,
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        auto_decompress=False,
+        # Short connect; the read timeout is an idle timeout between chunks, never a deadline
+        # on the whole answer (long generations are fine while tokens flow).
+        timeout=aiohttp.ClientTimeout(
+            total=None, sock_connect=gateway.connect_timeout, sock_read=gateway.idle_timeout
+        ),
+        skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
+    )

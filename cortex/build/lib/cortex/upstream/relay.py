@@ -1,0 +1,305 @@
+"""The hot path: route one inference request to a neuron and relay the answer.
+
+Only ``model`` and ``stream`` are read from the body (plus ``stream_options`` for OpenAI
+streams, see below); the body goes upstream unchanged otherwise. Answers stream back as
+they arrive, in whole SSE events, never re-serialised.
+
+- Before the first byte reaches the client, a connection failure (or a neuron that says
+  it is shutting down) is retried once on the next neuron serving the model.
+- After the first byte, a failure becomes one in-band error event in the stream's own
+  format, then the stream ends.
+- A client that goes away cancels the relay; the upstream connection is closed, which the
+  neuron passes on to vLLM as an abort.
+- Token counts come from the upstream ``usage``. OpenAI streams that did not ask for it get
+  ``stream_options.include_usage`` added, and that usage chunk is dropped again on the way
+  back, so the client sees exactly what it asked for.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from cortex.errors import (
+    BadRequest,
+    CortexError,
+    ModelNotFound,
+    ModelNotReady,
+    UpstreamError,
+    UpstreamTimeout,
+    is_anthropic,
+    sse_error,
+)
+from cortex.fleet.routing import rank
+from cortex.routes.body import parse_object, read_body
+from cortex.upstream.sse import USAGE, EventSplitter, Usage, event_payload, is_usage_only
+
+if TYPE_CHECKING:
+    from cortex.app import Gateway
+    from cortex.fleet.state import Node
+
+log = logging.getLogger("cortex.relay")
+
+PATHS = (
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/messages",
+    "/v1/messages/count_tokens",
+    "/v1/responses",
+)
+USAGE_INJECTABLE = frozenset({"/v1/chat/completions", "/v1/completions"})
+NOT_FORWARDED = frozenset(
+    {
+        "host",
+        "content-length",
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "upgrade",
+        "proxy-authorization",
+        "authorization",  # the client's key is for cortex; the neuron gets its own token
+        "x-api-key",
+    }
+)
+NOT_RETURNED = frozenset(
+    {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "server", "date"}
+)
+CONNECT_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientOSError)
+
+
+@dataclass
+class Call:
+    """One request on its way through: what routing and the metrics need to know."""
+
+    path: str
+    model: str
+    label: str
+    stream: bool
+    started: float = field(default_factory=time.monotonic)
+    node: str = "none"
+    status: int = 0
+    usage: Usage = field(default_factory=Usage)
+
+
+async def relay(request: Request) -> Response:
+    gw: Gateway = request.app.state.gateway
+    path = request.url.path
+    body = await read_body(request, gw.settings.gateway.max_body_bytes)
+    payload = parse_object(body)
+    model = payload.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequest("'model' is required and must be a non-empty string", param="model")
+    stream = payload.get("stream", False)
+    if not isinstance(stream, bool):
+        raise BadRequest("'stream' must be true or false", param="stream")
+    known = gw.fleet.knows(model)
+    call = Call(path=path, model=model, label=model if known else "_unknown", stream=stream)
+    nodes = rank(gw.fleet.ready_nodes(model), gw.next_turn())
+    if not nodes:
+        gw.metrics.requests.labels(call.label, "none", path, "404" if not known else "503").inc()
+        if not known:
+            raise ModelNotFound(f"model {model!r} does not exist on this gateway", param="model")
+        raise ModelNotReady(
+            f"model {model!r} is not ready on any neuron; retry shortly",
+            retry_after=gw.settings.gateway.retry_after,
+        )
+    drop_usage = False
+    if stream and path in USAGE_INJECTABLE and not _asks_usage(payload):
+        payload["stream_options"] = {**(payload.get("stream_options") or {}), "include_usage": True}
+        body = json.dumps(payload).encode()
+        drop_usage = True
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in NOT_FORWARDED}
+
+    answer, node = await _open(gw, call, nodes[:2], body, headers)
+    out_headers = {k: v for k, v in answer.headers.items() if k.lower() not in NOT_RETURNED}
+    if not answer.headers.get("content-type", "").startswith("text/event-stream"):
+        return await _whole(gw, call, node, answer, out_headers)
+    out_headers.pop("Content-Length", None)
+    finish = _finisher(gw, call, node, answer)
+    return Relayed(
+        _events(gw, call, node, answer, drop_usage, finish),
+        status_code=answer.status,
+        headers=out_headers,
+        on_close=lambda: finish(499, None),
+    )
+
+
+class Relayed(StreamingResponse):
+    """A streamed answer that runs ``on_close`` however it ends.
+
+    Starlette cancels the send as soon as the client disconnects; if that happens before
+    the body iterator started, the iterator's own ``finally`` never runs. This one does.
+    """
+
+    def __init__(
+        self, content: AsyncIterator[bytes], *, on_close: Callable[[], None], **kw: Any
+    ) -> None:
+        super().__init__(content, **kw)
+        self._on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._on_close()
+
+
+def _finisher(
+    gw: Gateway, call: Call, node: Node, answer: aiohttp.ClientResponse
+) -> Callable[[int, str | None], None]:
+    """End the call once: close the upstream answer and count it (later calls do nothing)."""
+    done = False
+
+    def finish(status: int, reason: str | None) -> None:
+        nonlocal done
+        if done:
+            return
+        done = True
+        # close(), not release(): an unfinished answer must drop the connection so the
+        # neuron (and vLLM behind it) sees the disconnect and aborts the generation.
+        answer.close()
+        gw.leave(call, node, status, reason)
+
+    return finish
+
+
+async def _open(
+    gw: Gateway, call: Call, nodes: list[Node], body: bytes, headers: dict[str, str]
+) -> tuple[aiohttp.ClientResponse, Node]:
+    """Send the request to the first neuron that takes it (at most two tries)."""
+    error: CortexError | None = None
+    for attempt, node in enumerate(nodes):
+        last = attempt == len(nodes) - 1
+        gw.enter(call, node)
+        try:
+            answer = await gw.session.post(
+                node.base + call.path, data=body, headers={**headers, **node.headers()}
+            )
+        except aiohttp.ConnectionTimeoutError:
+            gw.leave(call, node, 504, "connect_timeout")
+            error = UpstreamTimeout(f"neuron {node.name} did not accept a connection in time")
+            continue
+        except TimeoutError:
+            # Connected, but no answer within idle_timeout: the neuron may be working on it,
+            # so it is not sent a second time elsewhere.
+            gw.leave(call, node, 504, "read_timeout")
+            raise UpstreamTimeout(
+                f"neuron {node.name} sent nothing for {gw.settings.gateway.idle_timeout:g}s"
+            ) from None
+        except CONNECT_ERRORS as exc:
+            gw.leave(call, node, 502, "connect_failed")
+            log.warning("neuron %s unreachable for %s: %s", node.name, call.model, exc)
+            error = UpstreamError(f"neuron {node.name} could not be reached: {exc}")
+            continue
+        except aiohttp.ClientError as exc:  # connected, but the answer was not HTTP we can use
+            gw.leave(call, node, 502, "upstream_broke")
+            raise UpstreamError(f"neuron {node.name} sent a broken answer: {exc}") from None
+        except BaseException:
+            gw.leave(call, node, 499, None)
+            raise
+        if answer.status == 503 and not last:
+            # Stale view (it is draining, or just unloaded the model): try the next one.
+            answer.release()
+            gw.leave(call, node, 503, "neuron_unavailable")
+            continue
+        return answer, node
+    assert error is not None  # noqa: S101 - the loop only falls through after an error
+    raise error
+
+
+async def _whole(
+    gw: Gateway, call: Call, node: Node, answer: aiohttp.ClientResponse, headers: dict[str, str]
+) -> Response:
+    try:
+        data = await answer.read()
+    except TimeoutError:
+        gw.leave(call, node, 504, "read_timeout")
+        raise UpstreamTimeout(f"neuron {node.name} went silent while answering") from None
+    except aiohttp.ClientError as exc:
+        gw.leave(call, node, 502, "upstream_broke")
+        raise UpstreamError(f"neuron {node.name} broke off the answer: {exc}") from None
+    except BaseException:
+        answer.close()
+        gw.leave(call, node, 499, None)
+        raise
+    finally:
+        answer.release()
+    if USAGE in data:
+        try:
+            call.usage.add(json.loads(data).get("usage"))
+        except (ValueError, AttributeError):
+            pass
+    gw.leave(call, node, answer.status, None)
+    return Response(data, status_code=answer.status, headers=headers)
+
+
+async def _events(
+    gw: Gateway,
+    call: Call,
+    node: Node,
+    answer: aiohttp.ClientResponse,
+    drop_usage: bool,
+    finish: Callable[[int, str | None], None],
+) -> AsyncIterator[bytes]:
+    splitter = EventSplitter()
+    status, reason = answer.status, None
+    last: float | None = None
+    ttft = gw.metrics.ttft.labels(call.label)
+    gap = gw.metrics.inter_chunk.labels(call.label)
+    try:
+        async for chunk in answer.content.iter_any():
+            now = time.monotonic()
+            if last is None:
+                ttft.observe(now - call.started)
+            else:
+                gap.observe(now - last)
+            last = now
+            out = []
+            for event in splitter.feed(chunk):
+                if USAGE in event:
+                    payload = event_payload(event)
+                    if isinstance(payload, dict):
+                        call.usage.add(payload.get("usage"))
+                        call.usage.add((payload.get("message") or {}).get("usage"))
+                        if drop_usage and is_usage_only(payload):
+                            continue
+                out.append(event)
+            if out:
+                yield b"".join(out)
+        if rest := splitter.rest():
+            yield rest
+    except TimeoutError:
+        status, reason = 504, "read_timeout"
+        error: CortexError = UpstreamTimeout(
+            f"neuron {node.name} sent nothing for {gw.settings.gateway.idle_timeout:g}s"
+        )
+        yield sse_error(error, call.path)
+    except aiohttp.ClientError as exc:
+        status, reason = 502, "upstream_broke"
+        log.warning("neuron %s broke off a stream of %s: %s", node.name, call.model, exc)
+        yield sse_error(UpstreamError(f"neuron {node.name} broke off the answer"), call.path)
+    except BaseException:
+        status = 499  # the client went away
+        raise
+    finally:
+        finish(status, reason)
+
+
+def _asks_usage(payload: dict[str, Any]) -> bool:
+    options = payload.get("stream_options")
+    return isinstance(options, dict) and bool(options.get("include_usage"))
+
+
+__all__ = ["PATHS", "is_anthropic", "relay"]

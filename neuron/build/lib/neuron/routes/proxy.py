@@ -1,0 +1,149 @@
+"""Inference: relay the request to the engine serving ``body.model`` and stream the answer back.
+
+The body is read once (bounded) and forwarded unchanged; only ``model`` and ``stream`` are
+looked at. The engine's answer is relayed byte for byte as it arrives. When the client goes
+away mid-stream the relay is cancelled and the upstream response closed, which vLLM sees as
+a disconnect and aborts the generation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import httpx
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from neuron.errors import BadRequest, EngineTimeout, EngineUnavailable, envelope
+from neuron.routes.body import parse_object, read_body
+
+if TYPE_CHECKING:
+    from neuron.app import Neuron
+    from neuron.registry import Slot
+
+log = logging.getLogger("neuron.proxy")
+
+PATHS = (
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/messages",
+    "/v1/messages/count_tokens",
+    "/v1/responses",
+    "/tokenize",
+    "/detokenize",
+)
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+    }
+)
+# The neuron's own token is for the neuron; never hand it to the engine.
+NOT_FORWARDED = HOP_BY_HOP | {"authorization"}
+# Hypercorn writes its own; passing the engine's on would send each header twice.
+NOT_RETURNED = HOP_BY_HOP | {"date", "server"}
+
+
+async def proxy(request: Request) -> Response:
+    neuron: Neuron = request.app.state.neuron
+    body = await read_body(request, neuron.settings.max_body_bytes)
+    payload = parse_object(body)
+    model = payload.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequest("'model' is required and must be a non-empty string", param="model")
+    if not isinstance(payload.get("stream", False), bool):
+        raise BadRequest("'stream' must be true or false", param="stream")
+    slot = neuron.require(model)
+    headers = [(k, v) for k, v in request.headers.items() if k.lower() not in NOT_FORWARDED]
+    upstream = neuron.client.build_request(
+        request.method, slot.engine.url + request.url.path, content=body, headers=headers
+    )
+    release = neuron.track(slot)
+    try:
+        answer = await neuron.client.send(upstream, stream=True)
+    except httpx.TimeoutException:
+        release(504)
+        raise EngineTimeout(
+            f"the engine serving {model!r} sent nothing for "
+            f"{neuron.settings.engine_read_timeout:g}s"
+        ) from None
+    except httpx.TransportError as exc:
+        release(502)
+        log.warning("engine for %s unreachable: %r", model, exc)
+        raise EngineUnavailable(f"the engine serving {model!r} is not reachable") from None
+    except BaseException:
+        release(499)
+        raise
+    out_headers = {k: v for k, v in answer.headers.items() if k.lower() not in NOT_RETURNED}
+    if "content-length" in answer.headers:  # raw bytes are relayed, so the length holds
+        out_headers["content-length"] = answer.headers["content-length"]
+
+    async def close() -> None:  # also when the client left before the first chunk
+        await answer.aclose()
+        release(499)
+
+    return Relayed(
+        _relay(answer, slot, release),
+        status_code=answer.status_code,
+        headers=out_headers,
+        on_close=close,
+    )
+
+
+class Relayed(StreamingResponse):
+    """A streamed answer that runs ``on_close`` however it ends.
+
+    Starlette cancels the send as soon as the client disconnects; if that happens before
+    the body iterator started, the iterator's own ``finally`` never runs. This one does.
+    """
+
+    def __init__(
+        self, content: AsyncIterator[bytes], *, on_close: Callable[[], Awaitable[None]], **kw: Any
+    ) -> None:
+        super().__init__(content, **kw)
+        self._on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._on_close()
+
+
+async def _relay(
+    answer: httpx.Response, slot: Slot, release: Callable[[int], None]
+) -> AsyncIterator[bytes]:
+    status = answer.status_code
+    try:
+        async for chunk in answer.aiter_raw():
+            yield chunk
+    except httpx.TransportError as exc:
+        # Headers are gone already: say it in-band, then end the stream.
+        status = 502
+        log.warning("engine for %s broke off mid-answer: %r", slot.model_id, exc)
+        if answer.headers.get("content-type", "").startswith("text/event-stream"):
+            error = envelope(
+                f"the engine serving {slot.model_id!r} broke off the answer",
+                "engine_error",
+                "engine_unavailable",
+            )
+            yield f"event: error\ndata: {json.dumps(error)}\n\n".encode()
+    except BaseException:
+        status = 499  # the client went away; closing the answer aborts the generation
+        raise
+    finally:
+        await answer.aclose()
+        release(status)

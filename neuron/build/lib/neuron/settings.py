@@ -1,0 +1,166 @@
+"""The neuron's configuration: ``neuron.toml`` plus ``NEURON_`` environment overrides.
+
+Precedence, highest first: ``NEURON_*`` environment variables (nested keys joined
+with ``__``, e.g. ``NEURON_HARNESS__VLLM__STARTUP_TIMEOUT=900``), then the TOML file,
+then the defaults below. Unknown keys and wrong types are errors: :func:`load_settings`
+raises :class:`ConfigError` with one message naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import sys
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+DEFAULT_PORT = 13131
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message is meant for the operator as is."""
+
+
+class ModelSpec(BaseModel):
+    """What to load: the body of ``POST /models/load`` and each ``[[default_models]]`` entry."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_id: Annotated[str, Field(min_length=1, max_length=256)]
+    source: str | None = None
+    harness: str = "vllm"
+    quant: str | None = None
+    dtype: str | None = None
+    max_model_len: Annotated[int, Field(gt=0)] | None = None
+    tensor_parallel: Annotated[int, Field(ge=1)] = 1
+    devices: list[Annotated[int, Field(ge=0)]] | None = None
+    gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] | None = None
+    vram_mb: Annotated[int, Field(ge=0)] | None = None
+    engine_args: list[str] = Field(default_factory=list)
+
+    @property
+    def resolved_source(self) -> str:
+        return self.source or self.model_id
+
+
+class VllmHarness(BaseModel):
+    """``[harness.vllm]``: how engines are started."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    python: str = Field(default_factory=lambda: sys.executable)
+    """Interpreter that has vLLM installed (the engine venv)."""
+    module: str = "vllm.entrypoints.openai.api_server"
+    command: list[str] | None = None
+    """Full command prefix replacing ``[python, "-m", module]`` (tests use a stand-in engine)."""
+    hf_cache: str | None = None
+    startup_timeout: Annotated[float, Field(gt=0)] = 900.0
+    stop_timeout: Annotated[float, Field(gt=0)] = 30.0
+    gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] = 0.9
+    allowed_engine_args: list[str] = Field(
+        default_factory=lambda: [
+            "--enforce-eager",
+            "--enable-prefix-caching",
+            "--max-num-seqs",
+            "--max-num-batched-tokens",
+            "--kv-cache-dtype",
+            "--enable-auto-tool-choice",
+            "--tool-call-parser",
+            "--reasoning-parser",
+            "--chat-template",
+            "--generation-config",
+            "--seed",
+        ]
+    )
+    """Engine flags a load request from the network may pass (``--flag`` or ``--flag=value``).
+    ``--trust-remote-code`` is not here on purpose: add it only if you trust every caller."""
+    env: dict[str, str] = Field(default_factory=dict)
+    """Extra environment for every engine (e.g. ``VLLM_CPU_KVCACHE_SPACE``)."""
+    log_tail_lines: Annotated[int, Field(ge=1, le=1000)] = 40
+
+    @property
+    def argv_prefix(self) -> list[str]:
+        return list(self.command) if self.command else [self.python, "-m", self.module]
+
+
+class Harnesses(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    vllm: VllmHarness = Field(default_factory=VllmHarness)
+
+
+class NeuronSettings(BaseSettings):
+    """Everything the neuron reads at start; see ``neuron/neuron.example.toml``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="NEURON_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    host: str = "0.0.0.0"  # noqa: S104 - a worker is reached from the private network
+    port: Annotated[int, Field(ge=0, le=65535)] = DEFAULT_PORT
+    auth_token: str | None = None
+    drain_timeout: Annotated[float, Field(ge=0)] = 60.0
+    health_interval: Annotated[float, Field(gt=0)] = 5.0
+    max_body_bytes: Annotated[int, Field(gt=0)] = 32 * 1024 * 1024
+    engine_read_timeout: Annotated[float, Field(gt=0)] = 600.0
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    harness: Harnesses = Field(default_factory=Harnesses)
+    default_models: list[ModelSpec] = Field(default_factory=list)
+
+    @field_validator("auth_token")
+    @classmethod
+    def _empty_token_is_none(cls, value: str | None) -> str | None:
+        return value or None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The TOML file arrives as init kwargs; the environment must win over it.
+        return (env_settings, init_settings)
+
+    @property
+    def harness_names(self) -> list[str]:
+        return list(Harnesses.model_fields)
+
+
+def load_settings(path: Path | None, **overrides: Any) -> NeuronSettings:
+    """Read ``path`` (may be ``None`` for defaults only) and the environment.
+
+    Raises :class:`ConfigError` naming the file and the offending key.
+    """
+    data: dict[str, Any] = {}
+    where = str(path) if path else "environment"
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: file not found") from None
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not UTF-8 text") from None
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return NeuronSettings(**data)
+    except ValidationError as exc:
+        raise ConfigError(f"{where}: {describe(exc)}") from None
+
+
+def describe(exc: ValidationError) -> str:
+    """One line per problem: ``key.path: message``."""
+    parts = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        parts.append(f"{key}: {msg}")
+    return "; ".join(parts)

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# `make check-packaging`: what can be checked of the RPM packaging on a machine that is not
+# Fedora (Debian's rpm, rpmlint, systemd and firewalld tools). See packaging/README.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+mkdir -p "$work/root"
+
+echo "== rpmbuild -bs (both SRPMs, from git archive of HEAD)"
+for name in cortex helexa-neuron; do
+  packaging/srpm.sh "$name" "$work" | sed 's/^/  /'
+done
+echo "== rpmspec -P (Fedora 43)"
+for spec in packaging/cortex.spec packaging/neuron.spec; do
+  rpmspec -P --define 'fedora 43' --define "_sourcedir $work/SOURCES" "$spec" > /dev/null
+done
+echo "== rpmlint"
+rpmlint -c packaging/rpmlint.toml packaging/cortex.spec packaging/neuron.spec "$work"/SRPMS/*.src.rpm
+
+echo "== GitHub workflows (schema)"
+.venv/bin/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
+echo "== systemd-analyze verify (any output fails)"
+for unit in packaging/systemd/*.service; do
+  out=$(systemd-analyze verify "$unit" 2>&1 | grep -v -e "Command /usr/.* is not executable" \
+        -e "/usr/libexec/helexa-neuron/engine-setup" || true)
+  if [ -n "$out" ]; then echo "$out"; exit 1; fi
+done
+echo "== systemd-analyze security (exposure scores)"
+for unit in packaging/systemd/*.service; do
+  systemd-analyze security --offline=yes "$unit" 2>/dev/null | tail -1 | sed "s|^|  $(basename "$unit"): |"
+done
+echo "== systemd-sysusers --dry-run"
+for conf in packaging/sysusers/*.conf; do
+  out=$(systemd-sysusers --dry-run --root="$work/root" - < "$conf" 2>&1)
+  echo "$out" | sed "s|^|  $(basename "$conf"): |"
+  if echo "$out" | grep -qiE "fail|error|invalid"; then exit 1; fi
+done
+echo "== firewall-offline-cmd --check-config"
+mkdir -p "$work/fw/services"
+cp packaging/firewalld/*.xml "$work/fw/services/"
+cp /etc/firewalld/firewalld.conf "$work/fw/" 2>/dev/null || touch "$work/fw/firewalld.conf"
+out=$(firewall-offline-cmd --system-config="$work/fw" --check-config 2>&1 || echo "ERROR: exit $?")
+echo "$out" | sed 's/^/  /'
+if echo "$out" | grep -q "ERROR"; then exit 1; fi
+for service in cortex helexa-neuron; do
+  firewall-offline-cmd --system-config="$work/fw" --info-service="$service" | sed 's/^/  /'
+done
+echo "== wheels: build, install in a fresh venv, start each command with its packaged config"
+python=${PYTHON:-python3}
+"$python" -m venv "$work/wheels-venv"
+pip=("$work/wheels-venv/bin/python" -m pip --disable-pip-version-check -q)
+"${pip[@]}" install build 2> >(grep -v "is ignored" >&2)
+for pkg in cortex neuron; do
+  "$work/wheels-venv/bin/python" -m build --wheel --outdir "$work/dist" "$pkg" > /dev/null
+done
+"${pip[@]}" install "$work"/dist/*.whl 2> >(grep -v "is ignored" >&2)
+bin="$work/wheels-venv/bin"
+port() { "$python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+wait_health() {  # URL PID
+  for _ in $(seq 100); do
+    if curl -fsS "$1" 2>/dev/null; then echo; return 0; fi
+    kill -0 "$2" 2>/dev/null || return 1
+    sleep 0.1
+  done
+  return 1
+}
+api=$(port); metrics=$(port)
+CORTEX_GATEWAY__LISTEN="127.0.0.1:$api" CORTEX_GATEWAY__METRICS_LISTEN="127.0.0.1:$metrics" \
+  CORTEX_MODELS_CONFIG=cortex/models.example.toml \
+  "$bin/cortex" serve --config cortex/cortex.example.toml 2> "$work/cortex.log" &
+cortex=$!
+printf '  cortex /health: '
+wait_health "http://127.0.0.1:$api/health" "$cortex" || { cat "$work/cortex.log"; exit 1; }
+kill -TERM "$cortex"; wait "$cortex"
+nport=$(port)
+"$bin/neuron" --config neuron/neuron.example.toml --host 127.0.0.1 --port "$nport" 2> "$work/neuron.log" &
+neuron=$!
+printf '  neuron /health: '
+wait_health "http://127.0.0.1:$nport/health" "$neuron" || { cat "$work/neuron.log"; exit 1; }
+printf '  neuron /models: %s\n' "$(curl -fsS "http://127.0.0.1:$nport/models")"
+kill -TERM "$neuron"; wait "$neuron"
+
+echo "packaging checks passed"
