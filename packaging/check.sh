@@ -51,8 +51,10 @@ python=${PYTHON:-python3}
 "$python" -m venv "$work/wheels-venv"
 pip=("$work/wheels-venv/bin/python" -m pip --disable-pip-version-check -q)
 "${pip[@]}" install build 2> >(grep -v "is ignored" >&2)
+mkdir -p "$work/src"
+git archive HEAD | tar -x -C "$work/src"  # build from the committed tree, not this checkout
 for pkg in cortex neuron; do
-  "$work/wheels-venv/bin/python" -m build --wheel --outdir "$work/dist" "$pkg" > /dev/null
+  "$work/wheels-venv/bin/python" -m build --wheel --outdir "$work/dist" "$work/src/$pkg" > /dev/null
 done
 "${pip[@]}" install "$work"/dist/*.whl 2> >(grep -v "is ignored" >&2)
 bin="$work/wheels-venv/bin"

@@ -1,1 +1,0 @@
-"""cortex's URL table and thin handlers."""

@@ -1,1 +1,0 @@
-"""Talking to neurons: the shared HTTP client, the streaming relay, SSE helpers."""
