@@ -13,6 +13,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from cortex.upstream.relay import PATHS  # the neuron serves every path cortex relays
+
 
 @dataclass
 class FakeNeuron:
@@ -38,17 +40,7 @@ class FakeNeuron:
                 Route("/health", self.health),
                 Route("/models", self.list_models),
                 Route("/discovery", self.discovery),
-                *(
-                    Route(p, self.infer, methods=["POST"])
-                    for p in (
-                        "/v1/chat/completions",
-                        "/v1/completions",
-                        "/v1/embeddings",
-                        "/v1/messages",
-                        "/v1/messages/count_tokens",
-                        "/v1/responses",
-                    )
-                ),
+                *(Route(p, self.infer, methods=["POST"]) for p in PATHS),
             ]
         )
 
