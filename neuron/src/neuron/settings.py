@@ -126,12 +126,8 @@ class NeuronSettings(BaseSettings):
         # The TOML file arrives as init kwargs; the environment must win over it.
         return (env_settings, init_settings)
 
-    @property
-    def harness_names(self) -> list[str]:
-        return list(Harnesses.model_fields)
 
-
-def load_settings(path: Path | None, **overrides: Any) -> NeuronSettings:
+def load_settings(path: Path | None) -> NeuronSettings:
     """Read ``path`` (may be ``None`` for defaults only) and the environment.
 
     Raises :class:`ConfigError` naming the file and the offending key.
@@ -149,7 +145,6 @@ def load_settings(path: Path | None, **overrides: Any) -> NeuronSettings:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
         except UnicodeDecodeError:
             raise ConfigError(f"{path}: not UTF-8 text") from None
-    data.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return NeuronSettings(**data)
     except ValidationError as exc:

@@ -36,7 +36,6 @@ from cortex.errors import (
     ModelNotReady,
     UpstreamError,
     UpstreamTimeout,
-    is_anthropic,
     sse_error,
 )
 from cortex.fleet.routing import rank
@@ -86,7 +85,6 @@ class Call:
     path: str
     model: str
     label: str
-    stream: bool
     started: float = field(default_factory=time.monotonic)
     node: str = "none"
     status: int = 0
@@ -105,7 +103,7 @@ async def relay(request: Request) -> Response:
     if not isinstance(stream, bool):
         raise BadRequest("'stream' must be true or false", param="stream")
     known = gw.fleet.knows(model)
-    call = Call(path=path, model=model, label=model if known else "_unknown", stream=stream)
+    call = Call(path=path, model=model, label=model if known else "_unknown")
     nodes = rank(gw.fleet.ready_nodes(model), gw.next_turn())
     if not nodes:
         gw.metrics.requests.labels(call.label, "none", path, "404" if not known else "503").inc()
@@ -300,6 +298,3 @@ async def _events(
 def _asks_usage(payload: dict[str, Any]) -> bool:
     options = payload.get("stream_options")
     return isinstance(options, dict) and bool(options.get("include_usage"))
-
-
-__all__ = ["PATHS", "is_anthropic", "relay"]
