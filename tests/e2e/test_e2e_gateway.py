@@ -21,8 +21,8 @@ import httpx
 import pytest
 from anthropic import AsyncAnthropic
 from e2e_support import (
+    ABORT_TOKENS,
     ENGINE_START_TIMEOUT,
-    STREAM_TOKENS,
     async_wait_group_gone,
     engine_metric,
     free_port,
@@ -158,7 +158,7 @@ async def test_clients_through_cortex_and_a_neuron_that_dies_and_returns(
                 long = {
                     "model": "tiny",
                     "messages": [{"role": "user", "content": "hi"}],
-                    "max_tokens": STREAM_TOKENS,
+                    "max_tokens": ABORT_TOKENS,
                     "ignore_eos": True,
                     "stream": True,
                 }
@@ -175,7 +175,7 @@ async def test_clients_through_cortex_and_a_neuron_that_dies_and_returns(
 
                     await wait_until(engine_idle, 10, "vLLM to abort the abandoned stream")
                     after = await engine_metric(engine, "vllm:generation_tokens_total", "tiny")
-                assert after - before < STREAM_TOKENS / 2, (
+                assert after - before < ABORT_TOKENS / 2, (
                     "the generation ran on after the client left"
                 )
 

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 from e2e_support import (
-    STREAM_TOKENS,
+    ABORT_TOKENS,
     NeuronProcess,
     async_wait_group_gone,
     broken_spec,
@@ -167,7 +167,7 @@ async def test_anthropic_messages(neuron: NeuronProcess, tiny_model: Path) -> No
 
 async def test_client_disconnect_aborts_generation(neuron: NeuronProcess, tiny_model: Path) -> None:
     """Closing a stream mid-way stops the engine's work, not just the relay."""
-    max_tokens = STREAM_TOKENS  # a couple of seconds of generation if nothing stops it
+    max_tokens = ABORT_TOKENS
     body = chat_body("tiny", max_tokens=max_tokens, stream=True, ignore_eos=True)
     async with client(neuron) as c:
         info = await ensure_tiny(c, neuron, tiny_model)
