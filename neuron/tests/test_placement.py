@@ -67,3 +67,36 @@ async def test_a_model_that_does_not_fit_is_409_before_anything_starts() -> None
         small = await neuron.load("small", gpu_memory_utilization=0.1)
         assert small.status_code == 200
         assert small.json()["model"]["devices"] == [0]
+
+
+async def test_max_loaded_models_refuses_one_more_with_409_and_keeps_serving() -> None:
+    async with running(settings_for(max_loaded_models=1)) as neuron:
+        health = (await neuron.client.get("/health")).json()
+        assert (health["max_loaded_models"], health["loaded_models"]) == (1, 0)
+        discovery = (await neuron.client.get("/discovery")).json()
+        assert discovery["max_loaded_models"] == 1
+
+        assert (await neuron.load("a")).status_code == 200
+        refused = await neuron.load("b")
+        assert refused.status_code == 409
+        error = refused.json()["error"]
+        assert error["code"] == "does_not_fit"
+        assert error["message"] == (
+            "b does not fit: this neuron holds at most 1 model(s) and has 1 (a); unload one first"
+        )
+        assert set(await neuron.models()) == {"a"}
+        assert (await neuron.load("a")).status_code == 200, "the one it holds is still fine"
+        assert (await neuron.client.get("/health")).json()["loaded_models"] == 1
+
+        unloaded = await neuron.client.post("/models/unload", json={"model_id": "a"})
+        assert unloaded.status_code == 200
+        assert (await neuron.load("b")).status_code == 200
+        assert set(await neuron.models()) == {"b"}
+
+
+async def test_a_failed_model_does_not_count_against_max_loaded_models() -> None:
+    async with running(settings_for(max_loaded_models=1)) as neuron:
+        failed = await neuron.load("broken", source="/nonexistent/model")
+        assert failed.status_code == 502, failed.text
+        assert (await neuron.models())["broken"]["status"] == "failed"
+        assert (await neuron.load("a")).status_code == 200

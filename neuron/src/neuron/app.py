@@ -120,7 +120,13 @@ def build(
         limits=httpx.Limits(max_connections=1024, max_keepalive_connections=256),
     )
     health = HealthMonitor(probe or GpuProbe(), metrics, settings.health_interval)
-    registry = Registry(settings.harness.vllm, client, metrics, health.sample)
+    registry = Registry(
+        settings.harness.vllm,
+        client,
+        metrics,
+        health.sample,
+        max_loaded_models=settings.max_loaded_models,
+    )
     return Neuron(
         settings=settings,
         metrics=metrics,

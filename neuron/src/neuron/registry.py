@@ -28,6 +28,7 @@ import httpx
 from neuron.discovery import DeviceSample
 from neuron.engine import HARNESSES, EngineProcess
 from neuron.errors import (
+    DoesNotFit,
     EngineFailed,
     LoadCancelled,
     ModelNotFound,
@@ -87,8 +88,11 @@ class Registry:
         client: httpx.AsyncClient,
         metrics: NeuronMetrics,
         sample: Sampler,
+        *,
+        max_loaded_models: int | None = None,
     ) -> None:
         self._harness = harness
+        self.max_loaded_models = max_loaded_models
         self._client = client
         self._metrics = metrics
         self._sample = sample
@@ -104,6 +108,10 @@ class Registry:
 
     def __len__(self) -> int:
         return len(self._slots)
+
+    def engines(self) -> list[Slot]:
+        """Slots that hold (or are about to hold, or still release) an engine: not failed."""
+        return [s for s in self._slots.values() if s.state is not State.FAILED]
 
     async def load(self, spec: ModelSpec) -> Slot:
         """Load ``spec`` (or join/return the existing engine); returns the ready slot.
@@ -134,6 +142,14 @@ class Registry:
             return await self._join(slot)
 
     def _place(self, spec: ModelSpec, samples: list[DeviceSample]) -> Slot:
+        limit = self.max_loaded_models
+        held = self.engines()
+        if limit is not None and len(held) >= limit:
+            names = ", ".join(sorted(s.model_id for s in held))
+            raise DoesNotFit(
+                f"{spec.model_id} does not fit: this neuron holds at most {limit} model(s) "
+                f"and has {len(held)} ({names}); unload one first"
+            )
         devices = choose_devices(
             spec, self._less_reservations(samples), self._harness.gpu_memory_utilization
         )

@@ -106,6 +106,9 @@ class NeuronSettings(BaseSettings):
     max_body_bytes: Annotated[int, Field(gt=0)] = 32 * 1024 * 1024
     engine_read_timeout: Annotated[float, Field(gt=0)] = 600.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    max_loaded_models: Annotated[int, Field(ge=1)] | None = None
+    """Most engines this host runs at once (loading, ready or unloading); a load beyond it is
+    409. Unset: no limit beyond GPU memory. On CPU-only hosts this is the capacity."""
     harness: Harnesses = Field(default_factory=Harnesses)
     default_models: list[ModelSpec] = Field(default_factory=list)
 

@@ -33,6 +33,8 @@ async def health(request: Request) -> Response:
             "status": n.lifecycle.status,
             "uptime_secs": round(time.monotonic() - n.lifecycle.started, 1),
             "in_flight": sum(s.in_flight for s in n.registry.slots()),
+            "loaded_models": len(n.registry.engines()),
+            "max_loaded_models": n.registry.max_loaded_models,
             "devices": [s.public() for s in n.health.samples],
         }
     )
@@ -45,6 +47,7 @@ async def discovery(request: Request) -> Response:
         {
             **host.public(),
             "harnesses": list(HARNESSES),
+            "max_loaded_models": n.registry.max_loaded_models,
             "neuron_version": __version__,
             "engine_version": await n.engine_version(),
         }
