@@ -59,12 +59,15 @@ class Running:
     async def poll(self) -> None:
         await self.gateway.poller.poll_once()
 
+    async def housekeeping(self) -> None:
+        await self.gateway.loader.housekeeping()
+
 
 @contextlib.asynccontextmanager
 async def cortex(
     *fakes: FakeNeuron,
     dead: tuple[str, ...] = (),
-    catalogue: tuple[str, ...] = (),
+    catalogue: tuple[str | dict[str, Any], ...] = (),
     **settings: Any,
 ) -> AsyncIterator[Running]:
     """A cortex in front of ``fakes`` (served) and ``dead`` (names pointing at closed ports)."""
@@ -76,9 +79,8 @@ async def cortex(
     }
     for key, value in settings.items():
         values[key] = {**values.get(key, {}), **value} if isinstance(value, dict) else value
-    gateway = build(
-        CortexSettings(**values), Catalogue(models=[CatalogueModel(id=m) for m in catalogue])
-    )
+    entries = [CatalogueModel(**({"id": m} if isinstance(m, str) else m)) for m in catalogue]
+    gateway = build(CortexSettings(**values), Catalogue(models=entries))
     api_port, metrics_port = free_port(), free_port()
     async with contextlib.AsyncExitStack() as stack:
         for fake in fakes:

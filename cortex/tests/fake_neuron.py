@@ -33,6 +33,15 @@ class FakeNeuron:
     """Bodies and headers of inference requests, in order."""
     streaming: int = 0
     cancelled: int = 0
+    max_loaded_models: int | None = None
+    load_delay: float = 0.0
+    load_status: int = 200
+    """Anything but 200: loads fail with this status (409, 502, ...)."""
+    loads: list[dict[str, Any]] = field(default_factory=list)
+    """Bodies of ``/models/load`` calls that started an engine."""
+    unloads: list[str] = field(default_factory=list)
+    in_flight: dict[str, int] = field(default_factory=dict)
+    """Reported per model in ``/models`` (requests from clients other than this cortex)."""
 
     def app(self) -> Starlette:
         return Starlette(
@@ -40,6 +49,8 @@ class FakeNeuron:
                 Route("/health", self.health),
                 Route("/models", self.list_models),
                 Route("/discovery", self.discovery),
+                Route("/models/load", self.load, methods=["POST"]),
+                Route("/models/unload", self.unload, methods=["POST"]),
                 *(Route(p, self.infer, methods=["POST"]) for p in PATHS),
             ]
         )
@@ -53,28 +64,77 @@ class FakeNeuron:
                 "uptime_secs": 1,
                 "in_flight": 0,
                 "devices": self.devices,
+                "loaded_models": len(self.holding()),
+                "max_loaded_models": self.max_loaded_models,
             }
         )
+
+    def holding(self) -> list[str]:
+        return [m for m, s in self.models.items() if s != "failed"]
+
+    async def load(self, request: Request) -> Response:
+        body = await request.json()
+        model = body["model_id"]
+        if self.models.get(model) == "ready":
+            return JSONResponse({"status": "loaded", "model": self.info(model)})
+        if self.load_status != 200:
+            error = {"message": f"fake load of {model} fails", "type": "x", "code": "x"}
+            return JSONResponse({"error": error}, self.load_status)
+        limit = self.max_loaded_models
+        if self.models.get(model) != "loading":
+            if limit is not None and len(self.holding()) >= limit:
+                message = f"{model} does not fit: this neuron holds at most {limit} model(s)"
+                error = {"message": message, "type": "insufficient_resources"}
+                return JSONResponse({"error": {**error, "code": "does_not_fit"}}, 409)
+            self.loads.append(body)
+            self.models[model] = "loading"
+        await asyncio.sleep(self.load_delay)
+        self.models[model] = "ready"
+        return JSONResponse({"status": "loaded", "model": self.info(model)})
+
+    async def unload(self, request: Request) -> Response:
+        model = (await request.json())["model_id"]
+        if model not in self.models:
+            error = {"message": f"model {model!r} is not on this neuron", "type": "x"}
+            return JSONResponse({"error": {**error, "code": "model_not_found"}}, 404)
+        del self.models[model]
+        self.unloads.append(model)
+        return JSONResponse({"status": "unloaded"})
+
+    def info(self, model: str) -> dict[str, Any]:
+        return {
+            "id": model,
+            "harness": "vllm",
+            "status": self.models.get(model, "gone"),
+            "in_flight": self.in_flight.get(model, 0),
+            "devices": [],
+            "vram_used_mb": 0,
+        }
 
     async def list_models(self, request: Request) -> Response:
         if self.polls_fail:
             return JSONResponse({"error": "down"}, 500)
-        return JSONResponse(
-            [
-                {"id": m, "harness": "vllm", "status": s, "in_flight": 0}
-                for m, s in self.models.items()
-            ]
-        )
+        return JSONResponse([self.info(m) for m in self.models])
 
     async def discovery(self, request: Request) -> Response:
         devices = [
             {"index": d["index"], "name": "Fake GPU", "vram_total_mb": d["total"]}
             for d in self.devices
         ]
-        return JSONResponse({"hostname": self.name, "devices": devices, "harnesses": ["vllm"]})
+        return JSONResponse(
+            {
+                "hostname": self.name,
+                "devices": devices,
+                "harnesses": ["vllm"],
+                "max_loaded_models": self.max_loaded_models,
+            }
+        )
 
     async def infer(self, request: Request) -> Response:
         body = await request.json()
+        if self.models.get(body.get("model")) != "ready":
+            error = {"message": f"model {body.get('model')!r} is not loaded", "type": "x"}
+            return JSONResponse({"error": {**error, "code": "model_not_found"}}, 404)
         self.seen.append({"path": request.url.path, "body": body, "headers": dict(request.headers)})
         if self.answer_status != 200:
             error = {"error": {"message": "fake neuron says no", "type": "x", "code": "x"}}

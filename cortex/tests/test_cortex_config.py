@@ -67,6 +67,17 @@ def test_a_missing_catalogue_is_empty(tmp_path: Path) -> None:
         ),
         ("models.toml", "[[models]]\nid = 'x'\ncolour = 1\n", "models.0.colour: unknown key"),
         ("models.toml", "[[models]]\nid = 'x'\n[[models]]\nid = 'x'\n", "ids must be unique"),
+        (
+            "models.toml",
+            "[[models]]\nid = 'x'\npinned_on = ['gpu-9']\n",
+            "models.0.pinned_on: ['gpu-9'] are not configured neurons (configured: [])",
+        ),
+        ("models.toml", "[[models]]\nid = 'x'\nidle_ttl = -1\n", "models.0.idle_ttl: Input should"),
+        (
+            "cortex.toml",
+            "[loading]\ncold_start_timeout = 0\n",
+            "loading.cold_start_timeout: Input should be greater than 0",
+        ),
     ],
 )
 def test_a_broken_file_is_one_message_and_exit_2(
@@ -84,7 +95,8 @@ def test_a_broken_file_is_one_message_and_exit_2(
     assert message in done.stderr
     assert done.stderr.count("\n") == 1
     with pytest.raises(ConfigError):
-        load_catalogue(load_settings(config).models_config)
+        settings = load_settings(config)
+        load_catalogue(settings.models_config, settings)
 
 
 def test_status_against_nothing_is_a_clear_error() -> None:

@@ -40,11 +40,14 @@ async def test_openai_and_anthropic_errors(body: bytes, status: int, fragment: s
         assert (await c.client.post(CHAT, json={"model": "m1"})).status_code == 200
 
 
-async def test_a_catalogued_model_not_loaded_anywhere_is_503_not_404() -> None:
-    async with cortex(FakeNeuron("n1"), catalogue=("big",)) as c:
+async def test_without_on_demand_loads_a_catalogued_model_loaded_nowhere_is_503() -> None:
+    neuron = FakeNeuron("n1")
+    async with cortex(neuron, catalogue=("big",), loading={"on_demand": False}) as c:
         response = await c.client.post(CHAT, json={"model": "big"})
         assert response.status_code == 503
         assert response.headers["retry-after"]
+        assert response.json()["error"]["code"] == "model_not_ready"
+        assert neuron.loads == []
 
 
 async def test_oversized_bodies_are_413() -> None:

@@ -19,9 +19,11 @@ from starlette.routing import Route
 
 from cortex.auth import Gatekeeper
 from cortex.errors import CortexError, MethodNotAllowed, RouteNotFound
+from cortex.fleet.loader import Loader
 from cortex.fleet.poller import Poller
 from cortex.fleet.state import Fleet, Node
 from cortex.metrics import CortexMetrics
+from cortex.routes import admin
 from cortex.routes import fleet as fleet_routes
 from cortex.settings import Catalogue, CortexSettings
 from cortex.upstream.client import make_session
@@ -39,6 +41,7 @@ class Gateway:
     metrics: CortexMetrics
     session: aiohttp.ClientSession
     poller: Poller
+    loader: Loader
     draining: list[bool] = field(default_factory=lambda: [False])
     started: float = field(default_factory=time.monotonic)
     started_wall: float = field(default_factory=time.time)
@@ -50,19 +53,24 @@ class Gateway:
 
     def enter(self, call: Call, node: Node) -> None:
         node.in_flight += 1
+        node.model_in_flight[call.model] = node.model_in_flight.get(call.model, 0) + 1
+        node.last_used[call.model] = call.started
         call.node = node.name
         self.metrics.in_flight.labels(call.label, node.name).inc()
 
     def leave(self, call: Call, node: Node, status: int, reason: str | None) -> None:
         """End one attempt of ``call`` on ``node`` with ``status`` (and an error reason)."""
         node.in_flight -= 1
+        node.model_in_flight[call.model] -= 1
+        now = time.monotonic()
+        node.last_used[call.model] = now
         m = self.metrics
         m.in_flight.labels(call.label, node.name).dec()
         m.requests.labels(call.label, node.name, call.path, str(status)).inc()
         if reason:
             m.errors.labels(call.label, node.name, reason).inc()
             return
-        m.duration.labels(call.label, call.path).observe(time.monotonic() - call.started)
+        m.duration.labels(call.label, call.path).observe(now - call.started)
         if call.usage.prompt:
             m.prompt_tokens.labels(call.label).inc(call.usage.prompt)
         if call.usage.completion:
@@ -79,6 +87,7 @@ def build(settings: CortexSettings, catalogue: Catalogue) -> Gateway:
         metrics=metrics,
         session=session,
         poller=Poller(fleet, session, settings.poll, metrics),
+        loader=Loader(fleet, session, settings, metrics),
     )
 
 
@@ -91,18 +100,22 @@ def create_app(gateway: Gateway) -> Starlette:
         with contextlib.suppress(TimeoutError):
             # A first view of the fleet before serving, but never block start on a dead neuron.
             await asyncio.wait_for(gateway.poller.polled.wait(), gateway.settings.poll.timeout + 1)
+        loader = asyncio.create_task(gateway.loader.run(), name="loader")
         try:
             yield
         finally:
-            poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await poller
+            for task in (loader, poller):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await gateway.session.close()
 
     routes = [
         Route("/health", fleet_routes.health, methods=["GET"]),
         Route("/v1/models", fleet_routes.models, methods=["GET"]),
         Route("/fleet", fleet_routes.fleet, methods=["GET"]),
+        Route("/admin/models/load", admin.load, methods=["POST"]),
+        Route("/admin/models/unload", admin.unload, methods=["POST"]),
         *(Route(path, relay, methods=["POST"]) for path in PATHS),
     ]
     app = Starlette(

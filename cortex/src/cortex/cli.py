@@ -18,7 +18,7 @@ from hypercorn.config import Config
 from cortex import __version__
 from cortex.app import build, create_app, create_metrics_app
 from cortex.settings import ConfigError, CortexSettings, load_catalogue, load_settings
-from cortex.status import fetch_fleet, render
+from cortex.status import admin, fetch_fleet, render
 
 log = logging.getLogger("cortex")
 
@@ -34,21 +34,48 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--config", type=Path, default=None, help=f"cortex.toml (default: {DEFAULT_CONFIG})"
     )
     status = commands.add_parser("status", help="print the fleet as a table")
-    status.add_argument(
-        "--endpoint",
-        default=os.environ.get("CORTEX_ENDPOINT", "http://127.0.0.1:31313"),
-        help="the gateway's API URL (default: $CORTEX_ENDPOINT or http://127.0.0.1:31313)",
+    load = commands.add_parser("load", help="load a catalogued model (evicting if needed)")
+    unload = commands.add_parser("unload", help="unload a model")
+    for cmd in (load, unload):
+        cmd.add_argument("model", help="the model id, as clients send it")
+        cmd.add_argument("--node", default=None, help="this neuron only (default: cortex picks)")
+    unload.set_defaults(timeout=120.0)
+    load.add_argument(
+        "--timeout", type=float, default=1800.0, help="seconds to wait for the load (1800)"
     )
-    status.add_argument(
-        "--api-key",
-        default=os.environ.get("CORTEX_API_KEY"),
-        help="API key when the gateway requires one (default: $CORTEX_API_KEY)",
-    )
+    for cmd in (status, load, unload):
+        cmd.add_argument(
+            "--endpoint",
+            default=os.environ.get("CORTEX_ENDPOINT", "http://127.0.0.1:31313"),
+            help="the gateway's API URL (default: $CORTEX_ENDPOINT or http://127.0.0.1:31313)",
+        )
+        cmd.add_argument(
+            "--api-key",
+            default=os.environ.get("CORTEX_API_KEY"),
+            help="API key when the gateway requires one (default: $CORTEX_API_KEY)",
+        )
     return parser.parse_args(argv)
+
+
+def _manual(args: argparse.Namespace) -> int:
+    body = {"model": args.model, **({"node": args.node} if args.node else {})}
+    try:
+        answer = admin(args.endpoint, args.api_key, args.command, body, args.timeout)
+    except RuntimeError as exc:
+        sys.stderr.write(f"cortex {args.command}: {exc}\n")
+        return 1
+    if args.command == "load":
+        sys.stdout.write(f"{answer['model']} ready on {answer['node']} ({answer['seconds']}s)\n")
+    else:
+        where = ", ".join(answer["nodes"]) or "nowhere (it was already gone)"
+        sys.stdout.write(f"{answer['model']} unloaded from {where}\n")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.command in ("load", "unload"):
+        return _manual(args)
     if args.command == "status":
         try:
             fleet = fetch_fleet(args.endpoint, args.api_key)
@@ -62,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         path = DEFAULT_CONFIG
     try:
         settings = load_settings(path)
-        catalogue = load_catalogue(settings.models_config)
+        catalogue = load_catalogue(settings.models_config, settings)
     except ConfigError as exc:
         sys.stderr.write(f"cortex: invalid configuration: {exc}\n")
         return 2

@@ -4,13 +4,17 @@
     ├── BadRequest              400 invalid_request_error
     ├── Unauthorized            401 authentication_error
     ├── ModelNotFound           404 not_found_error / model_not_found
+    │   └── Unplaceable         404 model_unplaceable (no neuron could ever hold it)
     ├── RouteNotFound           404 not_found_error
     ├── MethodNotAllowed        405 invalid_request_error
     ├── PayloadTooLarge         413 invalid_request_error / payload_too_large
     ├── UpstreamError           502 api_error / upstream_error (no neuron could be reached)
+    │   └── LoadFailed          502 load_failed (the neuron could not start the model)
     ├── UpstreamTimeout         504 api_error / upstream_timeout
     └── Unavailable             503 overloaded_error + Retry-After
         ├── ModelNotReady       503 model_not_ready (known, not ready anywhere)
+        ├── NoCapacity          503 no_capacity (could fit, nothing can be evicted now)
+        ├── StillLoading        503 model_loading (the cold start outlasted the wait)
         └── ShuttingDown        503 shutting_down
 
 OpenAI paths get ``{"error": {"message","type","param","code"}}``; Anthropic paths
@@ -76,6 +80,10 @@ class ModelNotFound(CortexError):
     code = "model_not_found"
 
 
+class Unplaceable(ModelNotFound):
+    code = "model_unplaceable"
+
+
 class RouteNotFound(CortexError):
     status = 404
     type = "not_found_error"
@@ -98,6 +106,10 @@ class UpstreamError(CortexError):
     code = "upstream_error"
 
 
+class LoadFailed(UpstreamError):
+    code = "load_failed"
+
+
 class UpstreamTimeout(CortexError):
     status = 504
     type = "api_error"
@@ -112,6 +124,14 @@ class Unavailable(CortexError):
 
 class ModelNotReady(Unavailable):
     code = "model_not_ready"
+
+
+class NoCapacity(Unavailable):
+    code = "no_capacity"
+
+
+class StillLoading(Unavailable):
+    code = "model_loading"
 
 
 class ShuttingDown(Unavailable):

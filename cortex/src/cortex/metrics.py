@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from cortex.fleet.state import Node
 
 MIB = 1024 * 1024
+LOADS = (1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200)
 LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 GAPS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 
@@ -81,6 +82,37 @@ class CortexMetrics:
         )
         self.gpu_utilization = Gauge(
             "cortex_gpu_utilization_ratio", "GPU busy fraction (0-1).", ["node", "gpu"], registry=r
+        )
+        self.cold_starts = Counter(
+            "cortex_cold_starts",
+            "Models cortex loaded on a neuron (on demand, pinned or by hand).",
+            ["model", "node"],
+            registry=r,
+        )
+        self.load_seconds = Histogram(
+            "cortex_model_load_seconds",
+            "Time a load took, as the clients waiting for it saw it.",
+            ["model", "node"],
+            buckets=LOADS,
+            registry=r,
+        )
+        self.evictions = Counter(
+            "cortex_evictions",
+            "Models cortex unloaded, by reason: lru (making room), idle, manual.",
+            ["model", "node", "reason"],
+            registry=r,
+        )
+        self.load_failures = Counter(
+            "cortex_load_failures",
+            "Loads a neuron refused or could not complete.",
+            ["model", "node"],
+            registry=r,
+        )
+        self.waiting_for_load = Gauge(
+            "cortex_requests_waiting_for_load",
+            "Requests waiting for their model to finish loading.",
+            ["model"],
+            registry=r,
         )
         self._loaded_series: dict[str, set[str]] = {}
 

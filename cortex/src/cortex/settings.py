@@ -54,6 +54,27 @@ class Poll(BaseModel):
     """Consecutive failed polls before a neuron is marked down (one success brings it back)."""
 
 
+class Loading(BaseModel):
+    """``[loading]``: models loaded on demand, evictions, pins and idle unload."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    on_demand: bool = True
+    """Load a catalogued model that is ready nowhere when a request asks for it."""
+    cold_start_timeout: Annotated[float, Field(gt=0)] = 600.0
+    """Longest a request waits for its model to load before 503 (the load goes on)."""
+    load_timeout: Annotated[float, Field(gt=0)] = 1800.0
+    """Longest cortex waits for a neuron's ``/models/load`` to answer."""
+    keepalive_interval: Annotated[float, Field(gt=0)] = 5.0
+    """Seconds between SSE comments sent to a stream waiting for its model."""
+    idle_ttl: Annotated[float, Field(ge=0)] = 0.0
+    """Unload a catalogued model unused this long (seconds; 0: never). Per model: idle_ttl."""
+    check_interval: Annotated[float, Field(gt=0)] = 5.0
+    """Seconds between checks for idle models and missing pins."""
+    pin_retry: Annotated[float, Field(gt=0)] = 60.0
+    """Seconds before a pinned model whose load failed is tried again."""
+
+
 class NeuronEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -81,6 +102,7 @@ class CortexSettings(BaseSettings):
 
     gateway: Gateway = Field(default_factory=Gateway)
     poll: Poll = Field(default_factory=Poll)
+    loading: Loading = Field(default_factory=Loading)
     neurons: list[NeuronEntry] = Field(default_factory=list)
     models_config: Path = DEFAULT_MODELS_CONFIG
     auth: Auth = Field(default_factory=Auth)
@@ -124,7 +146,29 @@ class CatalogueModel(BaseModel):
     min_devices: Annotated[int, Field(ge=0)] = 0
     min_device_vram_mb: Annotated[int, Field(ge=0)] = 0
     pinned_on: list[str] = Field(default_factory=list)
+    priority: int = 0
+    """Evicted after models of lower priority (ties: least recently used first)."""
+    idle_ttl: Annotated[float, Field(ge=0)] | None = None
+    """Seconds unused before it is unloaded (0: never; unset: ``[loading] idle_ttl``)."""
     engine_args: list[str] = Field(default_factory=list)
+
+    def spec(self) -> dict[str, Any]:
+        """The neuron ``ModelSpec`` to load this model with."""
+        spec: dict[str, Any] = {
+            "model_id": self.id,
+            "harness": self.harness,
+            "tensor_parallel": self.tensor_parallel,
+            "engine_args": self.engine_args,
+        }
+        optional = {
+            "source": self.source,
+            "quant": self.quant,
+            "dtype": self.dtype,
+            "max_model_len": self.max_model_len,
+            "vram_mb": self.vram_mb,
+        }
+        spec.update({k: v for k, v in optional.items() if v is not None})
+        return spec
 
 
 class Catalogue(BaseModel):
@@ -134,6 +178,9 @@ class Catalogue(BaseModel):
 
     def ids(self) -> set[str]:
         return {m.id for m in self.models}
+
+    def get(self, model_id: str) -> CatalogueModel | None:
+        return next((m for m in self.models if m.id == model_id), None)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -158,8 +205,11 @@ def load_settings(path: Path | None) -> CortexSettings:
         raise ConfigError(f"{path or 'environment'}: {describe(exc)}") from None
 
 
-def load_catalogue(path: Path) -> Catalogue:
-    """The catalogue at ``path``; a missing file is an empty catalogue."""
+def load_catalogue(path: Path, settings: CortexSettings | None = None) -> Catalogue:
+    """The catalogue at ``path``; a missing file is an empty catalogue.
+
+    With ``settings``, every ``pinned_on`` name must be a configured neuron.
+    """
     if not path.exists():
         return Catalogue()
     try:
@@ -170,6 +220,15 @@ def load_catalogue(path: Path) -> Catalogue:
     dupes = sorted({i for i in ids if ids.count(i) > 1})
     if dupes:
         raise ConfigError(f"{path}: models: ids must be unique; repeated: {dupes}")
+    if settings is not None:
+        names = {n.name for n in settings.neurons}
+        for i, model in enumerate(catalogue.models):
+            unknown = [p for p in model.pinned_on if p not in names]
+            if unknown:
+                raise ConfigError(
+                    f"{path}: models.{i}.pinned_on: {unknown} are not configured neurons "
+                    f"(configured: {sorted(names)})"
+                )
     return catalogue
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from cortex.settings import Catalogue, NeuronEntry
+from cortex.settings import Catalogue, CatalogueModel, NeuronEntry
 
 
 @dataclass(eq=False)
@@ -26,6 +26,12 @@ class Node:
     """``ModelInfo`` by model id, as the neuron last reported them."""
     in_flight: int = 0
     """Requests this cortex has routed to the node that have not finished."""
+    model_in_flight: dict[str, int] = field(default_factory=dict)
+    """The same, by model: a model with requests in flight is never evicted."""
+    last_used: dict[str, float] = field(default_factory=dict)
+    """Model id → when a request for it last started or ended here (monotonic)."""
+    evicting: set[str] = field(default_factory=set)
+    """Models this cortex is unloading here: no longer routed to, whatever the poll says."""
 
     @classmethod
     def from_entry(cls, entry: NeuronEntry) -> Node:
@@ -33,6 +39,9 @@ class Node:
 
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    def busy(self, model: str) -> int:
+        return self.model_in_flight.get(model, 0)
 
     def status_of(self, model: str) -> str | None:
         info = self.models.get(model)
@@ -49,6 +58,20 @@ class Node:
 class Fleet:
     nodes: list[Node]
     catalogue: Catalogue
+    _entries: dict[str, CatalogueModel] = field(init=False, repr=False)
+    _by_name: dict[str, Node] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._entries = {m.id: m for m in self.catalogue.models}
+        self._by_name = {n.name: n for n in self.nodes}
+
+    def entry(self, model: str) -> CatalogueModel | None:
+        """The catalogue entry of ``model``, if it has one."""
+        return self._entries.get(model)
+
+    def node(self, name: str) -> Node:
+        """The node called ``name`` (KeyError if none is configured)."""
+        return self._by_name[name]
 
     @classmethod
     def build(cls, entries: list[NeuronEntry], catalogue: Catalogue) -> Fleet:
@@ -62,12 +85,15 @@ class Fleet:
         return [
             n
             for n in self.nodes
-            if n.up and n.status != "draining" and n.status_of(model) == "ready"
+            if n.up
+            and n.status != "draining"
+            and n.status_of(model) == "ready"
+            and model not in n.evicting
         ]
 
     def knows(self, model: str) -> bool:
         """In the catalogue, or reported by some neuron that is up (in any state)."""
-        return model in self.catalogue.ids() or any(model in n.models for n in self.up())
+        return model in self._entries or any(model in n.models for n in self.up())
 
     def locations(self) -> dict[str, list[dict[str, str]]]:
         """Model id → ``[{"node", "status"}]`` for every model some up neuron reports."""

@@ -17,10 +17,12 @@ they arrive, in whole SSE events, never re-serialised.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -105,7 +107,8 @@ async def relay(request: Request) -> Response:
     known = gw.fleet.knows(model)
     call = Call(path=path, model=model, label=model if known else "_unknown")
     nodes = rank(gw.fleet.ready_nodes(model), gw.next_turn())
-    if not nodes:
+    cold = not nodes and gw.loader.can_load(model)
+    if not nodes and not cold:
         gw.metrics.requests.labels(call.label, "none", path, "404" if not known else "503").inc()
         if not known:
             raise ModelNotFound(f"model {model!r} does not exist on this gateway", param="model")
@@ -119,6 +122,21 @@ async def relay(request: Request) -> Response:
         body = json.dumps(payload).encode()
         drop_usage = True
     headers = {k: v for k, v in request.headers.items() if k.lower() not in NOT_FORWARDED}
+    if cold:
+        if stream:
+            return _cold_stream(gw, call, body, headers, drop_usage)
+        try:
+            await gw.loader.wait(model)
+        except CortexError as exc:
+            gw.metrics.requests.labels(call.label, "none", path, str(exc.status)).inc()
+            raise
+        nodes = rank(gw.fleet.ready_nodes(model), gw.next_turn())
+        if not nodes:  # unloaded again already (evicted by another cold load)
+            gw.metrics.requests.labels(call.label, "none", path, "503").inc()
+            raise ModelNotReady(
+                f"model {model!r} was unloaded again before it could be used; retry shortly",
+                retry_after=gw.settings.gateway.retry_after,
+            )
 
     answer, node = await _open(gw, call, nodes[:2], body, headers)
     out_headers = {k: v for k, v in answer.headers.items() if k.lower() not in NOT_RETURNED}
@@ -152,6 +170,82 @@ class Relayed(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             self._on_close()
+
+
+def _cold_stream(
+    gw: Gateway, call: Call, body: bytes, headers: dict[str, str], drop_usage: bool
+) -> Response:
+    """A stream for a model that is loading: opened at once, SSE comments until it is ready.
+
+    The status is 200 before the answer is known, so anything that goes wrong from here
+    (the load fails, the neuron refuses the request) arrives as one in-band error event.
+    """
+    finishers: list[Callable[[int, str | None], None]] = []
+    waiting = asyncio.ensure_future(gw.loader.wait(call.model))
+
+    async def events() -> AsyncIterator[bytes]:
+        try:
+            comment = f": loading {call.model}\n\n".encode()
+            while not (
+                await asyncio.wait({waiting}, timeout=gw.settings.loading.keepalive_interval)
+            )[0]:
+                yield comment
+            waiting.result()
+            nodes = rank(gw.fleet.ready_nodes(call.model), gw.next_turn())
+            if not nodes:
+                raise ModelNotReady(
+                    f"model {call.model!r} was unloaded again before it could be used; retry",
+                    retry_after=gw.settings.gateway.retry_after,
+                )
+            answer, node = await _open(gw, call, nodes[:2], body, headers)
+        except CortexError as exc:
+            if call.node == "none":
+                gw.metrics.requests.labels(call.label, "none", call.path, str(exc.status)).inc()
+            yield sse_error(exc, call.path)
+            return
+        finally:
+            waiting.cancel()
+        finish = _finisher(gw, call, node, answer)
+        finishers.append(finish)
+        if not answer.headers.get("content-type", "").startswith("text/event-stream"):
+            try:
+                data = await answer.read()
+            except (aiohttp.ClientError, TimeoutError):
+                data = b""
+            finish(answer.status, None)
+            if answer.status >= 400:
+                error = UpstreamError(f"neuron {node.name} answered {answer.status}: {_text(data)}")
+                yield sse_error(error, call.path)
+            else:
+                yield data
+            return
+        async with contextlib.aclosing(_events(gw, call, node, answer, drop_usage, finish)) as out:
+            async for piece in out:
+                yield piece
+
+    def closed() -> None:
+        waiting.cancel()  # stop counting this client as waiting; the load itself goes on
+        for finish in finishers:
+            finish(499, None)
+
+    return Relayed(
+        events(),
+        status_code=200,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        on_close=closed,
+    )
+
+
+def _text(data: bytes) -> str:
+    """An upstream error body, shortened for a message: its ``message`` if it has one."""
+    try:
+        error = json.loads(data).get("error")
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return str(error["message"])
+    except (ValueError, AttributeError):
+        pass
+    return data[:200].decode("utf-8", "replace")
 
 
 def _finisher(
@@ -250,7 +344,7 @@ async def _events(
     answer: aiohttp.ClientResponse,
     drop_usage: bool,
     finish: Callable[[int, str | None], None],
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     splitter = EventSplitter()
     status, reason = answer.status, None
     last: float | None = None

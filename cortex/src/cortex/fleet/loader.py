@@ -1,0 +1,449 @@
+"""Models on demand: cold loads, evictions, pins and idle unload across the fleet.
+
+- :meth:`Loader.ensure` makes a catalogued model ready somewhere. Concurrent callers share
+  one load (single-flight per model, across every neuron). The neuron is chosen by
+  :func:`cortex.fleet.placement.plan` over a snapshot of what the poller last saw plus
+  what this cortex is doing right now (loads in progress, models being evicted, requests
+  in flight), so two loads planned back to back never count the same room twice.
+- Evictions unload through the neuron's ``/models/unload`` before the load is sent; a
+  model being evicted is taken out of routing at once (``Node.evicting``).
+- :meth:`Loader.run` checks every ``check_interval`` for idle models (unloaded after their
+  ``idle_ttl``; catalogued models only, never pinned ones) and for pinned models missing
+  from an up neuron (loaded again; a failed pin load is retried after ``pin_retry``).
+- Loads and unloads by hand (``cortex load|unload``) go through the same paths.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Coroutine
+from typing import Any
+
+import aiohttp
+
+from cortex.errors import (
+    CortexError,
+    LoadFailed,
+    ModelNotFound,
+    NoCapacity,
+    StillLoading,
+    Unplaceable,
+    UpstreamError,
+)
+from cortex.fleet.placement import (
+    Candidate,
+    Device,
+    NeverFits,
+    NoRoom,
+    Plan,
+    Resident,
+    Want,
+    plan,
+)
+from cortex.fleet.state import Fleet, Node
+from cortex.metrics import CortexMetrics
+from cortex.settings import CatalogueModel, CortexSettings
+
+log = logging.getLogger("cortex.loader")
+
+JSON = {"Content-Type": "application/json"}
+
+
+class Refused(Exception):
+    """A neuron would not take the load now (409, 503, unreachable): try another one."""
+
+
+class Loader:
+    def __init__(
+        self,
+        fleet: Fleet,
+        session: aiohttp.ClientSession,
+        settings: CortexSettings,
+        metrics: CortexMetrics,
+    ) -> None:
+        self.fleet = fleet
+        self._session = session
+        self._cfg = settings.loading
+        self._retry_after = settings.gateway.retry_after
+        self._metrics = metrics
+        self._loads: dict[tuple[str, str | None], asyncio.Task[Node]] = {}
+        self._pending: dict[str, set[str]] = {}
+        """Node name → models this cortex is loading there (not yet in the neuron's list)."""
+        self._planning = asyncio.Lock()
+        self._pin_tries: dict[tuple[str, str], float] = {}
+        self._unpinned: set[tuple[str, str]] = set()
+        """Pins unloaded by hand: left alone until loaded by hand again (or a restart)."""
+        self._background: set[asyncio.Task[Any]] = set()
+
+    # --- on demand -------------------------------------------------------------------
+
+    def can_load(self, model: str) -> bool:
+        return self._cfg.on_demand and self.fleet.entry(model) is not None
+
+    async def wait(self, model: str) -> Node:
+        """Wait (bounded by ``cold_start_timeout``) until ``model`` is ready somewhere."""
+        gauge = self._metrics.waiting_for_load.labels(model)
+        gauge.inc()
+        try:
+            async with asyncio.timeout(self._cfg.cold_start_timeout):
+                return await self.ensure(model)
+        except TimeoutError:
+            raise StillLoading(
+                f"model {model!r} is still loading after {self._cfg.cold_start_timeout:g}s; "
+                "retry shortly",
+                retry_after=self._retry_after,
+            ) from None
+        finally:
+            gauge.dec()
+
+    async def ensure(self, model: str, node: str | None = None) -> Node:
+        """Load ``model`` (on ``node``, or wherever it fits) unless it is ready; one load at a time.
+
+        Raises :class:`CortexError`: 404 unknown or unplaceable, 503 no room, 502 failed.
+        """
+        key = (model, node)
+        task = self._loads.get(key)
+        if task is None:
+            task = asyncio.create_task(self._load(model, node), name=f"load {model}")
+            self._loads[key] = task
+            task.add_done_callback(lambda t: self._settled(key, t))
+        return await asyncio.shield(task)
+
+    def _settled(self, key: tuple[str, str | None], task: asyncio.Task[Node]) -> None:
+        if self._loads.get(key) is task:
+            del self._loads[key]
+        if not task.cancelled():
+            task.exception()  # retrieved: every waiter may have given up
+
+    async def _load(self, model: str, only: str | None) -> Node:
+        entry = self.fleet.entry(model)
+        if entry is None:
+            raise ModelNotFound(f"model {model!r} is not in the catalogue", param="model")
+        want = _want(entry)
+        began = time.monotonic()
+        refused: dict[str, str] = {}
+        while True:
+            async with self._planning:
+                if only is None and (ready := self.fleet.ready_nodes(model)):
+                    return ready[0]
+                if only is not None and self.fleet.node(only) in self.fleet.ready_nodes(model):
+                    return self.fleet.node(only)
+                target = self._plan(want, only, refused)
+                node = self.fleet.node(target.node)
+                self._pending.setdefault(node.name, set()).add(model)
+                node.evicting.update(target.evict)
+            try:
+                await self._evict(node, target.evict, "lru")
+                info = await self._send_load(node, entry)
+            except Refused as exc:
+                refused[node.name] = str(exc)
+                self._metrics.load_failures.labels(model, node.name).inc()
+                log.warning("neuron %s refused %s: %s", node.name, model, exc)
+                continue
+            except CortexError:
+                self._metrics.load_failures.labels(model, node.name).inc()
+                raise
+            finally:
+                self._pending[node.name].discard(model)
+                node.evicting.difference_update(target.evict)
+            node.models[model] = info
+            node.last_used[model] = time.monotonic()
+            elapsed = time.monotonic() - began
+            self._metrics.cold_starts.labels(model, node.name).inc()
+            self._metrics.load_seconds.labels(model, node.name).observe(elapsed)
+            self._metrics.observe_node(node)
+            log.info("loaded %s on %s in %.1fs", model, node.name, elapsed)
+            return node
+
+    def _plan(self, want: Want, only: str | None, refused: dict[str, str]) -> Plan:
+        nodes = [
+            n
+            for n in self.fleet.nodes
+            if n.up
+            and n.status != "draining"
+            and n.name not in refused
+            and (only is None or n.name == only)
+        ]
+        if only is not None and not nodes:
+            node = self.fleet.node(only)
+            why = refused.get(only) or f"neuron {only} is {node.status}"
+            raise NoCapacity(
+                f"cannot load {want.id} on {only}: {why}", retry_after=self._retry_after
+            )
+        try:
+            return plan(want, [self.candidate(n) for n in nodes])
+        except NoRoom as exc:
+            raise NoCapacity(str(exc), retry_after=self._retry_after) from None
+        except NeverFits as exc:
+            if refused:
+                detail = "; ".join(f"{name}: {why}" for name, why in refused.items())
+                raise NoCapacity(
+                    f"no neuron took {want.id} ({detail})", retry_after=self._retry_after
+                ) from None
+            unseen = [n.name for n in self.fleet.nodes if not n.up or n.status == "draining"]
+            if unseen and only is None:
+                raise NoCapacity(
+                    f"{exc}; neurons not available now: {', '.join(unseen)}",
+                    retry_after=self._retry_after,
+                ) from None
+            raise Unplaceable(str(exc), param="model") from None
+
+    def candidate(self, node: Node) -> Candidate:
+        """What :func:`plan` needs to know about ``node``, as of now."""
+        health = node.health or {}
+        discovery = node.discovery or {}
+        totals = {
+            d.get("index"): int(d.get("vram_total_mb") or 0)
+            for d in discovery.get("devices", [])
+            if isinstance(d, dict)
+        }
+        devices = []
+        for d in health.get("devices", []):
+            free, used = int(d.get("vram_free_mb") or 0), int(d.get("vram_used_mb") or 0)
+            devices.append(
+                Device(int(d.get("index", 0)), totals.get(d.get("index")) or free + used, free)
+            )
+        if not devices and totals:  # health not sampled yet: assume the devices are empty
+            devices = [Device(int(i or 0), t, t) for i, t in totals.items()]
+        limit = health.get("max_loaded_models", discovery.get("max_loaded_models"))
+        residents = []
+        for model_id, info in node.models.items():
+            entry = self.fleet.entry(model_id)
+            status = str(info.get("status"))
+            residents.append(
+                Resident(
+                    id=model_id,
+                    status="unloading" if model_id in node.evicting else status,
+                    vram_mb=int(info.get("vram_used_mb") or 0),
+                    devices=tuple(int(d) for d in info.get("devices") or ()),
+                    in_flight=max(int(info.get("in_flight") or 0), node.busy(model_id)),
+                    last_used=node.last_used.get(model_id, 0.0),
+                    priority=entry.priority if entry else 0,
+                    pinned=entry is not None and node.name in entry.pinned_on,
+                )
+            )
+        for model_id in self._pending.get(node.name, set()) - node.models.keys():
+            entry = self.fleet.entry(model_id)
+            vram = (entry.vram_mb or 0) if entry else 0
+            residents.append(Resident(id=model_id, status="loading", vram_mb=vram))
+        harnesses = discovery.get("harnesses")
+        return Candidate(
+            name=node.name,
+            devices=tuple(devices),
+            max_models=int(limit) if isinstance(limit, int) else None,
+            residents=tuple(residents),
+            harnesses=tuple(harnesses) if isinstance(harnesses, list) else None,
+            in_flight=node.in_flight,
+        )
+
+    async def _send_load(self, node: Node, entry: CatalogueModel) -> dict[str, Any]:
+        """``POST /models/load`` on ``node``; the ready ``ModelInfo``.
+
+        Raises :class:`Refused` (try elsewhere) or :class:`LoadFailed` (the model itself).
+        """
+        timeout = aiohttp.ClientTimeout(total=self._cfg.load_timeout)
+        log.info("loading %s on %s", entry.id, node.name)
+        try:
+            async with self._session.post(
+                node.base + "/models/load",
+                data=json.dumps(entry.spec()),
+                headers={**JSON, **node.headers()},
+                timeout=timeout,
+            ) as response:
+                body = await response.read()
+        except TimeoutError:
+            raise LoadFailed(
+                f"neuron {node.name} did not finish loading {entry.id} "
+                f"in {self._cfg.load_timeout:g}s"
+            ) from None
+        except aiohttp.ClientError as exc:
+            raise Refused(f"unreachable: {exc}") from None
+        message = _message(body)
+        if response.status == 200:
+            info = _json(body).get("model")
+            return info if isinstance(info, dict) else {"id": entry.id, "status": "ready"}
+        if response.status in (409, 503):
+            raise Refused(message)
+        raise LoadFailed(f"neuron {node.name} could not load {entry.id}: {message}")
+
+    # --- unloading -------------------------------------------------------------------
+
+    async def _evict(self, node: Node, models: tuple[str, ...], reason: str) -> None:
+        if models:
+            await asyncio.gather(*(self._unload(node, m, reason) for m in models))
+
+    async def _unload(self, node: Node, model: str, reason: str) -> bool:
+        """Unload ``model`` from ``node``; False if the neuron did not have it."""
+        log.info("unloading %s from %s (%s)", model, node.name, reason)
+        node.evicting.add(model)
+        try:
+            async with self._session.post(
+                node.base + "/models/unload",
+                data=json.dumps({"model_id": model}),
+                headers={**JSON, **node.headers()},
+                timeout=aiohttp.ClientTimeout(total=self._cfg.load_timeout),
+            ) as response:
+                body = await response.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise UpstreamError(f"neuron {node.name} could not unload {model}: {exc}") from None
+        finally:
+            node.evicting.discard(model)
+        if response.status == 404:
+            node.models.pop(model, None)
+            return False
+        if response.status != 200:
+            raise UpstreamError(f"neuron {node.name} could not unload {model}: {_message(body)}")
+        node.models.pop(model, None)
+        node.last_used.pop(model, None)
+        self._metrics.evictions.labels(model, node.name, reason).inc()
+        self._metrics.observe_node(node)
+        return True
+
+    # --- by hand ---------------------------------------------------------------------
+
+    async def load(self, model: str, node: str | None) -> tuple[Node, float]:
+        """``cortex load``: make ``model`` ready (on ``node`` when given)."""
+        if node is not None:
+            self._known_node(node)
+            self._unpinned.discard((model, node))
+        else:
+            self._unpinned = {k for k in self._unpinned if k[0] != model}
+        began = time.monotonic()
+        where = await self.ensure(model, node)
+        return where, time.monotonic() - began
+
+    async def unload(self, model: str, node: str | None) -> list[str]:
+        """``cortex unload``: unload ``model`` from ``node`` (or everywhere); the neurons."""
+        targets = [self._known_node(node)] if node is not None else self.fleet.up()
+        holding = [n for n in targets if n.up and model in n.models]
+        if not holding:
+            where = f"on {node}" if node else "on any neuron"
+            raise ModelNotFound(f"model {model!r} is not loaded {where}", param="model")
+        done = await asyncio.gather(*(self._unload(n, model, "manual") for n in holding))
+        for n in holding:
+            entry = self.fleet.entry(model)
+            if entry is not None and n.name in entry.pinned_on:
+                self._unpinned.add((model, n.name))
+                log.warning("%s is pinned on %s: unloaded by hand, not reloaded", model, n.name)
+        return [n.name for n, gone in zip(holding, done, strict=True) if gone]
+
+    def _known_node(self, name: str) -> Node:
+        try:
+            return self.fleet.node(name)
+        except KeyError:
+            names = ", ".join(n.name for n in self.fleet.nodes)
+            raise ModelNotFound(f"no neuron named {name!r} (configured: {names})") from None
+
+    # --- housekeeping ----------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Idle unload and pins, every ``check_interval``, until cancelled."""
+        try:
+            while True:
+                try:
+                    await self.housekeeping()
+                except Exception:  # one bad round must not end housekeeping
+                    log.exception("housekeeping failed")
+                await asyncio.sleep(self._cfg.check_interval)
+        finally:
+            for task in self._background:
+                task.cancel()
+
+    async def housekeeping(self) -> None:
+        now = time.monotonic()
+        jobs: list[Coroutine[Any, Any, Any]] = []
+        for node in self.fleet.up():
+            for model_id in set(node.last_used) - node.models.keys():
+                del node.last_used[model_id]  # gone: a later copy starts a fresh clock
+            if node.status == "draining":
+                continue
+            for model_id, info in node.models.items():
+                if info.get("status") != "ready":
+                    continue
+                last = node.last_used.setdefault(model_id, now)  # first seen ready
+                ttl = self._idle_ttl(model_id, node)
+                busy = node.busy(model_id) or int(info.get("in_flight") or 0)
+                if ttl and not busy and model_id not in node.evicting and now - last >= ttl:
+                    node.evicting.add(model_id)  # out of routing before anything awaits
+                    jobs.append(self._idle_unload(node, model_id, now - last))
+        for entry in self.fleet.catalogue.models:
+            for name in entry.pinned_on:
+                self._check_pin(entry, name, now)
+        if jobs:
+            await asyncio.gather(*jobs)
+
+    def _idle_ttl(self, model_id: str, node: Node) -> float:
+        entry = self.fleet.entry(model_id)
+        if entry is None or node.name in entry.pinned_on:
+            return 0.0  # cortex could not load it back, or it must stay
+        return entry.idle_ttl if entry.idle_ttl is not None else self._cfg.idle_ttl
+
+    async def _idle_unload(self, node: Node, model: str, idle: float) -> None:
+        log.info("%s idle on %s for %.0fs", model, node.name, idle)
+        try:
+            await self._unload(node, model, "idle")
+        except CortexError as exc:
+            log.warning("idle unload failed: %s", exc.message)
+
+    def _check_pin(self, entry: CatalogueModel, name: str, now: float) -> None:
+        try:
+            node = self.fleet.node(name)
+        except KeyError:
+            return
+        key = (entry.id, name)
+        if not node.up or node.status == "draining" or key in self._unpinned:
+            return
+        if node.status_of(entry.id) in ("ready", "loading") or (entry.id, name) in self._loads:
+            return
+        if now - self._pin_tries.get(key, -self._cfg.pin_retry) < self._cfg.pin_retry:
+            return
+        self._pin_tries[key] = now
+        log.info("%s is pinned on %s and missing there: loading it", entry.id, name)
+        task = asyncio.create_task(self._pin(entry.id, name), name=f"pin {entry.id}")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _pin(self, model: str, node: str) -> None:
+        try:
+            await self.ensure(model, node)
+        except CortexError as exc:
+            log.warning(
+                "pinned %s could not be loaded on %s (retry in %gs): %s",
+                model,
+                node,
+                self._cfg.pin_retry,
+                exc.message,
+            )
+
+
+def _want(entry: CatalogueModel) -> Want:
+    return Want(
+        id=entry.id,
+        harness=entry.harness,
+        vram_mb=entry.vram_mb,
+        tensor_parallel=entry.tensor_parallel,
+        min_devices=entry.min_devices,
+        min_device_vram_mb=entry.min_device_vram_mb,
+        pinned_on=frozenset(entry.pinned_on),
+    )
+
+
+def _json(body: bytes) -> dict[str, Any]:
+    with contextlib.suppress(ValueError):
+        data = json.loads(body)
+        if isinstance(data, dict):
+            return data
+    return {}
+
+
+def _message(body: bytes) -> str:
+    """The neuron's error message, or the start of whatever it sent."""
+    error = _json(body).get("error")
+    message = error.get("message") if isinstance(error, dict) else None
+    if isinstance(message, str):
+        return message
+    return body[:200].decode("utf-8", "replace") or "(empty answer)"
