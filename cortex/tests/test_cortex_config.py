@@ -30,6 +30,20 @@ def test_the_examples_are_valid_and_document_the_defaults() -> None:
     assert load_catalogue(HERE / "models.example.toml").models == []
 
 
+def test_the_commented_catalogue_entry_is_valid(tmp_path: Path) -> None:
+    """Every key models.example.toml documents parses, so the example cannot drift."""
+    lines = (HERE / "models.example.toml").read_text().splitlines()
+    start = lines.index("# [[models]]")
+    entry = [
+        line[2:].split("  #")[0] for line in lines[start:] if not line.startswith("#   ")
+    ]
+    (tmp_path / "models.toml").write_text("\n".join(entry) + "\n")
+    settings = CortexSettings(neurons=[{"name": "gpu-1", "endpoint": "http://x:13131"}])
+    [model] = load_catalogue(tmp_path / "models.toml", settings).models
+    assert (model.pinned_on, model.priority, model.idle_ttl) == (["gpu-1"], 0, 1800)
+    assert model.spec()["source"] == "/models/Qwen3-8B"
+
+
 def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "cortex.toml"
     path.write_text('[gateway]\nlisten = "0.0.0.0:1"\n')

@@ -82,7 +82,7 @@ def broken_spec(model_id: str = "broken") -> dict[str, Any]:
 # --- config ------------------------------------------------------------------------------
 
 
-def _toml_value(value: Any) -> str:
+def toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
@@ -90,9 +90,9 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, str):
         return json.dumps(value)  # a JSON string is a valid TOML basic string
     if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
+        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
     raise TypeError(f"cannot write {value!r} as TOML")
 
 
@@ -104,24 +104,26 @@ def write_config(
     drain_timeout: float = 60.0,
     stop_timeout: float = 15.0,
     env: dict[str, str] | None = None,
+    max_loaded_models: int | None = None,
 ) -> Path:
     lines = [
         'host = "127.0.0.1"',
         f"port = {port}",
+        *([f"max_loaded_models = {max_loaded_models}"] if max_loaded_models else []),
         f"drain_timeout = {drain_timeout!r}",
         "health_interval = 5.0",
         'log_level = "info"',
         "",
         "[harness.vllm]",
-        f"python = {_toml_value(sys.executable)}",
+        f"python = {toml_value(sys.executable)}",
         f"startup_timeout = {ENGINE_START_TIMEOUT!r}",
         f"stop_timeout = {stop_timeout!r}",
-        f"env = {_toml_value({**ENGINE_ENV, **(env or {})})}",
+        f"env = {toml_value({**ENGINE_ENV, **(env or {})})}",
         "log_tail_lines = 40",
     ]
     for spec in default_models or []:
         lines += ["", "[[default_models]]"]
-        lines += [f"{key} = {_toml_value(value)}" for key, value in spec.items()]
+        lines += [f"{key} = {toml_value(value)}" for key, value in spec.items()]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
