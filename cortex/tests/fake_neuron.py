@@ -34,6 +34,8 @@ class FakeNeuron:
     streaming: int = 0
     cancelled: int = 0
     max_loaded_models: int | None = None
+    poll_delay: float = 0.0
+    """``/models`` answers this late, with the list as it was when asked."""
     load_delay: float = 0.0
     load_status: int = 200
     """Anything but 200: loads fail with this status (409, 502, ...)."""
@@ -114,7 +116,9 @@ class FakeNeuron:
     async def list_models(self, request: Request) -> Response:
         if self.polls_fail:
             return JSONResponse({"error": "down"}, 500)
-        return JSONResponse([self.info(m) for m in self.models])
+        listed = [self.info(m) for m in self.models]
+        await asyncio.sleep(self.poll_delay)
+        return JSONResponse(listed)
 
     async def discovery(self, request: Request) -> Response:
         devices = [

@@ -318,3 +318,16 @@ async def test_a_client_that_leaves_during_the_load_stops_waiting_and_the_load_g
         assert neuron.models == {"a": "ready"}
         assert value(await c.metrics(), "cortex_requests_waiting_for_load", model="a") == 0
         assert (await c.client.post(CHAT, json={"model": "a"})).status_code == 200
+
+
+async def test_a_poll_sent_before_an_eviction_does_not_bring_the_evicted_model_back() -> None:
+    neuron = FakeNeuron("n1", models={"a": "ready"}, max_loaded_models=1, poll_delay=0.5)
+    async with cortex(neuron, catalogue=("a", "b")) as c:
+        await c.poll()
+        stale = asyncio.create_task(c.poll())  # the neuron lists {a} now, answers later
+        await asyncio.sleep(0.1)
+        assert (await c.client.post(CHAT, json={"model": "b"})).status_code == 200
+        await stale
+        assert set(c.gateway.fleet.node("n1").models) == {"b"}
+        assert (await c.client.post(CHAT, json={"model": "b"})).status_code == 200
+        assert [s["model_id"] for s in neuron.loads] == ["b"]

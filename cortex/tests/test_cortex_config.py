@@ -34,9 +34,7 @@ def test_the_commented_catalogue_entry_is_valid(tmp_path: Path) -> None:
     """Every key models.example.toml documents parses, so the example cannot drift."""
     lines = (HERE / "models.example.toml").read_text().splitlines()
     start = lines.index("# [[models]]")
-    entry = [
-        line[2:].split("  #")[0] for line in lines[start:] if not line.startswith("#   ")
-    ]
+    entry = [line[2:].split("  #")[0] for line in lines[start:] if not line.startswith("#   ")]
     (tmp_path / "models.toml").write_text("\n".join(entry) + "\n")
     settings = CortexSettings(neurons=[{"name": "gpu-1", "endpoint": "http://x:13131"}])
     [model] = load_catalogue(tmp_path / "models.toml", settings).models

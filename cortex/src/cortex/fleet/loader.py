@@ -151,7 +151,7 @@ class Loader:
                 self._pending[node.name].discard(model)
                 node.evicting.difference_update(target.evict)
             node.models[model] = info
-            node.last_used[model] = time.monotonic()
+            node.changed = node.last_used[model] = time.monotonic()
             elapsed = time.monotonic() - began
             self._metrics.cold_starts.labels(model, node.name).inc()
             self._metrics.load_seconds.labels(model, node.name).observe(elapsed)
@@ -294,11 +294,13 @@ class Loader:
             node.evicting.discard(model)
         if response.status == 404:
             node.models.pop(model, None)
+            node.changed = time.monotonic()
             return False
         if response.status != 200:
             raise UpstreamError(f"neuron {node.name} could not unload {model}: {_message(body)}")
         node.models.pop(model, None)
         node.last_used.pop(model, None)
+        node.changed = time.monotonic()
         self._metrics.evictions.labels(model, node.name, reason).inc()
         self._metrics.observe_node(node)
         return True

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import aiohttp
@@ -41,6 +42,7 @@ class Poller:
         self.polled.set()
 
     async def _poll(self, node: Node) -> None:
+        asked = time.monotonic()
         try:
             async with asyncio.timeout(self._settings.timeout):
                 models, health = await asyncio.gather(
@@ -55,11 +57,12 @@ class Poller:
             log.info("neuron %s is up (%s)", node.name, node.base)
         node.up, node.failures, node.last_error = True, 0, None
         node.health = health if isinstance(health, dict) else None
-        node.models = (
-            {str(m["id"]): m for m in models if isinstance(m, dict) and "id" in m}
-            if isinstance(models, list)
-            else {}
-        )
+        if node.changed < asked:  # else the answer predates a load or unload by this cortex
+            node.models = (
+                {str(m["id"]): m for m in models if isinstance(m, dict) and "id" in m}
+                if isinstance(models, list)
+                else {}
+            )
         self._metrics.observe_node(node)
 
     async def _get(self, node: Node, path: str) -> Any:

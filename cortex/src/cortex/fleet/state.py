@@ -32,6 +32,9 @@ class Node:
     """Model id → when a request for it last started or ended here (monotonic)."""
     evicting: set[str] = field(default_factory=set)
     """Models this cortex is unloading here: no longer routed to, whatever the poll says."""
+    changed: float = 0.0
+    """When this cortex last loaded or unloaded a model here: a poll sent before then is
+    stale about ``models`` and must not undo what cortex knows (monotonic)."""
 
     @classmethod
     def from_entry(cls, entry: NeuronEntry) -> Node:
