@@ -14,6 +14,7 @@ cat > var/demo/neuron.toml <<TOML
 host = "127.0.0.1"
 port = $neuron_port
 drain_timeout = 30
+max_loaded_models = 1  # one engine at a time: asking for tiny-2 shows cortex evicting tiny
 
 [harness.vllm]
 python = "$root/.venv/bin/python"
@@ -47,6 +48,14 @@ source = "$root/var/tiny-model"
 dtype = "float32"
 max_model_len = 256
 engine_args = ["--enforce-eager"]
+
+# The same weights under a second name: a request for it is loaded on demand.
+[[models]]
+id = "tiny-2"
+source = "$root/var/tiny-model"
+dtype = "float32"
+max_model_len = 256
+engine_args = ["--enforce-eager"]
 TOML
 
 cat <<TEXT
@@ -61,6 +70,9 @@ cat <<TEXT
                           -d '{"model":"tiny","messages":[{"role":"user","content":"hi"}],"max_tokens":16}'
   Anthropic shape:      curl -s http://127.0.0.1:$api_port/v1/messages -H 'content-type: application/json' \\
                           -d '{"model":"tiny","max_tokens":16,"messages":[{"role":"user","content":"hi"}]}'
+  On demand:            the same curl with "model":"tiny-2": cortex evicts tiny (the neuron
+                          holds one model) and loads tiny-2 while the request waits (~30 s)
+  By hand:              .venv/bin/cortex load tiny --endpoint http://127.0.0.1:$api_port
   Metrics:              curl -s http://127.0.0.1:$metrics_port/metrics | grep ^cortex_
   Stop with Ctrl-C (both drain; the neuron unloads its engine; both exit 0).
 
