@@ -23,6 +23,8 @@ from cortex.status import admin, fetch_fleet, render
 log = logging.getLogger("cortex")
 
 DEFAULT_CONFIG = Path("/etc/cortex/cortex.toml")
+LISTEN_BACKLOG = 4096
+"""Connections the kernel queues before cortex accepts them (capped by net.core.somaxconn)."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -149,6 +151,9 @@ def _config(listen: str, graceful: float) -> Config:
     config.errorlog = log
     config.graceful_timeout = graceful  # in-flight streams get this long after SIGTERM
     config.keep_alive_timeout = 75.0
+    # Hypercorn's default accept backlog is 100: a burst of new connections overflows the
+    # kernel's listen queue and the overflow waits ~1 s for a SYN retransmit (bench/README.md).
+    config.backlog = LISTEN_BACKLOG
     return config
 
 

@@ -78,6 +78,9 @@ async def _serve(settings: NeuronSettings) -> None:
     config.graceful_timeout = LISTENER_GRACE
     config.shutdown_timeout = UNLOAD_BUDGET
     config.keep_alive_timeout = 75.0
+    # Hypercorn's default backlog of 100 overflows under a burst of new connections, and the
+    # overflow waits ~1 s for a SYN retransmit.
+    config.backlog = 4096
     log.info("neuron %s listening on %s:%d", __version__, settings.host, settings.port)
     await serve(app, config, shutdown_trigger=lifecycle.drained.wait)  # type: ignore[arg-type]
     log.info("neuron stopped")
