@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -112,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
 
 async def _serve(settings: CortexSettings, catalogue: Any) -> None:
     gateway = build(settings, catalogue)
+    _tune_gc()
     stop = asyncio.Event()
 
     def on_signal(sig: signal.Signals) -> None:
@@ -142,6 +144,19 @@ async def _serve(settings: CortexSettings, catalogue: Any) -> None:
         serve(create_metrics_app(gateway), metrics, shutdown_trigger=api_done.wait),  # type: ignore[arg-type]
     )
     log.info("cortex stopped")
+
+
+def _tune_gc() -> None:
+    """Keep full garbage collections off the hot path's tail latency.
+
+    Everything built at start-up (modules, settings, the app) lives as long as the process.
+    ``gc.freeze()`` moves it out of the collector's sight, so a full collection no longer
+    walks some hundred thousand objects that can never be garbage. Measured: p99 latency at
+    32 concurrent 34 → 11 ms, 200-stream burst TTFT p99 192 → 92 ms (bench/README.md). A
+    higher gen-0 threshold on top made bursts slower, so the thresholds stay Python's.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def _config(listen: str, graceful: float) -> Config:

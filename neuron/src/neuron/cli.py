@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import ipaddress
 import logging
 import signal
@@ -67,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
 async def _serve(settings: NeuronSettings) -> None:
     app = create_app(settings)
     lifecycle = app.state.neuron.lifecycle
+    # Start-up objects live as long as the process: keep them out of full collections, whose
+    # pauses otherwise land on proxied requests (cortex measured p99 34 → 11 ms with this).
+    gc.collect()
+    gc.freeze()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, _on_signal, sig, lifecycle.begin_drain)
