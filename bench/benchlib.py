@@ -227,10 +227,13 @@ def descendants(pid: int) -> list[int]:
     return tree
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of ``pid`` and its live descendants (all threads)."""
+def cpu_seconds(pid: int, tree: bool = True) -> float:
+    """User + system CPU time of ``pid`` and its live descendants (all threads).
+
+    ``tree=False``: of ``pid`` alone (all its threads, none of its children).
+    """
     total = 0
-    for each in descendants(pid):
+    for each in descendants(pid) if tree else [pid]:
         try:
             fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
@@ -239,10 +242,10 @@ def cpu_seconds(pid: int) -> float:
     return total / TICKS
 
 
-def rss_bytes(pid: int) -> int:
-    """Resident memory of ``pid`` and its live descendants."""
+def rss_bytes(pid: int, tree: bool = True) -> int:
+    """Resident memory of ``pid`` and its live descendants (``tree=False``: ``pid`` alone)."""
     total = 0
-    for each in descendants(pid):
+    for each in descendants(pid) if tree else [pid]:
         try:
             total += int(Path(f"/proc/{each}/statm").read_text().split()[1]) * PAGE
         except OSError:
@@ -286,11 +289,15 @@ def quantile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=1000, method="inclusive")[round(q * 1000) - 1]
 
 
-def chat_body(model: str = MODEL, stream: bool = False) -> bytes:
+def chat_body(
+    model: str = MODEL, stream: bool = False, max_tokens: int = 16, **extra: Any
+) -> bytes:
+    """A chat request; ``extra`` goes into the body as is (``ignore_eos=True`` for vLLM)."""
     body: dict[str, Any] = {
         "model": model,
         "messages": [{"role": "user", "content": "hi"}],
-        "max_tokens": 16,
+        "max_tokens": max_tokens,
+        **extra,
     }
     if stream:
         body |= {"stream": True, "stream_options": {"include_usage": True}}
@@ -304,9 +311,18 @@ def session(timeout: float = 300.0) -> aiohttp.ClientSession:
     )
 
 
-async def throughput(url: str, seconds: float, concurrency: int) -> dict[str, Any]:
-    """Closed loop: ``concurrency`` workers send non-streaming chats for ``seconds``."""
-    body = chat_body()
+async def throughput(
+    url: str,
+    seconds: float,
+    concurrency: int,
+    body: bytes | None = None,
+    expect: bytes = b"hello",
+) -> dict[str, Any]:
+    """Closed loop: ``concurrency`` workers send non-streaming chats for ``seconds``.
+
+    An answer counts when it is a 200 that contains ``expect`` (the fake upstream's text).
+    """
+    body = chat_body() if body is None else body
     latencies: list[float] = []
     bad = errors = 0
     deadline = time.monotonic() + seconds
@@ -319,7 +335,7 @@ async def throughput(url: str, seconds: float, concurrency: int) -> dict[str, An
                 try:
                     async with client.post(url, data=body, headers=HEADERS) as response:
                         data = await response.read()
-                        good = response.status == 200 and b"hello" in data
+                        good = response.status == 200 and expect in data
                 except (aiohttp.ClientError, TimeoutError):
                     errors += 1
                     await asyncio.sleep(0.01)
@@ -407,9 +423,15 @@ async def read_stream(response: aiohttp.ClientResponse, seen: StreamRead, first_
             return
 
 
-async def burst(url: str, streams: int, chunks: int) -> dict[str, Any]:
-    """``streams`` streams start together; every SSE event of every stream is checked."""
-    body = chat_body(stream=True)
+async def burst(
+    url: str, streams: int, chunks: int, body: bytes | None = None, check: bool = True
+) -> dict[str, Any]:
+    """``streams`` streams start together; every SSE event of every stream is checked.
+
+    ``check=False`` (a real engine, whose text is not known in advance): the contents are not
+    compared, so lost and merged chunks are not judged (``None``).
+    """
+    body = chat_body(stream=True) if body is None else body
     expected = [content_of(i) for i in range(chunks)]
     seen = [StreamRead() for _ in range(streams)]
     starts = [0.0] * streams
@@ -439,7 +461,7 @@ async def burst(url: str, streams: int, chunks: int) -> dict[str, Any]:
         coalesced += read.coalesced
         if read.error or read.status != 200 or not read.done:
             failed += 1
-        if read.contents != expected:
+        if check and read.contents != expected:
             joined = "".join(read.contents) == "".join(expected)
             if joined:
                 merged += 1  # all the text came, but not one event per chunk
@@ -453,8 +475,8 @@ async def burst(url: str, streams: int, chunks: int) -> dict[str, Any]:
         "streams": streams,
         "chunks_received": received,
         "streams_failed": failed,
-        "streams_lost_chunks": lost,
-        "streams_merged_chunks": merged,
+        "streams_lost_chunks": lost if check else None,
+        "streams_merged_chunks": merged if check else None,
         "unparseable_events": unparseable,
         "coalesced_pct": 100 * coalesced / max(1, received),
         "ttft_p50_ms": 1000 * quantile(ttft, 0.5),
