@@ -11,8 +11,8 @@ def rank(nodes: list[Node], turn: int = 0) -> list[Node]:
     Ties rotate with ``turn`` so equal neurons share the load instead of the first one
     taking every request.
     """
-    if not nodes:
-        return []
+    if len(nodes) < 2:
+        return nodes
     count = len(nodes)
     order = {id(n): (i - turn) % count for i, n in enumerate(nodes)}
     return sorted(nodes, key=lambda n: (n.in_flight, order[id(n)]))
