@@ -9,6 +9,7 @@ import subprocess
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
+import aiohttp
 import httpx
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -50,6 +51,22 @@ class Neuron:
     lifecycle: Lifecycle
     health: HealthMonitor
     _engine_version: str | None = field(default=None, init=False)
+    _session: aiohttp.ClientSession | None = field(default=None, init=False)
+
+    def session(self) -> aiohttp.ClientSession:
+        """The client that relays inference to engines (made on first use, in the loop)."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
+                auto_decompress=False,  # relay the engine's bytes as they are
+                # Short connect (loopback); the read timeout is an idle timeout between
+                # chunks, never a deadline on a whole stream.
+                timeout=aiohttp.ClientTimeout(
+                    total=None, sock_connect=5.0, sock_read=self.settings.engine_read_timeout
+                ),
+                skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
+            )
+        return self._session
 
     def require(self, model_id: str) -> Slot:
         """The ready slot serving ``model_id``, or the error a client should see."""
@@ -157,6 +174,8 @@ def create_app(settings: NeuronSettings, *, neuron: Neuron | None = None) -> Sta
             with contextlib.suppress(asyncio.CancelledError):
                 await monitor
             await n.client.aclose()
+            if n._session is not None:
+                await n._session.close()
 
     routes = [
         Route("/health", control.health, methods=["GET"]),

@@ -4,6 +4,9 @@ The body is read once (bounded) and forwarded unchanged; only ``model`` and ``st
 looked at. The engine's answer is relayed byte for byte as it arrives. When the client goes
 away mid-stream the relay is cancelled and the upstream response closed, which vLLM sees as
 a disconnect and aborts the generation.
+
+aiohttp, not httpx, carries this hot path: measured with bench/neuron_proxy.py, the httpx
+relay cost ~1.15 ms of neuron CPU per request and ~90 µs per streamed chunk.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-import httpx
+import aiohttp
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
@@ -67,20 +70,19 @@ async def proxy(request: Request) -> Response:
     if not isinstance(payload.get("stream", False), bool):
         raise BadRequest("'stream' must be true or false", param="stream")
     slot = neuron.require(model)
-    headers = [(k, v) for k, v in request.headers.items() if k.lower() not in NOT_FORWARDED]
-    upstream = neuron.client.build_request(
-        request.method, slot.engine.url + request.url.path, content=body, headers=headers
-    )
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in NOT_FORWARDED}
     release = neuron.track(slot)
     try:
-        answer = await neuron.client.send(upstream, stream=True)
-    except httpx.TimeoutException:
+        answer = await neuron.session().post(
+            slot.engine.url + request.url.path, data=body, headers=headers
+        )
+    except TimeoutError:
         release(504)
         raise EngineTimeout(
             f"the engine serving {model!r} sent nothing for "
             f"{neuron.settings.engine_read_timeout:g}s"
         ) from None
-    except httpx.TransportError as exc:
+    except aiohttp.ClientError as exc:
         release(502)
         log.warning("engine for %s unreachable: %r", model, exc)
         raise EngineUnavailable(f"the engine serving {model!r} is not reachable") from None
@@ -92,12 +94,12 @@ async def proxy(request: Request) -> Response:
         out_headers["content-length"] = answer.headers["content-length"]
 
     async def close() -> None:  # also when the client left before the first chunk
-        await answer.aclose()
+        answer.close()
         release(499)
 
     return Relayed(
         _relay(answer, slot, release),
-        status_code=answer.status_code,
+        status_code=answer.status,
         headers=out_headers,
         on_close=close,
     )
@@ -124,13 +126,13 @@ class Relayed(StreamingResponse):
 
 
 async def _relay(
-    answer: httpx.Response, slot: Slot, release: Callable[[int], None]
+    answer: aiohttp.ClientResponse, slot: Slot, release: Callable[[int], None]
 ) -> AsyncIterator[bytes]:
-    status = answer.status_code
+    status = answer.status
     try:
-        async for chunk in answer.aiter_raw():
+        async for chunk in answer.content.iter_any():
             yield chunk
-    except httpx.TransportError as exc:
+    except (aiohttp.ClientError, TimeoutError) as exc:
         # Headers are gone already: say it in-band, then end the stream.
         status = 502
         log.warning("engine for %s broke off mid-answer: %r", slot.model_id, exc)
@@ -145,5 +147,7 @@ async def _relay(
         status = 499  # the client went away; closing the answer aborts the generation
         raise
     finally:
-        await answer.aclose()
+        # close(), not release(): an unfinished answer must drop the connection so the
+        # engine sees the disconnect and aborts the generation.
+        answer.close()
         release(status)
