@@ -138,6 +138,19 @@ class ShuttingDown(Unavailable):
     code = "shutting_down"
 
 
+def upstream_message(body: bytes) -> str:
+    """What a neuron's error answer says: its envelope's ``message``, else the body's start."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    error = data.get("error") if isinstance(data, dict) else None
+    message = error.get("message") if isinstance(error, dict) else None
+    if isinstance(message, str):
+        return message
+    return body[:200].decode("utf-8", "replace") or "(empty answer)"
+
+
 def is_anthropic(path: str) -> bool:
     return path.startswith("/v1/messages")
 

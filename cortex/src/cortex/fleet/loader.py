@@ -33,6 +33,7 @@ from cortex.errors import (
     StillLoading,
     Unplaceable,
     UpstreamError,
+    upstream_message,
 )
 from cortex.fleet.placement import (
     Candidate,
@@ -262,7 +263,7 @@ class Loader:
             ) from None
         except aiohttp.ClientError as exc:
             raise Refused(f"unreachable: {exc}") from None
-        message = _message(body)
+        message = upstream_message(body)
         if response.status == 200:
             info = _json(body).get("model")
             return info if isinstance(info, dict) else {"id": entry.id, "status": "ready"}
@@ -297,7 +298,9 @@ class Loader:
             node.changed = time.monotonic()
             return False
         if response.status != 200:
-            raise UpstreamError(f"neuron {node.name} could not unload {model}: {_message(body)}")
+            raise UpstreamError(
+                f"neuron {node.name} could not unload {model}: {upstream_message(body)}"
+            )
         node.models.pop(model, None)
         node.last_used.pop(model, None)
         node.changed = time.monotonic()
@@ -440,12 +443,3 @@ def _json(body: bytes) -> dict[str, Any]:
         if isinstance(data, dict):
             return data
     return {}
-
-
-def _message(body: bytes) -> str:
-    """The neuron's error message, or the start of whatever it sent."""
-    error = _json(body).get("error")
-    message = error.get("message") if isinstance(error, dict) else None
-    if isinstance(message, str):
-        return message
-    return body[:200].decode("utf-8", "replace") or "(empty answer)"

@@ -39,6 +39,7 @@ from cortex.errors import (
     UpstreamError,
     UpstreamTimeout,
     sse_error,
+    upstream_message,
 )
 from cortex.fleet.routing import rank
 from cortex.routes.body import parse_object, read_body
@@ -214,7 +215,9 @@ def _cold_stream(
                 data = b""
             finish(answer.status, None)
             if answer.status >= 400:
-                error = UpstreamError(f"neuron {node.name} answered {answer.status}: {_text(data)}")
+                error = UpstreamError(
+                    f"neuron {node.name} answered {answer.status}: {upstream_message(data)}"
+                )
                 yield sse_error(error, call.path)
             else:
                 yield data
@@ -235,17 +238,6 @@ def _cold_stream(
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         on_close=closed,
     )
-
-
-def _text(data: bytes) -> str:
-    """An upstream error body, shortened for a message: its ``message`` if it has one."""
-    try:
-        error = json.loads(data).get("error")
-        if isinstance(error, dict) and isinstance(error.get("message"), str):
-            return str(error["message"])
-    except (ValueError, AttributeError):
-        pass
-    return data[:200].decode("utf-8", "replace")
 
 
 def _finisher(
