@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -417,3 +417,69 @@ async def engine_metric(engine: httpx.AsyncClient, name: str, model: str) -> flo
     value = prometheus_value(response.text, name, model_name=model)
     assert value is not None, f"{name} for {model} not in the engine's /metrics"
     return value
+
+
+# --- cortex ------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def cortex_serving(
+    tmp_path: Path,
+    name: str,
+    neurons: dict[str, str],
+    catalogue: Sequence[dict[str, Any]] = (),
+    loading: dict[str, Any] | None = None,
+) -> Iterator[tuple[str, str]]:
+    """``cortex serve`` with ``catalogue`` in front of ``neurons``; yields (API, metrics) URLs."""
+    api, metrics = free_port(), free_port()
+    models = tmp_path / f"{name}-models.toml"
+    models.write_text(
+        "".join(
+            "[[models]]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in m.items()) + "\n"
+            for m in catalogue
+        ),
+        encoding="utf-8",
+    )
+    config = tmp_path / f"{name}.toml"
+    config.write_text(
+        f"models_config = {toml_value(str(models))}\n"
+        f'[gateway]\nlisten = "127.0.0.1:{api}"\nmetrics_listen = "127.0.0.1:{metrics}"\n'
+        "[poll]\ninterval = 0.5\ntimeout = 2.0\ndown_after = 2\n"
+        "[loading]\n"
+        + "".join(f"{k} = {toml_value(v)}\n" for k, v in (loading or {}).items())
+        + "".join(
+            f"[[neurons]]\nname = {toml_value(n)}\nendpoint = {toml_value(url)}\n"
+            for n, url in neurons.items()
+        ),
+        encoding="utf-8",
+    )
+    log = tmp_path / f"{name}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).with_name("cortex")), "serve", "--config", str(config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        yield f"http://127.0.0.1:{api}", f"http://127.0.0.1:{metrics}/metrics"
+    except BaseException:
+        print(tail(log.read_text(errors="replace")), file=sys.stderr)  # noqa: T201
+        raise
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            assert proc.wait(timeout=60) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+
+async def wait_until(check: Any, timeout: float, what: str) -> None:
+    """Await ``check()`` every 0.25 s until it is true; AssertionError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.TransportError):
+            if await check():
+                return
+        await asyncio.sleep(0.25)
+    raise AssertionError(f"timed out waiting for {what}")

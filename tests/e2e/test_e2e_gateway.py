@@ -7,14 +7,10 @@ started again (cortex recovers on its own).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -24,60 +20,19 @@ from e2e_support import (
     ABORT_TOKENS,
     ENGINE_START_TIMEOUT,
     async_wait_group_gone,
+    cortex_serving,
     engine_metric,
     free_port,
     prometheus_value,
     record,
     start_neuron,
-    tail,
     tiny_spec,
+    wait_until,
     write_config,
 )
 from openai import AsyncOpenAI
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
-
-
-@contextlib.contextmanager
-def cortex_running(tmp_path: Path, neuron_url: str) -> Iterator[tuple[str, str]]:
-    api, metrics = free_port(), free_port()
-    config = tmp_path / "cortex.toml"
-    config.write_text(
-        f'models_config = "{tmp_path / "models.toml"}"\n'
-        f'[gateway]\nlisten = "127.0.0.1:{api}"\nmetrics_listen = "127.0.0.1:{metrics}"\n'
-        "[poll]\ninterval = 0.5\ntimeout = 2.0\ndown_after = 2\n"
-        f'[[neurons]]\nname = "n1"\nendpoint = "{neuron_url}"\n',
-        encoding="utf-8",
-    )
-    log = tmp_path / "cortex.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [str(Path(sys.executable).with_name("cortex")), "serve", "--config", str(config)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        yield f"http://127.0.0.1:{api}", f"http://127.0.0.1:{metrics}/metrics"
-    except BaseException:
-        print(tail(log.read_text(errors="replace")), file=sys.stderr)  # noqa: T201
-        raise
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            assert proc.wait(timeout=30) == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-
-
-async def wait_until(check, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.TransportError):
-            if await check():
-                return
-        await asyncio.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 async def test_clients_through_cortex_and_a_neuron_that_dies_and_returns(
@@ -92,7 +47,7 @@ async def test_clients_through_cortex_and_a_neuron_that_dies_and_returns(
         began = time.monotonic()
         neuron.wait_ready(ENGINE_START_TIMEOUT)
         record("gateway: engine start (neuron ready)", time.monotonic() - began)
-        with cortex_running(tmp_path, neuron.url) as (api, metrics_url):
+        with cortex_serving(tmp_path, "cortex", {"n1": neuron.url}) as (api, metrics_url):
             async with (
                 contextlib.AsyncExitStack() as stack,
                 httpx.AsyncClient(base_url=api, timeout=60) as raw,

@@ -15,12 +15,7 @@ same neurons, four engine starts in all:
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +25,13 @@ from e2e_support import (
     ENGINE_START_TIMEOUT,
     async_wait_group_gone,
     chat_body,
+    cortex_serving,
     free_port,
     neuron_running,
     prometheus_value,
     record,
-    tail,
     tiny_spec,
-    toml_value,
+    wait_until,
     write_config,
 )
 
@@ -51,74 +46,12 @@ def entry(model_dir: Path, model_id: str, **extra: Any) -> dict[str, Any]:
     return {"id": spec.pop("model_id"), **spec, **extra}
 
 
-@contextlib.contextmanager
-def cortex_serving(
-    tmp_path: Path,
-    name: str,
-    neurons: dict[str, str],
-    catalogue: list[dict[str, Any]],
-    loading: dict[str, Any],
-) -> Iterator[tuple[str, str]]:
-    """``cortex serve`` with ``catalogue`` in front of ``neurons``; yields (API, metrics) URLs."""
-    api, metrics = free_port(), free_port()
-    models = tmp_path / f"{name}-models.toml"
-    models.write_text(
-        "".join(
-            "[[models]]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in m.items()) + "\n"
-            for m in catalogue
-        ),
-        encoding="utf-8",
-    )
-    config = tmp_path / f"{name}.toml"
-    config.write_text(
-        f"models_config = {toml_value(str(models))}\n"
-        f'[gateway]\nlisten = "127.0.0.1:{api}"\nmetrics_listen = "127.0.0.1:{metrics}"\n'
-        "[poll]\ninterval = 0.5\ntimeout = 2.0\ndown_after = 2\n"
-        "[loading]\n"
-        + "".join(f"{k} = {toml_value(v)}\n" for k, v in loading.items())
-        + "".join(
-            f"[[neurons]]\nname = {toml_value(n)}\nendpoint = {toml_value(url)}\n"
-            for n, url in neurons.items()
-        ),
-        encoding="utf-8",
-    )
-    log = tmp_path / f"{name}.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [str(Path(sys.executable).with_name("cortex")), "serve", "--config", str(config)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        yield f"http://127.0.0.1:{api}", f"http://127.0.0.1:{metrics}/metrics"
-    except BaseException:
-        print(tail(log.read_text(errors="replace")), file=sys.stderr)  # noqa: T201
-        raise
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            assert proc.wait(timeout=60) == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-
-
-async def eventually(check: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.TransportError):
-            if await check():
-                return
-        await asyncio.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 async def neurons_up(c: httpx.AsyncClient, count: int) -> None:
     async def up() -> bool:
         fleet = (await c.get("/fleet")).json()
         return sum(1 for n in fleet["neurons"] if n["up"]) == count
 
-    await eventually(up, 30, f"cortex to see {count} neuron(s) up")
+    await wait_until(up, 30, f"cortex to see {count} neuron(s) up")
 
 
 async def test_models_load_on_demand_evict_pin_and_go_idle(
@@ -201,8 +134,8 @@ async def test_models_load_on_demand_evict_pin_and_go_idle(
                     models = n1.models()
                     return set(models) == {"a"} and models["a"]["status"] == "ready"
 
-                await eventually(pin_loaded, LOAD_WAIT, "cortex to load the pinned a on n1")
-                await eventually(lambda: _ready_in_cortex(c, "a"), 10, "cortex to see a ready")
+                await wait_until(pin_loaded, LOAD_WAIT, "cortex to load the pinned a on n1")
+                await wait_until(lambda: _ready_in_cortex(c, "a"), 10, "cortex to see a ready")
                 refused = await c.post("/v1/chat/completions", json=chat_body("b"))
                 assert refused.status_code == 503, refused.text
                 assert refused.headers["retry-after"] == "5"
@@ -224,7 +157,7 @@ async def test_models_load_on_demand_evict_pin_and_go_idle(
                     return "b" not in n2.models()
 
                 began = time.monotonic()
-                await eventually(b_gone, 60, "the idle b to be unloaded from n2")
+                await wait_until(b_gone, 60, "the idle b to be unloaded from n2")
                 record("on demand: idle b unloaded (idle_ttl 3 s)", time.monotonic() - began)
                 scraped = (await c.get(metrics)).text
                 assert (
