@@ -105,7 +105,7 @@ def build(out: Path, layers: int) -> str:
         num_attention_heads=2,
         num_key_value_heads=1,
         head_dim=64,
-        max_position_embeddings=2048,
+        max_position_embeddings=8192,
         bos_token_id=bos_id,
         eos_token_id=eos_id,
         pad_token_id=pad_id,

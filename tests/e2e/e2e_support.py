@@ -32,9 +32,10 @@ MODEL_LAYERS = 48
 """Layers of the test model (see the ``tiny_model`` fixture): ~80 tokens/s here."""
 STREAM_TOKENS = 200
 """With ``ignore_eos`` a stream of this many tokens lasts a couple of seconds."""
-ABORT_TOKENS = 1000
-"""A stream the abort tests abandon: ~12 s of work unless something stops it. Long enough that
-a starved CI machine still cannot produce half of it between the close and the engine's abort."""
+ABORT_TOKENS = 4000
+"""A stream the abort tests abandon: ~50 s of work unless something stops it. Long enough that
+a starved CI machine still cannot produce half of it between the close and the engine's abort
+(through cortex and a neuron that took 6.6 s once, with vLLM holding both cores)."""
 ENGINE_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 BAD_SOURCE = "/nonexistent/model"
 
@@ -68,7 +69,7 @@ def tiny_spec(model_dir: Path, model_id: str = "tiny", **extra: Any) -> dict[str
         "model_id": model_id,
         "source": str(model_dir),
         "dtype": "float32",
-        "max_model_len": 1280,  # room for ABORT_TOKENS
+        "max_model_len": 4160,  # room for ABORT_TOKENS
         "engine_args": ["--enforce-eager"],
         **extra,
     }

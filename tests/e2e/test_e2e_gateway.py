@@ -123,12 +123,14 @@ async def test_clients_through_cortex_and_a_neuron_that_dies_and_returns(
                         lines = r.aiter_lines()
                         for _ in range(3):
                             await anext(lines)
+                    closed = time.monotonic()
 
                     async def engine_idle() -> bool:
                         running = await engine_metric(engine, "vllm:num_requests_running", "tiny")
                         return running == 0
 
-                    await wait_until(engine_idle, 10, "vLLM to abort the abandoned stream")
+                    await wait_until(engine_idle, 30, "vLLM to abort the abandoned stream")
+                    record("client leaves cortex → engine idle", time.monotonic() - closed)
                     after = await engine_metric(engine, "vllm:generation_tokens_total", "tiny")
                 assert after - before < ABORT_TOKENS / 2, (
                     "the generation ran on after the client left"
