@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 import aiohttp
 import httpx
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from neuron.discovery import GpuProbe
 from neuron.errors import ModelLoading, ModelNotFound, ModelUnloading, NeuronError, envelope
@@ -154,7 +154,8 @@ def build(
     )
 
 
-def create_app(settings: NeuronSettings, *, neuron: Neuron | None = None) -> Starlette:
+def create_app(settings: NeuronSettings, *, neuron: Neuron | None = None) -> ASGIApp:
+    """The neuron's ASGI app: ``Gate`` (token, drain) → :class:`FastPath` → Starlette."""
     n = neuron or build(settings)
 
     @contextlib.asynccontextmanager
@@ -191,7 +192,6 @@ def create_app(settings: NeuronSettings, *, neuron: Neuron | None = None) -> Sta
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        middleware=[Middleware(Gate, token=settings.auth_token, lifecycle=n.lifecycle)],
         exception_handlers={
             NeuronError: _neuron_error,
             404: _not_found,
@@ -200,7 +200,34 @@ def create_app(settings: NeuronSettings, *, neuron: Neuron | None = None) -> Sta
         },
     )
     app.state.neuron = n
-    return app
+    return Gate(FastPath(app), token=settings.auth_token, lifecycle=n.lifecycle)
+
+
+class FastPath:
+    """Inference POSTs go straight to :func:`proxy`; everything else to Starlette.
+
+    Starlette's router walk, middleware layers and exception wrapping give the proxy nothing
+    it needs and cost CPU on every request (bench/README.md). Errors render as Starlette's
+    handlers would.
+    """
+
+    def __init__(self, app: Starlette) -> None:
+        self.app = app
+        self.paths = frozenset(PATHS)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] not in self.paths or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        scope["app"] = self.app
+        request = Request(scope, receive)
+        try:
+            response = await proxy(request)
+        except NeuronError as exc:
+            response = exc.response()
+        except Exception as exc:
+            response = await _internal_error(request, exc)
+        await response(scope, receive, send)
 
 
 async def _neuron_error(request: Request, exc: Exception) -> Response:

@@ -17,7 +17,7 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
 from neuron import __version__
-from neuron.app import create_app
+from neuron.app import build, create_app
 from neuron.settings import ConfigError, NeuronSettings, load_settings
 
 log = logging.getLogger("neuron")
@@ -66,8 +66,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _serve(settings: NeuronSettings) -> None:
-    app = create_app(settings)
-    lifecycle = app.state.neuron.lifecycle
+    neuron = build(settings)
+    app = create_app(settings, neuron=neuron)
+    lifecycle = neuron.lifecycle
     # Start-up objects live as long as the process: keep them out of full collections, whose
     # pauses otherwise land on proxied requests (cortex measured p99 34 → 11 ms with this).
     gc.collect()
