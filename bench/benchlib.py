@@ -16,10 +16,14 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
+import platform
 import resource
+import shutil
 import socket
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -30,6 +34,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+REPO = Path(__file__).resolve().parent.parent
 TICKS = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 MODEL = "m"
@@ -563,6 +568,59 @@ async def hold(
 async def get_json(url: str, method: str = "GET") -> Any:
     async with session(timeout=10.0) as client, client.request(method, url) as response:
         return await response.json(content_type=None)
+
+
+async def quiesce(pid: int, limit_s: float = 60.0, window_s: float = 0.5) -> float:
+    """Wait until ``pid``'s tree uses under 5% of a core (or ``limit_s``); return the wait.
+
+    So that work left over from one test (tearing down thousands of streams, say) is not
+    charged to the next.
+    """
+    began = time.monotonic()
+    while time.monotonic() - began < limit_s:
+        before = cpu_seconds(pid)
+        await asyncio.sleep(window_s)
+        if cpu_seconds(pid) - before < 0.05 * window_s:
+            break
+    return time.monotonic() - began
+
+
+def cell(values: list[Any], fmt: str) -> str:
+    """A table cell: the median of the numbers, with (min to max) when they differ."""
+    numbers = [v for v in values if isinstance(v, int | float) and not math.isnan(v)]
+    if not numbers:
+        texts = sorted({str(v) for v in values if v is not None})
+        return ", ".join(texts) if texts else "\N{EN DASH}"
+    middle, low, high = (fmt.format(f(numbers)) for f in (statistics.median, min, max))
+    return middle if low == high else f"{middle} ({low}\N{EN DASH}{high})"
+
+
+def revision(component: str) -> str:
+    """This checkout's short commit, marked when ``component`` has uncommitted changes."""
+
+    def git(*argv: str) -> str:
+        exe = shutil.which("git")
+        if exe is None:
+            return "?"
+        done = subprocess.run(
+            [exe, "-C", str(REPO), *argv], capture_output=True, text=True, check=False
+        )
+        return done.stdout.strip()
+
+    dirty = " (with uncommitted changes)" if git("status", "--porcelain", component) else ""
+    return git("rev-parse", "--short", "HEAD") + dirty
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (the architecture where there is none)."""
+    return next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.machine(),
+    )
 
 
 def main() -> int:

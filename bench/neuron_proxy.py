@@ -38,12 +38,10 @@ import argparse
 import asyncio
 import contextlib
 import json
-import math
 import os
 import platform
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -56,7 +54,7 @@ from typing import Any, TextIO
 import aiohttp
 import benchlib
 import gateways
-from benchlib import chat_body, cpu_seconds, free_port, get_json, rss_bytes
+from benchlib import cell, chat_body, cpu_seconds, free_port, get_json, quiesce, rss_bytes
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -318,17 +316,6 @@ async def wait_model_ready(neuron: Neuron, model: str, limit_s: float) -> float:
 # ---------------------------------------------------------------- one round
 
 
-async def quiesce(pid: int, limit_s: float, window_s: float = 0.5) -> float:
-    """Wait until ``pid``'s tree (neuron + engine) uses under 5% of a core, up to ``limit_s``."""
-    began = time.monotonic()
-    while time.monotonic() - began < limit_s:
-        before = cpu_seconds(pid)
-        await asyncio.sleep(window_s)
-        if cpu_seconds(pid) - before < 0.05 * window_s:
-            break
-    return time.monotonic() - began
-
-
 def loads(args: argparse.Namespace) -> tuple[bytes, bytes, bytes]:
     """The non-streaming body, what a good answer contains, and the streaming body."""
     if args.real:
@@ -439,15 +426,6 @@ async def run_round(
 # ---------------------------------------------------------------- the report
 
 
-def cell(values: list[Any], fmt: str) -> str:
-    numbers = [v for v in values if isinstance(v, int | float) and not math.isnan(v)]
-    if not numbers:
-        texts = sorted({str(v) for v in values if v is not None})
-        return ", ".join(texts) if texts else "\N{EN DASH}"
-    middle, low, high = (fmt.format(f(numbers)) for f in (statistics.median, min, max))
-    return middle if low == high else f"{middle} ({low}\N{EN DASH}{high})"
-
-
 def deltas(results: list[dict[str, Any]], key: str) -> list[float]:
     """Per round, what going through the neuron changed ``key`` by (see DELTAS)."""
     how = DELTAS[key][0]
@@ -496,24 +474,7 @@ def table(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
 
 
 def describe(args: argparse.Namespace) -> list[str]:
-    def git(*argv: str) -> str:
-        exe = shutil.which("git")
-        if exe is None:
-            return "?"
-        done = subprocess.run(
-            [exe, "-C", str(REPO), *argv], capture_output=True, text=True, check=False
-        )
-        return done.stdout.strip()
-
-    dirty = " (with uncommitted changes)" if git("status", "--porcelain", "neuron") else ""
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.machine(),
-    )
+    cpu = benchlib.cpu_model()
     pinned = (
         f"neuron pinned to CPU {args.neuron_cpu}, engine + load on CPU {args.client_cpu}"
         if args.neuron_cpu is not None
@@ -521,7 +482,7 @@ def describe(args: argparse.Namespace) -> list[str]:
     )
     lines = [
         f"- machine: {os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}; {pinned}",
-        f"- neuron: {git('rev-parse', '--short', 'HEAD')}{dirty}, log_level {args.log_level}",
+        f"- neuron: {benchlib.revision('neuron')}, log_level {args.log_level}",
     ]
     if args.real:
         lines.append(

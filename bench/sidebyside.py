@@ -33,12 +33,10 @@ import argparse
 import asyncio
 import contextlib
 import json
-import math
 import os
 import platform
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -50,7 +48,7 @@ from typing import Any, TextIO
 import aiohttp
 import benchlib
 import gateways
-from benchlib import chat_body, cpu_seconds, free_port, get_json, pin, rss_bytes
+from benchlib import cell, chat_body, cpu_seconds, free_port, get_json, pin, quiesce, rss_bytes
 
 HERE = Path(__file__).resolve().parent
 CLIENT_CPU, GATEWAY_CPU = 0, 1
@@ -117,21 +115,6 @@ async def upstream_open_streams(upstream: str, within_s: float) -> tuple[int, fl
         if count == 0 or took > within_s:
             return count, took
         await asyncio.sleep(0.1)
-
-
-async def quiesce(pid: int, limit_s: float = 60.0, window_s: float = 0.5) -> float:
-    """Wait until ``pid``'s tree uses under 5% of a core (or ``limit_s``); return the wait.
-
-    So that work a gateway has left over from one test (tearing down thousands of streams,
-    say) is not charged to the next.
-    """
-    began = time.monotonic()
-    while time.monotonic() - began < limit_s:
-        before = cpu_seconds(pid)
-        await asyncio.sleep(window_s)
-        if cpu_seconds(pid) - before < 0.05 * window_s:
-            break
-    return time.monotonic() - began
 
 
 @contextlib.asynccontextmanager
@@ -254,15 +237,6 @@ async def run_one(name: str, round_no: int, args: argparse.Namespace) -> dict[st
 # ---------------------------------------------------------------- the report
 
 
-def cell(values: list[Any], fmt: str) -> str:
-    numbers = [v for v in values if isinstance(v, int | float) and not math.isnan(v)]
-    if not numbers:
-        texts = sorted({str(v) for v in values if v is not None})
-        return ", ".join(texts) if texts else "\N{EN DASH}"
-    middle, low, high = (fmt.format(f(numbers)) for f in (statistics.median, min, max))
-    return middle if low == high else f"{middle} ({low}\N{EN DASH}{high})"
-
-
 def table(results: list[dict[str, Any]], names: list[str], args: argparse.Namespace) -> str:
     heads = [f"{n}*" if n == "direct" else n for n in names]
     lines = ["| | " + " | ".join(heads) + " |", "|---" * (len(names) + 1) + "|"]
@@ -287,30 +261,13 @@ def table(results: list[dict[str, Any]], names: list[str], args: argparse.Namesp
 
 
 def describe(args: argparse.Namespace, names: list[str]) -> list[str]:
-    def git(*argv: str) -> str:
-        exe = shutil.which("git")
-        if exe is None:
-            return "?"
-        done = subprocess.run(
-            [exe, "-C", str(gateways.REPO), *argv], capture_output=True, text=True, check=False
-        )
-        return done.stdout.strip()
-
-    dirty = " (with uncommitted changes)" if git("status", "--porcelain", "cortex") else ""
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.machine(),
-    )
+    cpu = benchlib.cpu_model()
     lines = [
         f"- machine: {os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}, "
         f"gateway pinned to CPU {args.gateway_cpu}, upstream + load on CPU {args.client_cpu}"
         if args.gateway_cpu is not None
         else f"- machine: {os.cpu_count()} CPUs ({cpu}); NOT pinned",
-        f"- cortex: {git('rev-parse', '--short', 'HEAD')}{dirty}",
+        f"- cortex: {benchlib.revision('cortex')}",
     ]
     if "litellm" in names:
         lines.append(f"- LiteLLM: {gateways.LITELLM}")
