@@ -176,12 +176,6 @@ class Catalogue(BaseModel):
 
     models: list[CatalogueModel] = Field(default_factory=list)
 
-    def ids(self) -> set[str]:
-        return {m.id for m in self.models}
-
-    def get(self, model_id: str) -> CatalogueModel | None:
-        return next((m for m in self.models if m.id == model_id), None)
-
 
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
