@@ -127,17 +127,10 @@ async def relay(request: Request) -> Response:
         if stream:
             return _cold_stream(gw, call, body, headers, drop_usage)
         try:
-            await gw.loader.wait(model)
+            nodes = await _loaded(gw, call)
         except CortexError as exc:
             gw.metrics.requests.labels(call.label, "none", path, str(exc.status)).inc()
             raise
-        nodes = rank(gw.fleet.ready_nodes(model), gw.next_turn())
-        if not nodes:  # unloaded again already (evicted by another cold load)
-            gw.metrics.requests.labels(call.label, "none", path, "503").inc()
-            raise ModelNotReady(
-                f"model {model!r} was unloaded again before it could be used; retry shortly",
-                retry_after=gw.settings.gateway.retry_after,
-            )
 
     answer, node = await _open(gw, call, nodes[:2], body, headers)
     out_headers = {k: v for k, v in answer.headers.items() if k.lower() not in NOT_RETURNED}
@@ -173,6 +166,18 @@ class Relayed(StreamingResponse):
             self._on_close()
 
 
+async def _loaded(gw: Gateway, call: Call) -> list[Node]:
+    """Wait for ``call.model`` to load; the neurons to send the call to, best first."""
+    await gw.loader.wait(call.model)
+    nodes = rank(gw.fleet.ready_nodes(call.model), gw.next_turn())
+    if not nodes:  # unloaded again already (evicted by another cold load)
+        raise ModelNotReady(
+            f"model {call.model!r} was unloaded again before it could be used; retry shortly",
+            retry_after=gw.settings.gateway.retry_after,
+        )
+    return nodes
+
+
 def _cold_stream(
     gw: Gateway, call: Call, body: bytes, headers: dict[str, str], drop_usage: bool
 ) -> Response:
@@ -182,7 +187,7 @@ def _cold_stream(
     (the load fails, the neuron refuses the request) arrives as one in-band error event.
     """
     finishers: list[Callable[[int, str | None], None]] = []
-    waiting = asyncio.ensure_future(gw.loader.wait(call.model))
+    waiting = asyncio.ensure_future(_loaded(gw, call))
 
     async def events() -> AsyncIterator[bytes]:
         try:
@@ -191,13 +196,7 @@ def _cold_stream(
                 await asyncio.wait({waiting}, timeout=gw.settings.loading.keepalive_interval)
             )[0]:
                 yield comment
-            waiting.result()
-            nodes = rank(gw.fleet.ready_nodes(call.model), gw.next_turn())
-            if not nodes:
-                raise ModelNotReady(
-                    f"model {call.model!r} was unloaded again before it could be used; retry",
-                    retry_after=gw.settings.gateway.retry_after,
-                )
+            nodes = await waiting
             answer, node = await _open(gw, call, nodes[:2], body, headers)
         except CortexError as exc:
             if call.node == "none":
