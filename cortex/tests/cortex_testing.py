@@ -11,10 +11,9 @@ from typing import Any
 
 import httpx
 from fake_neuron import FakeNeuron
-from hypercorn.asyncio import serve
-from hypercorn.config import Config
 
 from cortex.app import Gateway, build, create_app, create_metrics_app
+from cortex.server import bind, serve
 from cortex.settings import Catalogue, CatalogueModel, CortexSettings
 
 
@@ -25,24 +24,31 @@ def free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def served(app: Any, port: int) -> AsyncIterator[None]:
-    config = Config()
-    config.bind = [f"127.0.0.1:{port}"]
-    config.accesslog = None
-    config.graceful_timeout = 1.0
+async def served(*apps: tuple[Any, int]) -> AsyncIterator[None]:
+    """Serve each ``(app, port)`` the way ``cortex serve`` does (uvicorn, cortex's settings).
+
+    All of them stop together: uvicorn takes a tenth of a second or two to notice and drain,
+    and stopping them one after the other would add that per server to every test.
+    """
     stop = asyncio.Event()
-    task = asyncio.create_task(serve(app, config, shutdown_trigger=stop.wait))
-    for _ in range(100):
-        with contextlib.suppress(OSError):
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            break
-        await asyncio.sleep(0.02)
+    tasks = [
+        asyncio.create_task(
+            serve(app, bind(f"127.0.0.1:{port}"), stop=stop, graceful=1.0, lifespan=True)
+        )
+        for app, port in apps
+    ]
     try:
+        for _, port in apps:
+            # The socket listens before the app has started; an answer means it has.
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /-/started HTTP/1.0\r\n\r\n")
+            line = await asyncio.wait_for(reader.readline(), 10)
+            writer.close()
+            assert line.startswith(b"HTTP/1.1 "), line
         yield
     finally:
         stop.set()
-        await task
+        await asyncio.gather(*tasks)
 
 
 @dataclass
@@ -83,10 +89,13 @@ async def cortex(
     gateway = build(CortexSettings(**values), Catalogue(models=entries))
     api_port, metrics_port = free_port(), free_port()
     async with contextlib.AsyncExitStack() as stack:
-        for fake in fakes:
-            await stack.enter_async_context(served(fake.app(), ports[fake.name]))
-        await stack.enter_async_context(served(create_app(gateway), api_port))
-        await stack.enter_async_context(served(create_metrics_app(gateway), metrics_port))
+        await stack.enter_async_context(
+            served(
+                *[(fake.app(), ports[fake.name]) for fake in fakes],
+                (create_app(gateway), api_port),
+                (create_metrics_app(gateway), metrics_port),
+            )
+        )
         client = await stack.enter_async_context(
             httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}", timeout=10)
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -115,3 +116,20 @@ def test_status_against_nothing_is_a_clear_error() -> None:
     done = cortex_cli("status", "--endpoint", "http://127.0.0.1:9")
     assert done.returncode == 1
     assert done.stderr.startswith("cortex status: cannot reach cortex at http://127.0.0.1:9/fleet")
+
+
+def test_a_port_in_use_is_one_message_and_exit_1(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "cortex.toml"
+        config.write_text(
+            f'models_config = "{tmp_path / "models.toml"}"\n'
+            f'[gateway]\nlisten = "127.0.0.1:{port}"\nmetrics_listen = "127.0.0.1:0"\n'
+        )
+        done = cortex_cli("serve", "--config", str(config))
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.endswith(
+        f"cortex: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+    ), done.stderr

@@ -27,7 +27,7 @@ async def test_serve_status_and_sigterm(tmp_path: Path) -> None:
     )
     cortex = str(Path(sys.executable).with_name("cortex"))
     log = tmp_path / "cortex.log"
-    async with served(fake.app(), neuron_port):
+    async with served((fake.app(), neuron_port)):
         with log.open("wb") as out:
             proc = subprocess.Popen(
                 [cortex, "serve", "--config", str(config)], stdout=out, stderr=subprocess.STDOUT

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from cortex_testing import cortex
 from fake_neuron import FakeNeuron
@@ -72,3 +74,16 @@ async def test_unknown_routes_and_methods() -> None:
         assert (await c.client.get(CHAT)).status_code == 405
         messages = await c.client.get("/v1/messages")
         assert messages.json()["type"] == "error"
+
+
+async def test_a_request_head_over_64_kib_is_400_and_the_server_goes_on() -> None:
+    async with cortex(FakeNeuron("n1")) as c:
+        port = c.client.base_url.port
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        big = b"x-padding: " + b"a" * (70 * 1024) + b"\r\n"
+        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nhost: cortex\r\n" + big + b"\r\n")
+        answer = await asyncio.wait_for(reader.read(), 10)  # the server closes the connection
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 400 ")
+        assert answer.endswith(b"request line and headers exceed 65536 bytes")
+        assert (await c.client.post(CHAT, json={"model": "m1"})).status_code == 200

@@ -25,7 +25,8 @@ async def test_metrics_describe_the_traffic_and_the_fleet() -> None:
             "utilization_pct": 50,
         }
     ]
-    async with cortex(FakeNeuron("n1", chunks=3, devices=gpus)) as c:
+    # chunk_delay: chunks written back to back can arrive in one read, leaving no gap to observe
+    async with cortex(FakeNeuron("n1", chunks=3, chunk_delay=0.01, devices=gpus)) as c:
         await c.client.post("/v1/chat/completions", json={"model": "m1"})
         await c.client.post("/v1/chat/completions", json={"model": "m1", "stream": True})
         await c.client.post("/v1/chat/completions", json={"model": "secret-prompt-model"})

@@ -8,24 +8,21 @@ import gc
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from hypercorn.asyncio import serve
-from hypercorn.config import Config
-
 from cortex import __version__
 from cortex.app import build, create_app, create_metrics_app
+from cortex.server import bind, serve
 from cortex.settings import ConfigError, CortexSettings, load_catalogue, load_settings
 from cortex.status import admin, fetch_fleet, render
 
 log = logging.getLogger("cortex")
 
 DEFAULT_CONFIG = Path("/etc/cortex/cortex.toml")
-LISTEN_BACKLOG = 4096
-"""Connections the kernel queues before cortex accepts them (capped by net.core.somaxconn)."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -107,11 +104,22 @@ def main(argv: list[str] | None = None) -> int:
         len(settings.neurons),
         len(catalogue.models),
     )
-    _run(_serve(settings, catalogue))
+    sockets: list[socket.socket] = []
+    try:
+        for listen in (settings.gateway.listen, settings.gateway.metrics_listen):
+            sockets.append(bind(listen))
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        sys.stderr.write(f"cortex: cannot listen on {listen}: {exc.strerror or exc}\n")
+        return 1
+    _run(_serve(settings, catalogue, *sockets))
     return 0
 
 
-async def _serve(settings: CortexSettings, catalogue: Any) -> None:
+async def _serve(
+    settings: CortexSettings, catalogue: Any, api_sock: socket.socket, metrics_sock: socket.socket
+) -> None:
     gateway = build(settings, catalogue)
     _tune_gc()
     stop = asyncio.Event()
@@ -128,20 +136,26 @@ async def _serve(settings: CortexSettings, catalogue: Any) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
-    api = _config(settings.gateway.listen, settings.gateway.drain_timeout)
-    metrics = _config(settings.gateway.metrics_listen, 1.0)
     api_done = asyncio.Event()
 
     async def serve_api() -> None:
         try:
-            await serve(create_app(gateway), api, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+            await serve(
+                create_app(gateway),
+                api_sock,
+                stop=stop,
+                graceful=settings.gateway.drain_timeout,
+                lifespan=True,
+            )
         finally:
             api_done.set()
 
     # Metrics stay up until the API has drained, so the drain itself can be watched.
     await asyncio.gather(
         serve_api(),
-        serve(create_metrics_app(gateway), metrics, shutdown_trigger=api_done.wait),  # type: ignore[arg-type]
+        serve(
+            create_metrics_app(gateway), metrics_sock, stop=api_done, graceful=1.0, lifespan=False
+        ),
     )
     log.info("cortex stopped")
 
@@ -157,19 +171,6 @@ def _tune_gc() -> None:
     """
     gc.collect()
     gc.freeze()
-
-
-def _config(listen: str, graceful: float) -> Config:
-    config = Config()
-    config.bind = [listen]
-    config.accesslog = None
-    config.errorlog = log
-    config.graceful_timeout = graceful  # in-flight streams get this long after SIGTERM
-    config.keep_alive_timeout = 75.0
-    # Hypercorn's default accept backlog is 100: a burst of new connections overflows the
-    # kernel's listen queue and the overflow waits ~1 s for a SYN retransmit (bench/README.md).
-    config.backlog = LISTEN_BACKLOG
-    return config
 
 
 def _run(main: Coroutine[Any, Any, None]) -> None:
