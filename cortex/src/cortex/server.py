@@ -36,12 +36,12 @@ LISTEN_BACKLOG = 4096
 """Connections the kernel queues before cortex accepts them (capped by net.core.somaxconn)."""
 MAX_HEAD_BYTES = 64 * 1024
 """The request line and headers of one request, together."""
-KEEP_ALIVE_S = 75.0
+KEEP_ALIVE_S = 75
 """An idle client connection stays open this long (longer than common load balancers' 60 s)."""
 
 
 class HeadTooLarge(Exception):
-    pass
+    """Raised inside httptools' header callbacks; it becomes a parser error there."""
 
 
 class _Protocol(HttpToolsProtocol):
@@ -114,7 +114,7 @@ async def serve(
         access_log=False,
         proxy_headers=False,  # no X-Forwarded-* rewriting middleware on every request
         server_header=False,
-        timeout_keep_alive=int(KEEP_ALIVE_S),
+        timeout_keep_alive=KEEP_ALIVE_S,
         timeout_graceful_shutdown=max(1, round(graceful)),
         backlog=LISTEN_BACKLOG,
     )
@@ -126,12 +126,12 @@ async def serve(
         await stop.wait()
         server.should_exit = True
 
+    host, port = sock.getsockname()[:2]
+    log.info("listening on http://%s:%d", host, port)
     watcher = asyncio.ensure_future(exit_on_stop())
     try:
-        name = sock.getsockname()
-        log.info("listening on http://%s:%d", *name[:2])
         await server.serve(sockets=[sock])
     finally:
         watcher.cancel()
     if not server.started:
-        raise RuntimeError(f"the server on {name[0]}:{name[1]} did not start")
+        raise RuntimeError(f"the server on {host}:{port} did not start")
