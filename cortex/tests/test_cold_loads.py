@@ -331,3 +331,26 @@ async def test_a_poll_sent_before_an_eviction_does_not_bring_the_evicted_model_b
         assert set(c.gateway.fleet.node("n1").models) == {"b"}
         assert (await c.client.post(CHAT, json={"model": "b"})).status_code == 200
         assert [s["model_id"] for s in neuron.loads] == ["b"]
+
+
+async def test_our_own_requests_in_the_neurons_count_do_not_outlive_them() -> None:
+    """The neuron's ``in_flight`` counts cortex's requests too, and is as old as the last poll.
+
+    A poll taken while cortex's own stream ran must not keep the model "busy" once the stream
+    has ended: the next cold load evicts it without waiting for another poll.
+    """
+    neuron = FakeNeuron(
+        "n1", models={"a": "ready"}, max_loaded_models=1, chunks=10, chunk_delay=0.05
+    )
+    async with cortex(neuron, catalogue=("a", "b")) as c:
+        async with c.client.stream("POST", CHAT, json={"model": "a", "stream": True}) as s:
+            lines = s.aiter_lines()
+            await anext(lines)
+            neuron.in_flight = {"a": 1}  # what a real neuron reports now: cortex's stream
+            await c.poll()
+            assert c.gateway.fleet.nodes[0].others == {}
+            rest = [line async for line in lines]
+        assert "data: [DONE]" in rest
+        answer = await c.client.post(CHAT, json={"model": "b"})  # no poll in between
+        assert answer.status_code == 200, answer.text
+        assert neuron.unloads == ["a"]

@@ -221,7 +221,7 @@ class Loader:
                     status="unloading" if model_id in node.evicting else status,
                     vram_mb=int(info.get("vram_used_mb") or 0),
                     devices=tuple(int(d) for d in info.get("devices") or ()),
-                    in_flight=max(int(info.get("in_flight") or 0), node.busy(model_id)),
+                    in_flight=node.in_use(model_id),
                     last_used=node.last_used.get(model_id, 0.0),
                     priority=entry.priority if entry else 0,
                     pinned=entry is not None and node.name in entry.pinned_on,
@@ -371,8 +371,8 @@ class Loader:
                     continue
                 last = node.last_used.setdefault(model_id, now)  # first seen ready
                 ttl = self._idle_ttl(model_id, node)
-                busy = node.busy(model_id) or int(info.get("in_flight") or 0)
-                if ttl and not busy and model_id not in node.evicting and now - last >= ttl:
+                idle = not node.in_use(model_id) and model_id not in node.evicting
+                if ttl and idle and now - last >= ttl:
                     node.evicting.add(model_id)  # out of routing before anything awaits
                     jobs.append(self._idle_unload(node, model_id, now - last))
         for entry in self.fleet.catalogue.models:

@@ -43,6 +43,7 @@ class Poller:
 
     async def _poll(self, node: Node) -> None:
         asked = time.monotonic()
+        ours_before = dict(node.model_in_flight)
         try:
             async with asyncio.timeout(self._settings.timeout):
                 models, health = await asyncio.gather(
@@ -63,6 +64,17 @@ class Poller:
                 if isinstance(models, list)
                 else {}
             )
+            # The neuron counted our requests too. Ours may have started or ended while the
+            # answer travelled: subtracting the larger count errs towards "nobody else".
+            node.others = {
+                model_id: others
+                for model_id, info in node.models.items()
+                if (
+                    others := int(info.get("in_flight") or 0)
+                    - max(ours_before.get(model_id, 0), node.busy(model_id))
+                )
+                > 0
+            }
         self._metrics.observe_node(node)
 
     async def _get(self, node: Node, path: str) -> Any:

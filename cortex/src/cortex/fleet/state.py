@@ -28,6 +28,9 @@ class Node:
     """Requests this cortex has routed to the node that have not finished."""
     model_in_flight: dict[str, int] = field(default_factory=dict)
     """The same, by model: a model with requests in flight is never evicted."""
+    others: dict[str, int] = field(default_factory=dict)
+    """Model id → requests in flight there from clients other than this cortex, as of the last
+    poll: the neuron's ``in_flight`` less this cortex's own requests at the time."""
     last_used: dict[str, float] = field(default_factory=dict)
     """Model id → when a request for it last started or ended here (monotonic)."""
     evicting: set[str] = field(default_factory=set)
@@ -44,7 +47,17 @@ class Node:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
     def busy(self, model: str) -> int:
+        """This cortex's own requests for ``model`` here, now."""
         return self.model_in_flight.get(model, 0)
+
+    def in_use(self, model: str) -> int:
+        """Requests for ``model`` here from anyone: ours now, plus others' at the last poll.
+
+        Not the neuron's own count: that one is as old as the last poll, and it counts this
+        cortex's requests too, so a model whose requests have just ended would look busy
+        until the next poll and could not be evicted.
+        """
+        return self.busy(model) + self.others.get(model, 0)
 
     def status_of(self, model: str) -> str | None:
         info = self.models.get(model)
