@@ -28,6 +28,7 @@ from cortex.routes import fleet as fleet_routes
 from cortex.settings import Catalogue, CortexSettings
 from cortex.upstream.client import make_session
 from cortex.upstream.relay import PATHS, Call, relay
+from cortex.upstream.wire import Upstream
 
 log = logging.getLogger("cortex.app")
 
@@ -40,6 +41,9 @@ class Gateway:
     fleet: Fleet
     metrics: CortexMetrics
     session: aiohttp.ClientSession
+    """Polls and loads."""
+    upstream: Upstream
+    """The relay's requests."""
     poller: Poller
     loader: Loader
     draining: list[bool] = field(default_factory=lambda: [False])
@@ -86,6 +90,10 @@ def build(settings: CortexSettings, catalogue: Catalogue) -> Gateway:
         fleet=fleet,
         metrics=metrics,
         session=session,
+        upstream=Upstream(
+            connect_timeout=settings.gateway.connect_timeout,
+            idle_timeout=settings.gateway.idle_timeout,
+        ),
         poller=Poller(fleet, session, settings.poll, metrics),
         loader=Loader(fleet, session, settings, metrics),
     )
@@ -113,6 +121,7 @@ def create_app(gateway: Gateway) -> ASGIApp:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await gateway.session.close()
+            gateway.upstream.close()
 
     routes = [
         Route("/health", fleet_routes.health, methods=["GET"]),

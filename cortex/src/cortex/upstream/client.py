@@ -1,8 +1,8 @@
-"""The one long-lived HTTP client cortex uses to talk to neurons.
+"""The long-lived aiohttp session cortex polls neurons and loads models with.
 
-aiohttp, not httpx, on the hot path: measured here, httpx's connection pool costs 4-6x
-more CPU per request under concurrency and merges stream chunks (see bench/README.md).
-Bodies are not decompressed (``auto_decompress=False``), so answers are relayed as sent.
+The relay's own requests go through :mod:`cortex.upstream.wire` instead, a leaner client
+(bench/README.md, ``relay_clients.py``). aiohttp, not httpx, here as well: httpx's pool
+costs several times more CPU per request under concurrency.
 """
 
 from __future__ import annotations

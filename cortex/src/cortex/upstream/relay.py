@@ -26,7 +26,6 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
@@ -44,6 +43,7 @@ from cortex.errors import (
 from cortex.fleet.routing import rank
 from cortex.routes.body import parse_object, read_body
 from cortex.upstream.sse import USAGE, EventSplitter, Usage, event_payload, is_usage_only
+from cortex.upstream.wire import Answer, ConnectFailed, ConnectTimeout, WireError
 
 if TYPE_CHECKING:
     from cortex.app import Gateway
@@ -78,7 +78,6 @@ NOT_FORWARDED = frozenset(
 NOT_RETURNED = frozenset(
     {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "server", "date"}
 )
-CONNECT_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientOSError)
 
 
 @dataclass
@@ -230,7 +229,7 @@ def _cold_stream(
         if not answer.headers.get("content-type", "").startswith("text/event-stream"):
             try:
                 data = await answer.read()
-            except (aiohttp.ClientError, TimeoutError):
+            except (WireError, TimeoutError):
                 data = b""
             finish(answer.status, None)
             if answer.status >= 400:
@@ -260,7 +259,7 @@ def _cold_stream(
 
 
 def _finisher(
-    gw: Gateway, call: Call, node: Node, answer: aiohttp.ClientResponse
+    gw: Gateway, call: Call, node: Node, answer: Answer
 ) -> Callable[[int, str | None], None]:
     """End the call once: close the upstream answer and count it (later calls do nothing)."""
     done = False
@@ -270,8 +269,8 @@ def _finisher(
         if done:
             return
         done = True
-        # close(), not release(): an unfinished answer must drop the connection so the
-        # neuron (and vLLM behind it) sees the disconnect and aborts the generation.
+        # An unfinished answer drops its connection, so the neuron (and vLLM behind it) sees
+        # the disconnect and aborts the generation; a finished one is already pooled.
         answer.close()
         gw.leave(call, node, status, reason)
 
@@ -280,17 +279,17 @@ def _finisher(
 
 async def _open(
     gw: Gateway, call: Call, nodes: list[Node], body: bytes, headers: dict[str, str]
-) -> tuple[aiohttp.ClientResponse, Node]:
+) -> tuple[Answer, Node]:
     """Send the request to the first neuron that takes it (at most two tries)."""
     error: CortexError | None = None
     for attempt, node in enumerate(nodes):
         last = attempt == len(nodes) - 1
         gw.enter(call, node)
         try:
-            answer = await gw.session.post(
-                node.base + call.path, data=body, headers={**headers, **node.headers()}
+            answer = await gw.upstream.post(
+                node.base, call.path, body, {**headers, **node.headers()}
             )
-        except aiohttp.ConnectionTimeoutError:
+        except ConnectTimeout:
             gw.leave(call, node, 504, "connect_timeout")
             error = UpstreamTimeout(f"neuron {node.name} did not accept a connection in time")
             continue
@@ -301,12 +300,12 @@ async def _open(
             raise UpstreamTimeout(
                 f"neuron {node.name} sent nothing for {gw.settings.gateway.idle_timeout:g}s"
             ) from None
-        except CONNECT_ERRORS as exc:
+        except ConnectFailed as exc:
             gw.leave(call, node, 502, "connect_failed")
             log.warning("neuron %s unreachable for %s: %s", node.name, call.model, exc)
             error = UpstreamError(f"neuron {node.name} could not be reached: {exc}")
             continue
-        except aiohttp.ClientError as exc:  # connected, but the answer was not HTTP we can use
+        except WireError as exc:  # connected, but the answer was not HTTP we can use
             gw.leave(call, node, 502, "upstream_broke")
             raise UpstreamError(f"neuron {node.name} sent a broken answer: {exc}") from None
         except BaseException:
@@ -323,14 +322,14 @@ async def _open(
 
 
 async def _whole(
-    gw: Gateway, call: Call, node: Node, answer: aiohttp.ClientResponse, headers: dict[str, str]
+    gw: Gateway, call: Call, node: Node, answer: Answer, headers: dict[str, str]
 ) -> Response:
     try:
         data = await answer.read()
     except TimeoutError:
         gw.leave(call, node, 504, "read_timeout")
         raise UpstreamTimeout(f"neuron {node.name} went silent while answering") from None
-    except aiohttp.ClientError as exc:
+    except WireError as exc:
         gw.leave(call, node, 502, "upstream_broke")
         raise UpstreamError(f"neuron {node.name} broke off the answer: {exc}") from None
     except BaseException:
@@ -352,7 +351,7 @@ async def _events(
     gw: Gateway,
     call: Call,
     node: Node,
-    answer: aiohttp.ClientResponse,
+    answer: Answer,
     drop_usage: bool,
     finish: Callable[[int, str | None], None],
 ) -> AsyncGenerator[bytes, None]:
@@ -362,7 +361,7 @@ async def _events(
     ttft = gw.metrics.ttft.labels(call.label)
     gap = gw.metrics.inter_chunk.labels(call.label)
     try:
-        async for chunk in answer.content.iter_any():
+        async for chunk in answer.iter_any():
             now = time.monotonic()
             if last is None:
                 ttft.observe(now - call.started)
@@ -389,7 +388,7 @@ async def _events(
             f"neuron {node.name} sent nothing for {gw.settings.gateway.idle_timeout:g}s"
         )
         yield sse_error(error, call.path)
-    except aiohttp.ClientError as exc:
+    except WireError as exc:
         status, reason = 502, "upstream_broke"
         log.warning("neuron %s broke off a stream of %s: %s", node.name, call.model, exc)
         yield sse_error(UpstreamError(f"neuron {node.name} broke off the answer"), call.path)

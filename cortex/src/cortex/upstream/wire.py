@@ -1,0 +1,346 @@
+"""The relay's HTTP/1.1 client to neurons: keep-alive connections and httptools' parser.
+
+cortex polls and loads models with aiohttp; only the relay's requests go through here. In
+the minimal relay of ``bench/relay_clients.py`` on cortex's server, aiohttp cost 0.117 ms
+of CPU per request and a bare client on httptools 0.053 ms: aiohttp was over half of it.
+
+What the relay relies on, all of it here:
+
+- :class:`ConnectTimeout` / :class:`ConnectFailed`: no connection, so nothing was sent and
+  another neuron may be tried. A connection the neuron closes before any byte of the answer
+  counts as this too (as it did with aiohttp). A kept-alive connection that turns out to be
+  closed already is replaced by a fresh one once, without the caller seeing it.
+- :class:`ReadTimeout` (a ``TimeoutError``): connected, and nothing arrived for
+  ``idle_timeout`` seconds, for the head or between two pieces of the body.
+- :class:`Broken`: the answer broke off, or was not HTTP.
+- :meth:`Answer.close` before the answer is complete drops the connection, so the neuron sees
+  the client go and tells vLLM to abort. A complete answer's connection goes back to the pool.
+- Flow control: an answer buffers at most ``HIGH_WATER`` bytes the relay has not taken yet;
+  then reading from the neuron pauses until the relay catches up (a slow client).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ssl
+import time
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
+
+import httptools
+from multidict import CIMultiDict
+
+HIGH_WATER = 64 * 1024
+LOW_WATER = 16 * 1024
+
+
+class WireError(Exception):
+    """The neuron's answer could not be had."""
+
+
+class ConnectFailed(WireError):
+    """No connection (or it closed before the answer began): nothing reached the neuron."""
+
+
+class ConnectTimeout(ConnectFailed):
+    """The neuron did not accept the connection within ``connect_timeout``."""
+
+
+class ReadTimeout(WireError, TimeoutError):
+    """Connected, but nothing arrived for ``idle_timeout`` seconds."""
+
+
+class Broken(WireError):
+    """The answer broke off, or was not HTTP."""
+
+
+class _Dropped(Exception):
+    """The connection closed before the first byte of the answer."""
+
+
+class Answer:
+    """One answer: ``status`` and ``headers`` are set when :meth:`Upstream.post` returns."""
+
+    def __init__(self, conn: _Connection, idle: float) -> None:
+        self._conn: _Connection | None = conn
+        self._idle = idle
+        self._loop = conn.loop
+        self.status = 0
+        self.headers: CIMultiDict[str] = CIMultiDict()
+        self._raw: list[tuple[bytes, bytes]] = []
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._buffered = 0
+        self._begun = False  # a byte of the answer arrived
+        self._head = False
+        self._done = False
+        self._error: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    # -- fed by the connection
+
+    def _headers_done(self, status: int) -> None:
+        self.status = status
+        self.headers = CIMultiDict(
+            (name.decode("latin-1"), value.decode("latin-1")) for name, value in self._raw
+        )
+        self._head = True
+        self._wake()
+
+    def _body(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._buffered += len(data)
+        if self._buffered > HIGH_WATER and self._conn is not None:
+            self._conn.pause()
+        self._wake()
+
+    def _complete(self) -> None:
+        self._done = True
+        self._conn = None  # back in the pool (or closed): no longer this answer's
+        self._wake()
+
+    def _fail(self, error: BaseException) -> None:
+        self._conn = None
+        if not self._done and self._error is None:
+            self._error = error
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- used by the relay
+
+    async def _wait(self) -> None:
+        """Until the connection has news for this answer, or ``idle`` seconds pass."""
+        waiter = self._waiter = self._loop.create_future()
+        timer = self._loop.call_later(self._idle, _expire, waiter, self._idle)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+
+    async def _await_head(self) -> None:
+        while not self._head:
+            if self._error is not None:
+                raise self._error
+            await self._wait()
+
+    async def iter_any(self) -> AsyncIterator[bytes]:
+        """The body as it arrives: whatever is buffered, joined, each time."""
+        while True:
+            if self._chunks:
+                data = self._chunks.popleft() if len(self._chunks) == 1 else b"".join(self._chunks)
+                self._chunks.clear()
+                self._buffered = 0
+                if self._conn is not None:
+                    self._conn.resume()
+                yield data
+            elif self._done:
+                return
+            elif self._error is not None:
+                raise self._error
+            else:
+                await self._wait()
+
+    async def read(self) -> bytes:
+        return b"".join([piece async for piece in self.iter_any()])
+
+    def close(self) -> None:
+        """Drop the connection unless the answer is complete (then it is already pooled)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.drop()
+
+    release = close  # an unread answer cannot leave its connection reusable either
+
+
+def _expire(waiter: asyncio.Future[None], idle: float) -> None:
+    if not waiter.done():
+        waiter.set_exception(ReadTimeout(f"nothing for {idle:g}s"))
+
+
+class _Connection(asyncio.Protocol):
+    """One connection to a neuron; at most one answer on it at a time."""
+
+    def __init__(self, pool: _Pool) -> None:
+        self.pool = pool
+        self.loop = pool.loop
+        self.parser = httptools.HttpResponseParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.answer: Answer | None = None
+        self.alive = True
+        self.keep_alive = True
+        self.paused = False
+        self.idle_since = 0.0
+        self.delimited = True
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self.answer is None:  # nobody asked: the connection cannot be trusted any more
+            self.drop()
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            answer = self.answer
+            self.drop()
+            if answer is not None:
+                answer._fail(Broken(f"the neuron's answer is not HTTP: {exc}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.alive = False
+        answer, self.answer = self.answer, None
+        if answer is None:
+            return
+        if answer._head and not self.delimited:  # an answer that ends when the connection does
+            answer._complete()
+        elif answer._begun:
+            answer._fail(Broken("the neuron closed the connection mid-answer"))
+        else:
+            answer._fail(_Dropped())
+
+    # -- httptools callbacks
+
+    def on_message_begin(self) -> None:
+        if self.answer is not None:
+            self.answer._begun = True
+            self.answer._raw = []
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.answer is not None:
+            self.answer._raw.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.keep_alive = bool(self.parser.should_keep_alive())
+        if self.answer is not None:
+            names = {name.lower() for name, _ in self.answer._raw}
+            self.delimited = b"content-length" in names or b"transfer-encoding" in names
+            self.answer._headers_done(self.parser.get_status_code())
+
+    def on_body(self, body: bytes) -> None:
+        if self.answer is not None:
+            self.answer._body(body)
+
+    def on_message_complete(self) -> None:
+        answer, self.answer = self.answer, None
+        if self.keep_alive and self.delimited:
+            self.resume()
+            self.pool.put(self)
+        else:
+            self.drop()
+        if answer is not None:
+            answer._complete()
+
+    # -- flow control and the end
+
+    def pause(self) -> None:
+        if not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self.paused and self.transport is not None:
+            self.paused = False
+            self.transport.resume_reading()
+
+    def drop(self) -> None:
+        self.alive = False
+        self.answer = None
+        if self.transport is not None:
+            self.transport.close()
+
+
+class _Pool:
+    """Idle connections to one neuron, most recently used first out."""
+
+    def __init__(self, base: str, loop: asyncio.AbstractEventLoop, keepalive: float) -> None:
+        url = urlsplit(base)
+        self.host = url.hostname or ""
+        self.port = url.port or (443 if url.scheme == "https" else 80)
+        self.ssl = ssl.create_default_context() if url.scheme == "https" else None
+        self.host_header = url.netloc
+        self.loop = loop
+        self.keepalive = keepalive
+        self.idle: collections.deque[_Connection] = collections.deque()
+
+    def take(self) -> _Connection | None:
+        while self.idle:
+            conn = self.idle.pop()
+            if conn.alive and time.monotonic() - conn.idle_since < self.keepalive:
+                return conn
+            conn.drop()
+        return None
+
+    def put(self, conn: _Connection) -> None:
+        now = time.monotonic()
+        conn.idle_since = now
+        self.idle.append(conn)
+        while self.idle and (
+            not self.idle[0].alive or now - self.idle[0].idle_since >= self.keepalive
+        ):
+            self.idle.popleft().drop()
+
+    async def connect(self, limit: float) -> _Connection:
+        try:
+            async with asyncio.timeout(limit):
+                _, conn = await self.loop.create_connection(
+                    lambda: _Connection(self), self.host, self.port, ssl=self.ssl
+                )
+        except TimeoutError:
+            raise ConnectTimeout(f"no connection within {limit:g}s") from None
+        except OSError as exc:
+            raise ConnectFailed(str(exc)) from None
+        return conn
+
+    def close(self) -> None:
+        while self.idle:
+            self.idle.popleft().drop()
+
+
+class Upstream:
+    """The relay's client: one pool of kept-alive connections per neuron."""
+
+    def __init__(self, *, connect_timeout: float, idle_timeout: float, keepalive: float = 60.0):
+        self.connect_timeout = connect_timeout
+        self.idle_timeout = idle_timeout
+        self.keepalive = keepalive
+        self._pools: dict[str, _Pool] = {}
+
+    async def post(self, base: str, path: str, body: bytes, headers: dict[str, str]) -> Answer:
+        """Send ``body`` to ``base + path``; the answer once its status and headers are in."""
+        pool = self._pools.get(base)
+        if pool is None:
+            pool = self._pools[base] = _Pool(base, asyncio.get_running_loop(), self.keepalive)
+        lines = [f"POST {path} HTTP/1.1\r\nHost: {pool.host_header}\r\n"]
+        lines.extend(f"{name}: {value}\r\n" for name, value in headers.items())
+        lines.append(f"Content-Length: {len(body)}\r\n\r\n")
+        request = "".join(lines).encode("latin-1") + body
+        conn = pool.take()
+        while True:
+            reused = conn is not None
+            if conn is None:
+                conn = await pool.connect(self.connect_timeout)
+            answer = Answer(conn, self.idle_timeout)
+            conn.answer = answer
+            assert conn.transport is not None  # noqa: S101 - set in connection_made
+            conn.transport.write(request)
+            try:
+                await answer._await_head()
+            except _Dropped:
+                if reused:  # closed by the neuron while idle, as we sent: once more, fresh
+                    conn = None
+                    continue
+                raise ConnectFailed("the neuron closed the connection without answering") from None
+            except BaseException:
+                answer.close()
+                raise
+            return answer
+
+    def close(self) -> None:
+        for pool in self._pools.values():
+            pool.close()
