@@ -6,7 +6,7 @@ is ``_unknown``), ``node`` a configured neuron name, ``endpoint`` one of the fix
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -18,54 +18,91 @@ LOADS = (1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200)
 LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 GAPS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 
+M = TypeVar("M", Counter, Gauge, Histogram)
+
+
+class Remembered(Generic[M]):
+    """A labelled metric on the hot path: each child is looked up once, then kept in a dict.
+
+    ``metric.labels(...)`` checks the values and takes a lock on every call: 1.1 µs per
+    ``labels().inc()`` here, 0.36 µs through this, and a relayed request makes six to ten
+    such calls. The values are bounded (see above), so the dict is too.
+    """
+
+    def __init__(self, metric: M) -> None:
+        self.metric: M = metric
+        self._children: dict[tuple[str, ...], M] = {}
+
+    def labels(self, *values: str) -> M:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self.metric.labels(*values)
+        return child
+
 
 class CortexMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = r = registry or CollectorRegistry()
-        self.requests = Counter(
-            "cortex_requests",
-            "Requests by model, neuron, endpoint and HTTP status.",
-            ["model", "node", "endpoint", "status"],
-            registry=r,
+        self.requests = Remembered(
+            Counter(
+                "cortex_requests",
+                "Requests by model, neuron, endpoint and HTTP status.",
+                ["model", "node", "endpoint", "status"],
+                registry=r,
+            )
         )
-        self.errors = Counter(
-            "cortex_request_errors",
-            "Requests that failed on cortex's side of the wire, by reason.",
-            ["model", "node", "reason"],
-            registry=r,
+        self.errors = Remembered(
+            Counter(
+                "cortex_request_errors",
+                "Requests that failed on cortex's side of the wire, by reason.",
+                ["model", "node", "reason"],
+                registry=r,
+            )
         )
-        self.duration = Histogram(
-            "cortex_request_duration_seconds",
-            "Time from request to the last byte of the answer.",
-            ["model", "endpoint"],
-            buckets=LATENCY,
-            registry=r,
+        self.duration = Remembered(
+            Histogram(
+                "cortex_request_duration_seconds",
+                "Time from request to the last byte of the answer.",
+                ["model", "endpoint"],
+                buckets=LATENCY,
+                registry=r,
+            )
         )
-        self.ttft = Histogram(
-            "cortex_time_to_first_token_seconds",
-            "Streaming: time from request to the first chunk of the answer.",
-            ["model"],
-            buckets=LATENCY,
-            registry=r,
+        self.ttft = Remembered(
+            Histogram(
+                "cortex_time_to_first_token_seconds",
+                "Streaming: time from request to the first chunk of the answer.",
+                ["model"],
+                buckets=LATENCY,
+                registry=r,
+            )
         )
-        self.inter_chunk = Histogram(
-            "cortex_inter_token_latency_seconds",
-            "Streaming: gap between consecutive chunks of an answer.",
-            ["model"],
-            buckets=GAPS,
-            registry=r,
+        self.inter_chunk = Remembered(
+            Histogram(
+                "cortex_inter_token_latency_seconds",
+                "Streaming: gap between consecutive chunks of an answer.",
+                ["model"],
+                buckets=GAPS,
+                registry=r,
+            )
         )
-        self.prompt_tokens = Counter(
-            "cortex_prompt_tokens", "Prompt tokens, from upstream usage.", ["model"], registry=r
+        self.prompt_tokens = Remembered(
+            Counter(
+                "cortex_prompt_tokens", "Prompt tokens, from upstream usage.", ["model"], registry=r
+            )
         )
-        self.completion_tokens = Counter(
-            "cortex_completion_tokens",
-            "Completion tokens, from upstream usage.",
-            ["model"],
-            registry=r,
+        self.completion_tokens = Remembered(
+            Counter(
+                "cortex_completion_tokens",
+                "Completion tokens, from upstream usage.",
+                ["model"],
+                registry=r,
+            )
         )
-        self.in_flight = Gauge(
-            "cortex_inflight_requests", "Requests being relayed.", ["model", "node"], registry=r
+        self.in_flight = Remembered(
+            Gauge(
+                "cortex_inflight_requests", "Requests being relayed.", ["model", "node"], registry=r
+            )
         )
         self.neuron_up = Gauge("cortex_neuron_up", "1 if the neuron is up.", ["node"], registry=r)
         self.model_loaded = Gauge(
