@@ -132,6 +132,19 @@ async def test_an_answer_that_ends_with_its_connection_is_complete() -> None:
     client.close()
 
 
+async def test_an_informational_head_is_skipped() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n" + ok(b"the answer"))
+
+    client = Upstream(connect_timeout=1, idle_timeout=2)
+    async with scripted(handler) as base:
+        answer = await client.post(base, "/x", b"{}", {})
+        assert answer.status == 200
+        assert await answer.read() == b"the answer"
+    client.close()
+
+
 @pytest.mark.parametrize(
     ("reply", "error", "message"),
     [

@@ -70,6 +70,7 @@ NOT_FORWARDED = frozenset(
         "te",
         "trailer",
         "upgrade",
+        "expect",  # cortex has read the whole body already and sends it in one go
         "proxy-authorization",
         "authorization",  # the client's key is for cortex; the neuron gets its own token
         "x-api-key",

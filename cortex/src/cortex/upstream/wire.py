@@ -176,6 +176,7 @@ class _Connection(asyncio.Protocol):
         self.paused = False
         self.idle_since = 0.0
         self.delimited = True
+        self.informational = False  # a 1xx head: the real answer follows it
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -216,17 +217,23 @@ class _Connection(asyncio.Protocol):
             self.answer._raw.append((name, value))
 
     def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        self.informational = status < 200
+        if self.informational:
+            return
         self.keep_alive = bool(self.parser.should_keep_alive())
         if self.answer is not None:
             names = {name.lower() for name, _ in self.answer._raw}
             self.delimited = b"content-length" in names or b"transfer-encoding" in names
-            self.answer._headers_done(self.parser.get_status_code())
+            self.answer._headers_done(status)
 
     def on_body(self, body: bytes) -> None:
         if self.answer is not None:
             self.answer._body(body)
 
     def on_message_complete(self) -> None:
+        if self.informational:
+            return
         answer, self.answer = self.answer, None
         if self.keep_alive and self.delimited:
             self.resume()
