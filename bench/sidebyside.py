@@ -341,6 +341,9 @@ def main() -> int:
         os.sched_setaffinity(0, {CLIENT_CPU})
     gateways.prepare(names, args.cache_dir)
 
+    # The gateways and upstreams run in sessions of their own, so a SIGTERM (timeout, pkill)
+    # that killed only this script left them running. Clean up as Ctrl-C does instead.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     began = time.monotonic()
     loop = benchlib.new_loop()
     out = Path(args.json).open("a") if args.json else None
