@@ -42,7 +42,14 @@ from cortex.errors import (
 )
 from cortex.fleet.routing import rank
 from cortex.routes.body import parse_object, read_body
-from cortex.upstream.sse import USAGE, EventSplitter, Usage, event_payload, is_usage_only
+from cortex.upstream.sse import (
+    USAGE,
+    EventSplitter,
+    Usage,
+    answer_usage,
+    event_payload,
+    is_usage_only,
+)
 from cortex.upstream.wire import Answer, ConnectFailed, ConnectTimeout, WireError
 
 if TYPE_CHECKING:
@@ -96,7 +103,7 @@ class Call:
 
 async def relay(request: Request) -> Response:
     gw: Gateway = request.app.state.gateway
-    path = request.url.path
+    path: str = request.scope["path"]  # not request.url: that parses the Host header
     body = await read_body(request, gw.settings.gateway.max_body_bytes)
     payload = parse_object(body)
     model = payload.get("model")
@@ -339,11 +346,7 @@ async def _whole(
         raise
     finally:
         answer.release()
-    if USAGE in data:
-        try:
-            call.usage.add(json.loads(data).get("usage"))
-        except (ValueError, AttributeError):
-            pass
+    call.usage.add(answer_usage(data))
     gw.leave(call, node, answer.status, None)
     return Response(data, status_code=answer.status, headers=headers)
 

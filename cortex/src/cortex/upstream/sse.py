@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 USAGE = b'"usage"'
+_DECODER = json.JSONDecoder()
 
 
 @dataclass
@@ -61,6 +62,27 @@ def event_payload(event: bytes) -> Any:
                     return json.loads(data)
                 except ValueError:
                     return None
+    return None
+
+
+def answer_usage(data: bytes) -> Any:
+    """The ``usage`` object of a whole JSON answer, without parsing the rest of the answer.
+
+    A JSON string cannot hold an unescaped quote, so ``"usage"`` followed by a colon is a key.
+    The last such key is taken: OpenAI, vLLM and Anthropic answers put their top-level
+    ``usage`` after the content, so a tool input with a ``usage`` field of its own (an object
+    inside ``content``) comes before it. None when there is no usage or it is not valid JSON.
+    """
+    at = data.rfind(USAGE)
+    while at >= 0:
+        rest = data[at + len(USAGE) :].lstrip()
+        if rest.startswith(b":"):
+            try:
+                text = rest[1:].decode()
+                return _DECODER.raw_decode(text, len(text) - len(text.lstrip()))[0]
+            except ValueError:  # also UnicodeDecodeError
+                return None
+        at = data.rfind(USAGE, 0, at)
     return None
 
 
