@@ -139,7 +139,14 @@ class FakeNeuron:
         if self.models.get(body.get("model")) != "ready":
             error = {"message": f"model {body.get('model')!r} is not loaded", "type": "x"}
             return JSONResponse({"error": {**error, "code": "model_not_found"}}, 404)
-        self.seen.append({"path": request.url.path, "body": body, "headers": dict(request.headers)})
+        self.seen.append(
+            {
+                "path": request.url.path,
+                "body": body,
+                "raw": await request.body(),
+                "headers": dict(request.headers),
+            }
+        )
         if self.answer_status != 200:
             error = {"error": {"message": "fake neuron says no", "type": "x", "code": "x"}}
             return JSONResponse(error, self.answer_status)

@@ -42,6 +42,22 @@ async def test_openai_and_anthropic_errors(body: bytes, status: int, fragment: s
         assert (await c.client.post(CHAT, json={"model": "m1"})).status_code == 200
 
 
+@pytest.mark.parametrize("options", ['"yes"', "[true]", "1"])
+async def test_stream_options_that_are_not_an_object_are_400(options: str) -> None:
+    """cortex adds ``include_usage`` to OpenAI streams, so it reads ``stream_options``; a value
+    it cannot add to is the client's mistake (it was a 500 once), not cortex's."""
+    body = f'{{"model": "m1", "stream": true, "stream_options": {options}}}'.encode()
+    async with cortex(FakeNeuron("n1")) as c:
+        for path in (CHAT, "/v1/completions"):
+            response = await c.client.post(path, content=body)
+            assert response.status_code == 400
+            error = response.json()["error"]
+            assert error["message"] == "'stream_options' must be an object"
+            assert error["param"] == "stream_options"
+        assert c.neurons["n1"].seen == []
+        assert (await c.client.post(CHAT, json={"model": "m1"})).status_code == 200
+
+
 async def test_without_on_demand_loads_a_catalogued_model_loaded_nowhere_is_503() -> None:
     neuron = FakeNeuron("n1")
     async with cortex(neuron, catalogue=("big",), loading={"on_demand": False}) as c:

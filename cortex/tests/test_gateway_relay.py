@@ -74,3 +74,30 @@ async def test_client_keys_stay_here_and_the_neuron_token_is_sent() -> None:
         headers = c.neurons["n1"].seen[0]["headers"]
         assert headers["authorization"] == "Bearer neuron-token"
         assert headers["x-request-id"] == "r1"
+
+
+async def test_asking_for_usage_leaves_the_rest_of_the_body_as_sent() -> None:
+    """The option is spliced in, not re-serialised: non-ASCII text stays as the client sent it
+    (json.dumps would escape it to twice its size) and so does the client's formatting."""
+    raw = (
+        '{ "model": "m1", "stream": true,\n  "messages": [{"role": "user", "content": "你好 ✓"}] }'
+    )
+    async with cortex(FakeNeuron("n1", chunks=2)) as c:
+        response = await c.client.post(
+            CHAT, content=raw.encode(), headers={"content-type": "application/json"}
+        )
+        assert sse_data(response.text)[-1] == "[DONE]"
+        sent = c.neurons["n1"].seen[0]["raw"]
+        assert sent == b'{"stream_options":{"include_usage":true},' + raw.encode()[1:]
+        assert c.neurons["n1"].seen[0]["body"]["stream_options"] == {"include_usage": True}
+
+
+async def test_stream_options_of_the_client_are_kept_when_usage_is_added() -> None:
+    async with cortex(FakeNeuron("n1", chunks=2)) as c:
+        body = {"model": "m1", "stream": True, "stream_options": {"continuous_usage_stats": True}}
+        response = await c.client.post(CHAT, json=body)
+        assert all("usage" not in d for d in sse_data(response.text))
+        assert c.neurons["n1"].seen[0]["body"]["stream_options"] == {
+            "continuous_usage_stats": True,
+            "include_usage": True,
+        }

@@ -125,10 +125,13 @@ async def relay(request: Request) -> Response:
             retry_after=gw.settings.gateway.retry_after,
         )
     drop_usage = False
-    if stream and path in USAGE_INJECTABLE and not _asks_usage(payload):
-        payload["stream_options"] = {**(payload.get("stream_options") or {}), "include_usage": True}
-        body = json.dumps(payload).encode()
-        drop_usage = True
+    if stream and path in USAGE_INJECTABLE:
+        options = payload.get("stream_options")
+        if options is not None and not isinstance(options, dict):
+            raise BadRequest("'stream_options' must be an object", param="stream_options")
+        if not (options or {}).get("include_usage"):
+            body = _asking_usage(body, payload)
+            drop_usage = True
     headers = {k: v for k, v in request.headers.items() if k.lower() not in NOT_FORWARDED}
     if cold:
         if stream:
@@ -403,6 +406,20 @@ async def _events(
         finish(status, reason)
 
 
-def _asks_usage(payload: dict[str, Any]) -> bool:
-    options = payload.get("stream_options")
-    return isinstance(options, dict) and bool(options.get("include_usage"))
+ASK_USAGE = b'"stream_options":{"include_usage":true},'
+
+
+def _asking_usage(body: bytes, payload: dict[str, Any]) -> bytes:
+    """``body`` with ``stream_options.include_usage`` set, and otherwise as the client sent it.
+
+    Without ``stream_options`` (the usual case) the option goes in after the opening brace
+    and the rest is not touched. Re-serialising would cost about 180 µs for a 128 KB prompt
+    and double the size of non-ASCII text, which ``json.dumps`` escapes. A body that has
+    ``stream_options`` already is re-serialised: a second key of that name would be
+    ambiguous.
+    """
+    if "stream_options" not in payload:
+        brace = body.index(b"{") + 1  # the body parsed as an object: this is its own brace
+        return body[:brace] + ASK_USAGE + body[brace:]
+    payload["stream_options"] = {**(payload["stream_options"] or {}), "include_usage": True}
+    return json.dumps(payload).encode()
