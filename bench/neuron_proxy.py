@@ -611,6 +611,8 @@ def main() -> int:
 
     began = time.monotonic()
     results: list[dict[str, Any]] = []
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     out = Path(args.json).open("a") if args.json else None
     loop = benchlib.new_loop()
     interrupted = False
