@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -238,8 +239,10 @@ async def pair(target: str, upstream: str, port: int, args: argparse.Namespace) 
         streamed = cpu_seconds(pid) - streamed
     finally:
         running.stop()
-    faults = sum(through[k] or 0 for k in ("streams_failed", "streams_lost_chunks"))
-    faults += through["streams_merged_chunks"] or 0
+        shutil.rmtree(work, ignore_errors=True)
+    faults = sum(
+        through[k] or 0 for k in ("streams_failed", "streams_lost_chunks", "streams_merged_chunks")
+    )
     return {
         "target": target,
         "direct_ttft_p50_ms": direct["ttft_p50_ms"],
