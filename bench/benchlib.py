@@ -29,7 +29,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import aiohttp
 from aiohttp import web
@@ -583,6 +583,14 @@ async def quiesce(pid: int, limit_s: float = 60.0, window_s: float = 0.5) -> flo
         if cpu_seconds(pid) - before < 0.05 * window_s:
             break
     return time.monotonic() - began
+
+
+def results_file(path: str | None) -> TextIO | None:
+    """``--json FILE`` opened for appending (its folder made if need be), or None without it."""
+    if not path:
+        return None
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return Path(path).open("a")
 
 
 def cell(values: list[Any], fmt: str) -> str:

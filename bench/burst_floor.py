@@ -267,10 +267,7 @@ async def main_async(args: argparse.Namespace) -> int:
     argv = [sys.executable, str(HERE / "benchlib.py"), "--port", str(port)]
     argv += ["--chunks", str(args.chunks), "--chunk-gap-ms", "10"]
     upstream_proc = subprocess.Popen(argv, preexec_fn=pin(CLIENT_CPU), start_new_session=True)
-    out = None
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        out = Path(args.json).open("a")  # noqa: ASYNC230 - before any measurement
+    out = benchlib.results_file(args.json)
     results: list[dict[str, Any]] = []
     targets = args.targets.split(",")
     try:

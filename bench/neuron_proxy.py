@@ -611,9 +611,7 @@ def main() -> int:
 
     began = time.monotonic()
     results: list[dict[str, Any]] = []
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    out = Path(args.json).open("a") if args.json else None
+    out = benchlib.results_file(args.json)
     loop = benchlib.new_loop()
     interrupted = False
     try:

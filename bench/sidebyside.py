@@ -346,9 +346,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     began = time.monotonic()
     loop = benchlib.new_loop()
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    out = Path(args.json).open("a") if args.json else None
+    out = benchlib.results_file(args.json)
     try:
         results = loop.run_until_complete(main_async(args, names, out))
     finally:

@@ -52,7 +52,7 @@ def test_no_usable_usage_is_none(body: bytes) -> None:
     assert answer_usage(body) is None
 
 
-def test_the_same_counts_as_parsing_the_whole_answer() -> None:
+def test_a_null_usage_is_none_and_a_real_one_matches_a_full_parse() -> None:
     body = json.dumps(OPENAI | {"usage": None}).encode()
     assert answer_usage(body) is None
     assert answer_usage(json.dumps(OPENAI).encode()) == json.loads(json.dumps(OPENAI))["usage"]
