@@ -132,7 +132,8 @@ async def profiling(pid: int, label: str, args: argparse.Namespace) -> AsyncIter
     out = Path(args.profile) / f"{label}.txt"
     out.parent.mkdir(parents=True, exist_ok=True)
     argv = [str(spy if spy.exists() else "py-spy"), "record", "--pid", str(pid)]
-    argv += ["--rate", str(args.profile_rate), "--format", "raw", "--nolineno", "--subprocesses"]
+    argv += ["--rate", str(args.profile_rate), "--format", "raw", "--subprocesses"]
+    argv += [] if args.profile_lines else ["--nolineno"]
     argv += ["--nonblocking", "--output", str(out)]
     proc = subprocess.Popen(
         argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=pin(args.client_cpu)
@@ -323,6 +324,11 @@ def main() -> int:
         help="py-spy record the gateway during throughput and burst, into DIR (Python only)",
     )
     parser.add_argument("--profile-rate", type=int, default=250)
+    parser.add_argument(
+        "--profile-lines",
+        action="store_true",
+        help="keep line numbers in the profile (one frame per line, not per function)",
+    )
     args = parser.parse_args()
     names = [n.strip() for n in args.targets.split(",") if n.strip()]
     unknown = sorted(set(names) - set(gateways.NAMES))

@@ -15,7 +15,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from cortex.auth import Gatekeeper
 from cortex.errors import CortexError, MethodNotAllowed, RouteNotFound
@@ -25,9 +25,10 @@ from cortex.fleet.state import Fleet, Node
 from cortex.metrics import CortexMetrics
 from cortex.routes import admin
 from cortex.routes import fleet as fleet_routes
+from cortex.routes.body import BodyReader
 from cortex.settings import Catalogue, CortexSettings
 from cortex.upstream.client import make_session
-from cortex.upstream.relay import PATHS, Call, relay
+from cortex.upstream.relay import PATHS, Call, handle, relay
 from cortex.upstream.wire import Upstream
 
 log = logging.getLogger("cortex.app")
@@ -99,11 +100,12 @@ def build(settings: CortexSettings, catalogue: Catalogue) -> Gateway:
     )
 
 
-def create_app(gateway: Gateway) -> ASGIApp:
+def create_app(gateway: Gateway) -> Api:
     """The API app (port 31313); its lifespan runs the poller and closes the client.
 
-    The ASGI stack is ``Gatekeeper`` (keys, drain) → :class:`FastPath` (inference POSTs
-    straight to the relay) → Starlette (everything else, and the lifespan).
+    Over ASGI the stack is ``Gatekeeper`` (keys, drain) → Starlette. On cortex's own server
+    (``cortex.server``) inference POSTs skip ASGI and go to :class:`DirectRelay`, which
+    asks the same ``Gatekeeper`` first.
     """
 
     @contextlib.asynccontextmanager
@@ -142,36 +144,44 @@ def create_app(gateway: Gateway) -> ASGIApp:
         },
     )
     app.state.gateway = gateway
-    return Gatekeeper(
-        FastPath(app), api_keys=gateway.settings.auth.api_keys, draining=gateway.draining
-    )
+    gatekeeper = Gatekeeper(app, api_keys=gateway.settings.auth.api_keys, draining=gateway.draining)
+    return Api(gatekeeper, DirectRelay(gateway, gatekeeper))
 
 
-class FastPath:
-    """Inference POSTs go straight to :func:`relay`; everything else to Starlette.
+class Api:
+    """cortex's API app: ASGI, plus ``direct`` for the server's inference fast path."""
 
-    Starlette's router walk, middleware layers and exception wrapping cost about a tenth of
-    cortex's CPU per request (py-spy, bench/README.md) and give the relay nothing it needs.
-    Errors are rendered exactly as Starlette's handlers would.
-    """
-
-    def __init__(self, app: Starlette) -> None:
+    def __init__(self, app: Gatekeeper, direct: DirectRelay) -> None:
         self.app = app
-        self.paths = frozenset(PATHS)
+        self.direct = direct
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] not in self.paths or scope["method"] != "POST":
-            await self.app(scope, receive, send)
-            return
-        scope["app"] = self.app
-        request = Request(scope, receive)
+        await self.app(scope, receive, send)
+
+
+class DirectRelay:
+    """Inference POSTs, as :class:`cortex.server.Direct`: keys and drain first, then the relay.
+
+    Errors are rendered exactly as the Starlette app's handlers render them.
+    """
+
+    def __init__(self, gateway: Gateway, gatekeeper: Gatekeeper) -> None:
+        self.gateway = gateway
+        self.gatekeeper = gatekeeper
+        self.paths = frozenset(PATHS)
+
+    async def __call__(self, scope: Scope, read: BodyReader) -> Response:
+        path: str = scope["path"]
+        refusal = self.gatekeeper.refusal(scope)
+        if refusal is not None:
+            return refusal.response(path)
         try:
-            response = await relay(request)
+            return await handle(self.gateway, scope, read)
         except CortexError as exc:
-            response = exc.response(scope["path"])
+            return exc.response(path)
         except Exception as exc:
-            response = await _internal_error(request, exc)
-        await response(scope, receive, send)
+            log.error("unhandled error on POST %s", path, exc_info=exc)
+            return CortexError("internal error").response(path)
 
 
 def create_metrics_app(gateway: Gateway) -> Starlette:

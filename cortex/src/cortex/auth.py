@@ -23,13 +23,14 @@ class Gatekeeper:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            error = self._refusal(scope)
+            error = self.refusal(scope)
             if error is not None:
                 await error.response(scope["path"])(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
-    def _refusal(self, scope: Scope) -> CortexError | None:
+    def refusal(self, scope: Scope) -> CortexError | None:
+        """Why the request in ``scope`` is refused (a bad key, or draining), or None."""
         path: str = scope["path"]
         if self.keys and path not in OPEN_PATHS:
             headers = dict(scope["headers"])

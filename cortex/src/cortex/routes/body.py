@@ -3,24 +3,51 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from starlette.requests import Request
 
 from cortex.errors import BadRequest, PayloadTooLarge
 
+BodyReader = Callable[[int], Awaitable[bytes | None]]
+"""``read(limit)``: the whole request body, or None once it grows past ``limit`` bytes."""
+
 
 async def read_body(request: Request, limit: int) -> bytes:
     """The raw body, refusing more than ``limit`` bytes without reading it all."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit}")
+
+    async def read(limit: int) -> bytes | None:
+        return await read_within(request, limit)
+
+    return await read_bounded(request.scope["headers"], read, limit)
+
+
+async def read_bounded(
+    headers: Iterable[tuple[bytes, bytes]], read: BodyReader, limit: int
+) -> bytes:
+    """The body from ``read``; PayloadTooLarge past ``limit``, before reading if declared."""
+    for name, declared in headers:
+        if name == b"content-length":
+            if declared.isdigit() and int(declared) > limit:
+                raise PayloadTooLarge(
+                    f"request body is {declared.decode()} bytes; the limit is {limit}"
+                )
+            break
+    body = await read(limit)
+    if body is None:
+        raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+    return body
+
+
+async def read_within(request: Request, limit: int) -> bytes | None:
+    """An ASGI request's body, or None as soon as it is longer than ``limit`` bytes."""
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+            return None
         chunks.append(chunk)
     return b"".join(chunks)
 

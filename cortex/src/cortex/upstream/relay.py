@@ -41,7 +41,7 @@ from cortex.errors import (
     upstream_message,
 )
 from cortex.fleet.routing import rank
-from cortex.routes.body import parse_object, read_body
+from cortex.routes.body import BodyReader, parse_object, read_bounded, read_within
 from cortex.upstream.sse import (
     USAGE,
     EventSplitter,
@@ -68,7 +68,8 @@ PATHS = (
 )
 USAGE_INJECTABLE = frozenset({"/v1/chat/completions", "/v1/completions"})
 NOT_FORWARDED = frozenset(
-    {
+    name.encode()
+    for name in (
         "host",
         "content-length",
         "connection",
@@ -81,10 +82,20 @@ NOT_FORWARDED = frozenset(
         "proxy-authorization",
         "authorization",  # the client's key is for cortex; the neuron gets its own token
         "x-api-key",
-    }
+    )
 )
 NOT_RETURNED = frozenset(
-    {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "server", "date"}
+    {
+        b"connection",
+        b"keep-alive",
+        b"transfer-encoding",
+        b"te",
+        b"trailer",
+        b"upgrade",
+        b"server",
+        b"date",
+        b"content-length",  # cortex sets its own
+    }
 )
 
 
@@ -102,9 +113,18 @@ class Call:
 
 
 async def relay(request: Request) -> Response:
-    gw: Gateway = request.app.state.gateway
-    path: str = request.scope["path"]  # not request.url: that parses the Host header
-    body = await read_body(request, gw.settings.gateway.max_body_bytes)
+    """The Starlette route: inference over ASGI (cortex's own server uses :func:`handle`)."""
+
+    async def read(limit: int) -> bytes | None:
+        return await read_within(request, limit)
+
+    return await handle(request.app.state.gateway, request.scope, read)
+
+
+async def handle(gw: Gateway, scope: Scope, read: BodyReader) -> Response:
+    """Route the request in ``scope`` and relay its answer; its body comes from ``read``."""
+    path: str = scope["path"]
+    body = await read_bounded(scope["headers"], read, gw.settings.gateway.max_body_bytes)
     payload = parse_object(body)
     model = payload.get("model")
     if not isinstance(model, str) or not model:
@@ -132,7 +152,11 @@ async def relay(request: Request) -> Response:
         if not (options or {}).get("include_usage"):
             body = _asking_usage(body, payload)
             drop_usage = True
-    headers = {k: v for k, v in request.headers.items() if k.lower() not in NOT_FORWARDED}
+    headers = {
+        name.decode("latin-1"): value.decode("latin-1")
+        for name, value in scope["headers"]  # names are lower case in ASGI
+        if name not in NOT_FORWARDED
+    }
     if cold:
         if stream:
             return _cold_stream(gw, call, body, headers, drop_usage)
@@ -143,15 +167,15 @@ async def relay(request: Request) -> Response:
             raise
 
     answer, node = await _open(gw, call, nodes[:2], body, headers)
-    out_headers = {k: v for k, v in answer.headers.items() if k.lower() not in NOT_RETURNED}
-    if not answer.headers.get("content-type", "").startswith("text/event-stream"):
-        return await _whole(gw, call, node, answer, out_headers)
-    out_headers.pop("Content-Length", None)
+    if not answer.is_event_stream:
+        return await _whole(gw, call, node, answer)
+    # A stream's length changes (a dropped usage chunk) and it goes out chunked.
+    out_headers = [(n, v) for n, v in answer.raw_headers if n not in NOT_RETURNED]
     finish = _finisher(gw, call, node, answer)
     return Relayed(
         _events(gw, call, node, answer, drop_usage, finish),
         status_code=answer.status,
-        headers=out_headers,
+        raw_headers=out_headers,
         on_close=lambda: finish(499, None),
     )
 
@@ -167,10 +191,18 @@ class Relayed(StreamingResponse):
     """
 
     def __init__(
-        self, content: AsyncIterator[bytes], *, on_close: Callable[[], None], **kw: Any
+        self,
+        content: AsyncIterator[bytes],
+        *,
+        on_close: Callable[[], None],
+        raw_headers: list[tuple[bytes, bytes]] | None = None,
+        **kw: Any,
     ) -> None:
         super().__init__(content, **kw)
-        self._on_close = on_close
+        if raw_headers:  # as the neuron sent them: not decoded and encoded again
+            self.raw_headers = raw_headers + self.raw_headers
+        self.on_close = on_close
+        """Run once the answer has ended, however it ended (cortex's server calls it too)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         task = asyncio.current_task()
@@ -193,7 +225,7 @@ class Relayed(StreamingResponse):
                 raise
         finally:
             watcher.cancel()
-            self._on_close()
+            self.on_close()
 
 
 async def _loaded(gw: Gateway, call: Call) -> list[Node]:
@@ -237,7 +269,7 @@ def _cold_stream(
             waiting.cancel()
         finish = _finisher(gw, call, node, answer)
         finishers.append(finish)
-        if not answer.headers.get("content-type", "").startswith("text/event-stream"):
+        if not answer.is_event_stream:
             try:
                 data = await answer.read()
             except (WireError, TimeoutError):
@@ -332,9 +364,7 @@ async def _open(
     raise error
 
 
-async def _whole(
-    gw: Gateway, call: Call, node: Node, answer: Answer, headers: dict[str, str]
-) -> Response:
+async def _whole(gw: Gateway, call: Call, node: Node, answer: Answer) -> Response:
     try:
         data = await answer.read()
     except TimeoutError:
@@ -351,7 +381,12 @@ async def _whole(
         answer.release()
     call.usage.add(answer_usage(data))
     gw.leave(call, node, answer.status, None)
-    return Response(data, status_code=answer.status, headers=headers)
+    response = Response(data, status_code=answer.status)  # sets Content-Length only
+    response.raw_headers = [
+        *((n, v) for n, v in answer.raw_headers if n not in NOT_RETURNED),
+        *response.raw_headers,
+    ]
+    return response
 
 
 async def _events(

@@ -67,8 +67,9 @@ class Answer:
         self._idle = idle
         self._loop = conn.loop
         self.status = 0
-        self.headers: CIMultiDict[str] = CIMultiDict()
-        self._raw: list[tuple[bytes, bytes]] = []
+        self.raw_headers: list[tuple[bytes, bytes]] = []
+        """As received, with names in lower case."""
+        self._headers: CIMultiDict[str] | None = None
         self._chunks: collections.deque[bytes] = collections.deque()
         self._buffered = 0
         self._begun = False  # a byte of the answer arrived
@@ -81,11 +82,25 @@ class Answer:
 
     def _headers_done(self, status: int) -> None:
         self.status = status
-        self.headers = CIMultiDict(
-            (name.decode("latin-1"), value.decode("latin-1")) for name, value in self._raw
-        )
         self._head = True
         self._wake()
+
+    @property
+    def headers(self) -> CIMultiDict[str]:
+        if self._headers is None:
+            self._headers = CIMultiDict(
+                (name.decode("latin-1"), value.decode("latin-1"))
+                for name, value in self.raw_headers
+            )
+        return self._headers
+
+    @property
+    def is_event_stream(self) -> bool:
+        """Whether the answer is Server-Sent Events (a stream to relay as it comes)."""
+        for name, value in self.raw_headers:
+            if name == b"content-type":
+                return value.startswith(b"text/event-stream")
+        return False
 
     def _body(self, data: bytes) -> None:
         self._chunks.append(data)
@@ -210,11 +225,11 @@ class _Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         if self.answer is not None:
             self.answer._begun = True
-            self.answer._raw = []
+            self.answer.raw_headers = []
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.answer is not None:
-            self.answer._raw.append((name, value))
+            self.answer.raw_headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
@@ -223,7 +238,7 @@ class _Connection(asyncio.Protocol):
             return
         self.keep_alive = bool(self.parser.should_keep_alive())
         if self.answer is not None:
-            names = {name.lower() for name, _ in self.answer._raw}
+            names = {name for name, _ in self.answer.raw_headers}
             self.delimited = b"content-length" in names or b"transfer-encoding" in names
             self.answer._headers_done(status)
 
