@@ -164,11 +164,10 @@ class _DirectCycle(RequestResponseCycle):
         self.task = asyncio.current_task()
         try:
             response = await self.direct(self.scope, self.read)  # type: ignore[arg-type]
-            if not self.disconnected:
-                if isinstance(response, StreamingResponse):
-                    await self._stream(response)
-                else:
-                    self._whole(response)
+            if isinstance(response, StreamingResponse):
+                await self._stream(response)  # which ends it, sent or not
+            elif not self.disconnected:
+                self._whole(response)
         except asyncio.CancelledError:
             if not self.disconnected:  # cancelled by the server (shutdown): let it through
                 raise
@@ -181,6 +180,9 @@ class _DirectCycle(RequestResponseCycle):
         finally:
             self.task = None
             self.on_response = lambda: None
+
+    def gone(self) -> bool:
+        return self.disconnected
 
     def client_gone(self) -> None:
         """The connection closed: stop working on an answer nobody will read."""
@@ -227,17 +229,19 @@ class _DirectCycle(RequestResponseCycle):
         chunked = self.scope["http_version"] == "1.1"
         if not chunked:  # HTTP/1.0 has no chunked encoding: the end of the stream closes
             self.keep_alive = False
-        self.transport.write(
-            self._head(response, b"transfer-encoding: chunked\r\n" if chunked else b"")
-        )
         body: Any = response.body_iterator
         try:
+            if self.disconnected:
+                return
+            self.transport.write(
+                self._head(response, b"transfer-encoding: chunked\r\n" if chunked else b"")
+            )
             async for piece in body:
                 if not piece:
                     continue
                 if self.flow.write_paused:
                     await self.flow.drain()
-                if self.disconnected:
+                if self.gone():  # (a call: mypy would keep the check above's narrowing)
                     return
                 data = piece if isinstance(piece, bytes) else piece.encode()
                 self.transport.write(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
