@@ -100,7 +100,7 @@ async def test_a_chunked_body_over_the_limit_is_413_and_the_connection_goes_on()
 
 
 async def test_a_client_gone_before_a_whole_answer_stops_the_request_at_once() -> None:
-    """The upstream request is dropped, so a neuron (and vLLM) can stop generating."""
+    """The upstream request is dropped at once, and counted as 499."""
     fake = FakeNeuron("n1")
     async with cortex(fake) as c:
         fake.answer_delay = 30.0

@@ -24,7 +24,7 @@ answer in one write, a stream as chunks with the socket's flow control. uvicorn'
 (message dicts, a ``receive`` per body piece, a second write for the body, header checks on
 headers cortex built itself) cost about a fifth of cortex's CPU per request. uvicorn still
 owns the connection: parsing, keep-alive, pipelining, the head cap, the drain. A client that
-goes away cancels the request's task, which closes the upstream answer (so vLLM aborts).
+goes away cancels the request's task, which drops the upstream connection.
 """
 
 from __future__ import annotations
