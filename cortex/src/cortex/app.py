@@ -180,8 +180,7 @@ class DirectRelay:
         except CortexError as exc:
             return exc.response(path)
         except Exception as exc:
-            log.error("unhandled error on POST %s", path, exc_info=exc)
-            return CortexError("internal error").response(path)
+            return _internal("POST", path, exc)
 
 
 def create_metrics_app(gateway: Gateway) -> Starlette:
@@ -210,5 +209,9 @@ async def _not_allowed(request: Request, exc: Exception) -> Response:
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
-    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return CortexError("internal error").response(request.url.path)
+    return _internal(request.method, request.url.path, exc)
+
+
+def _internal(method: str, path: str, exc: Exception) -> Response:
+    log.error("unhandled error on %s %s", method, path, exc_info=exc)
+    return CortexError("internal error").response(path)

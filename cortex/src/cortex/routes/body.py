@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -16,11 +17,12 @@ BodyReader = Callable[[int], Awaitable[bytes | None]]
 
 async def read_body(request: Request, limit: int) -> bytes:
     """The raw body, refusing more than ``limit`` bytes without reading it all."""
+    return await read_bounded(request.scope["headers"], asgi_reader(request), limit)
 
-    async def read(limit: int) -> bytes | None:
-        return await read_within(request, limit)
 
-    return await read_bounded(request.scope["headers"], read, limit)
+def asgi_reader(request: Request) -> BodyReader:
+    """``request``'s body as a :data:`BodyReader`."""
+    return functools.partial(read_within, request)
 
 
 async def read_bounded(

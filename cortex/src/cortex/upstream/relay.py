@@ -41,7 +41,7 @@ from cortex.errors import (
     upstream_message,
 )
 from cortex.fleet.routing import rank
-from cortex.routes.body import BodyReader, parse_object, read_bounded, read_within
+from cortex.routes.body import BodyReader, asgi_reader, parse_object, read_bounded
 from cortex.upstream.sse import (
     USAGE,
     EventSplitter,
@@ -114,11 +114,7 @@ class Call:
 
 async def relay(request: Request) -> Response:
     """The Starlette route: inference over ASGI (cortex's own server uses :func:`handle`)."""
-
-    async def read(limit: int) -> bytes | None:
-        return await read_within(request, limit)
-
-    return await handle(request.app.state.gateway, request.scope, read)
+    return await handle(request.app.state.gateway, request.scope, asgi_reader(request))
 
 
 async def handle(gw: Gateway, scope: Scope, read: BodyReader) -> Response:

@@ -29,7 +29,6 @@ from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 import httptools
-from multidict import CIMultiDict
 
 HIGH_WATER = 64 * 1024
 LOW_WATER = 16 * 1024
@@ -69,7 +68,6 @@ class Answer:
         self.status = 0
         self.raw_headers: list[tuple[bytes, bytes]] = []
         """As received, with names in lower case."""
-        self._headers: CIMultiDict[str] | None = None
         self._chunks: collections.deque[bytes] = collections.deque()
         self._buffered = 0
         self._begun = False  # a byte of the answer arrived
@@ -84,15 +82,6 @@ class Answer:
         self.status = status
         self._head = True
         self._wake()
-
-    @property
-    def headers(self) -> CIMultiDict[str]:
-        if self._headers is None:
-            self._headers = CIMultiDict(
-                (name.decode("latin-1"), value.decode("latin-1"))
-                for name, value in self.raw_headers
-            )
-        return self._headers
 
     @property
     def is_event_stream(self) -> bool:
