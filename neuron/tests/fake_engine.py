@@ -2,7 +2,8 @@
 
 Env: FAKE_ENGINE_STARTUP_DELAY, FAKE_ENGINE_FAIL, FAKE_ENGINE_CHUNK_DELAY, FAKE_ENGINE_EXIT_AFTER,
 FAKE_ENGINE_SPAM_LINES (that many long lines on stderr before serving).
-A request body ``"fake_sleep": S`` delays a non-streamed reply by S seconds.
+A request body ``"fake_sleep": S`` delays a non-streamed reply by S seconds; as in vLLM, a client
+that disconnects meanwhile cancels it.
 """
 
 from __future__ import annotations
@@ -178,6 +179,11 @@ async def stream(
         slot.release()
 
 
+async def disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 def build_app(names: list[str]) -> ASGIApp:
     async def health(_: Request) -> Response:
         return Response(status_code=200)
@@ -226,7 +232,14 @@ def build_app(names: list[str]) -> ASGIApp:
             usage_on = bool((body.get("stream_options") or {}).get("include_usage"))
             return TrackedStream(stream(path, model, n, prompt, usage_on, slot), slot)
         try:
-            await asyncio.sleep(float(body.get("fake_sleep", 0)))
+            # As vLLM's ``with_cancellation``: a client that leaves cancels the generation.
+            work = asyncio.ensure_future(asyncio.sleep(float(body.get("fake_sleep", 0))))
+            gone = asyncio.ensure_future(disconnected(request))
+            await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
+            work.cancel()
+            gone.cancel()
+            if gone.done() and not gone.cancelled():
+                return Response(status_code=499)  # nobody is there to read it
             return JSONResponse(complete(path, model, n, prompt))
         finally:
             slot.release()

@@ -136,6 +136,23 @@ async def test_clients_through_cortex_and_a_neuron_that_dies_and_returns(
                     "the generation ran on after the client left"
                 )
 
+                # A client that gives up waiting for a whole answer: no byte has come back
+                # yet, and the same chain still stops the generation.
+                async with httpx.AsyncClient(base_url=engine_url, timeout=30) as engine:
+                    before = await engine_metric(engine, "vllm:generation_tokens_total", "tiny")
+                    with contextlib.suppress(httpx.ReadTimeout):  # closes the connection
+                        await raw.post(
+                            "/v1/chat/completions", json={**long, "stream": False}, timeout=1.5
+                        )
+                    closed = time.monotonic()
+                    await wait_until(engine_idle, 30, "vLLM to abort the abandoned whole answer")
+                    record("client leaves a whole answer → engine idle", time.monotonic() - closed)
+                    after = await engine_metric(engine, "vllm:generation_tokens_total", "tiny")
+                assert after > before, "the whole answer never started"
+                assert after - before < ABORT_TOKENS / 2, (
+                    "the whole answer ran on after the client left"
+                )
+
                 # The neuron dies mid-stream: one in-band error event, then the stream ends.
                 engines = [m["engine"]["pid"] for m in neuron.models().values()]
                 async with raw.stream("POST", "/v1/chat/completions", json=long) as response:

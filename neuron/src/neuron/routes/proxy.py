@@ -2,8 +2,10 @@
 
 The body is read once (bounded) and forwarded unchanged; only ``model`` and ``stream`` are
 looked at. The engine's answer is relayed byte for byte as it arrives. When the client goes
-away mid-stream the relay is cancelled and the upstream response closed, which vLLM sees as
-a disconnect and aborts the generation.
+away the request to the engine is dropped, which vLLM sees as a disconnect and aborts the
+generation: mid-stream the relay is cancelled and the upstream response closed; before the
+answer's head (all of a whole answer's generation) a watcher on the client's connection
+cancels the wait for it.
 
 aiohttp, not httpx, carries this hot path: measured with bench/neuron_proxy.py, the httpx
 relay cost ~1.15 ms of neuron CPU per request and ~90 µs per streamed chunk.
@@ -11,6 +13,7 @@ relay cost ~1.15 ms of neuron CPU per request and ~90 µs per streamed chunk.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -72,10 +75,16 @@ async def proxy(request: Request) -> Response:
     slot = neuron.require(model)
     headers = {k: v for k, v in request.headers.items() if k.lower() not in NOT_FORWARDED}
     release = neuron.track(slot)
+    watch = Watch(request.receive)
     try:
         answer = await neuron.session().post(
             slot.engine.url + request.url.path, data=body, headers=headers
         )
+    except asyncio.CancelledError:
+        release(499)
+        if watch.cancelled_us():  # the client left while the engine was still at work
+            return Gone()
+        raise
     except TimeoutError:
         release(504)
         raise EngineTimeout(
@@ -89,6 +98,8 @@ async def proxy(request: Request) -> Response:
     except BaseException:
         release(499)
         raise
+    finally:
+        watch.stop()
     out_headers = {k: v for k, v in answer.headers.items() if k.lower() not in NOT_RETURNED}
     if "content-length" in answer.headers:  # raw bytes are relayed, so the length holds
         out_headers["content-length"] = answer.headers["content-length"]
@@ -103,6 +114,50 @@ async def proxy(request: Request) -> Response:
         headers=out_headers,
         on_close=close,
     )
+
+
+class Watch:
+    """Cancels the task that made it if the client disconnects before ``stop()``.
+
+    A whole answer's head comes only once its generation is over, so until then nothing
+    else listens to the client's connection. Only the disconnect is taken from ``receive``:
+    the body is read already, and a pending ``receive()`` that is cancelled keeps its message
+    (Hypercorn's is ``asyncio.Queue.get``), so the response's own listener sees it later.
+    """
+
+    __slots__ = ("_gone", "_task", "_watcher")
+
+    def __init__(self, receive: Receive) -> None:
+        self._task = asyncio.current_task()
+        self._gone = False
+        self._watcher = asyncio.ensure_future(self._watch(receive))
+
+    async def _watch(self, receive: Receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self._gone = True
+        if self._task is not None:
+            self._task.cancel()
+
+    def cancelled_us(self) -> bool:
+        """True if the ``CancelledError`` being handled is this watch's: it is then consumed."""
+        if self._gone and self._task is not None:
+            self._task.uncancel()
+            return True
+        return False
+
+    def stop(self) -> None:
+        self._watcher.cancel()
+
+
+class Gone(Response):
+    """The answer for a client that has left: nothing is sent."""
+
+    def __init__(self) -> None:
+        super().__init__(status_code=499)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        return
 
 
 class Relayed(StreamingResponse):
