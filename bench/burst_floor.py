@@ -21,7 +21,9 @@ burst: non-streaming requests at 32 concurrent (0.5 s, then 2 s that are measure
 and CPU per request, the floor under sidebyside.py's throughput row), so 32 upstream
 connections are warm and the burst's other 168 streams need new ones. The ``-warm`` variants also get a burst of
 ``--streams`` 2-chunk streams first, so every upstream connection the burst needs is open
-already. Right before each burst through a target, the same burst goes direct to the same
+already. The ``-named`` variants (``cortex-named``, ``vllm-router-named``) are given the
+upstream as ``localhost`` (from /etc/hosts), not ``127.0.0.1``, as a fleet names its hosts:
+what looking the name up costs while the burst opens its connections. Right before each burst through a target, the same burst goes direct to the same
 upstream: the ratio of the two p99s is taken per pair, and its median reported.
 """
 
@@ -205,12 +207,20 @@ def serve(kind: str, port: int, upstream_port: int) -> None:
 TARGETS = "tcp,relay,relay-warm,vllm-router,cortex,cortex-warm"
 
 
+def _kind(target: str) -> str:
+    return target.removesuffix("-warm").removesuffix("-named")
+
+
 def start(
     target: str, upstream: str, upstream_port: int, work: Path, args: argparse.Namespace
 ) -> gateways.Running:
-    kind = target.removesuffix("-warm")
+    kind = _kind(target)
+    if target.endswith("-named"):  # the gateway is given the upstream by host name
+        upstream = upstream.replace("127.0.0.1", "localhost")
     if kind in ("cortex", "vllm-router"):
         return gateways.start(kind, upstream, work, GATEWAY_CPU, args.cache_dir)
+    if target.endswith("-named"):
+        raise SystemExit(f"{target}: only cortex and vllm-router take a -named variant")
     port = free_port()
     argv = [sys.executable, str(Path(__file__)), "serve", kind, str(port), str(upstream_port)]
     proc = subprocess.Popen(argv, preexec_fn=pin(GATEWAY_CPU), start_new_session=True)
@@ -337,7 +347,7 @@ def main() -> int:
     parser.add_argument("--json", help="also append the JSON lines to this file")
     parser.add_argument("--cache-dir", type=Path, default=gateways.cache_dir())
     args = parser.parse_args()
-    gateways.prepare([t.removesuffix("-warm") for t in args.targets.split(",")], args.cache_dir)
+    gateways.prepare([_kind(t) for t in args.targets.split(",")], args.cache_dir)
     return asyncio.run(main_async(args))
 
 

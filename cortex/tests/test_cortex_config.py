@@ -88,6 +88,11 @@ def test_a_missing_catalogue_is_empty(tmp_path: Path) -> None:
         ("models.toml", "[[models]]\nid = 'x'\nidle_ttl = -1\n", "models.0.idle_ttl: Input should"),
         (
             "cortex.toml",
+            "[gateway]\nresolve_every = -1\n",
+            "gateway.resolve_every: Input should be greater than or equal to 0",
+        ),
+        (
+            "cortex.toml",
             "[loading]\ncold_start_timeout = 0\n",
             "loading.cold_start_timeout: Input should be greater than 0",
         ),

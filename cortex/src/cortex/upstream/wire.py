@@ -17,21 +17,41 @@ What the relay relies on, all of it here:
   the client go and tells vLLM to abort. A complete answer's connection goes back to the pool.
 - Flow control: an answer buffers at most ``HIGH_WATER`` bytes the relay has not taken yet;
   then reading from the neuron pauses until the relay catches up (a slow client).
+- A neuron named by host name is looked up once per ``resolve_every`` seconds, not once per
+  connection: a burst that opens 168 connections asks the resolver once (the lookups share
+  one future). A failed connect forgets the addresses, so the next one looks the name up
+  again; a failed look-up while old addresses are known keeps using them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import ipaddress
+import logging
+import socket
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 import httptools
 
 HIGH_WATER = 64 * 1024
 LOW_WATER = 16 * 1024
+RESOLVE_EVERY = 30.0
+"""Seconds a neuron's looked-up addresses are used before its name is looked up again."""
+
+log = logging.getLogger("cortex.upstream")
+
+Resolver = Callable[[str, int], Awaitable[list[tuple[Any, ...]]]]
+"""``(host, port)`` to ``getaddrinfo`` entries: ``(family, type, proto, canonname, sockaddr)``."""
+
+
+async def getaddrinfo(host: str, port: int) -> list[tuple[Any, ...]]:
+    """The system resolver, off the event loop's thread."""
+    return await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
 
 
 class WireError(Exception):
@@ -267,9 +287,11 @@ class _Connection(asyncio.Protocol):
 
 
 class _Pool:
-    """Idle connections to one neuron, most recently used first out."""
+    """Idle connections to one neuron, most recently used first out; its addresses."""
 
-    def __init__(self, base: str, loop: asyncio.AbstractEventLoop, keepalive: float) -> None:
+    def __init__(
+        self, base: str, loop: asyncio.AbstractEventLoop, keepalive: float, up: Upstream
+    ) -> None:
         url = urlsplit(base)
         self.host = url.hostname or ""
         self.port = url.port or (443 if url.scheme == "https" else 80)
@@ -278,6 +300,11 @@ class _Pool:
         self.loop = loop
         self.keepalive = keepalive
         self.idle: collections.deque[_Connection] = collections.deque()
+        self._up = up
+        self._named = not _is_address(self.host)
+        self._addresses: list[str] = [] if self._named else [self.host]
+        self._resolved_at = 0.0
+        self._lookup: asyncio.Future[list[str]] | None = None
 
     def take(self) -> _Connection | None:
         while self.idle:
@@ -299,34 +326,94 @@ class _Pool:
     async def connect(self, limit: float) -> _Connection:
         try:
             async with asyncio.timeout(limit):
-                _, conn = await self.loop.create_connection(
-                    lambda: _Connection(self), self.host, self.port, ssl=self.ssl
-                )
+                addresses = await self._resolve() if self._named else self._addresses
+                error: OSError | None = None
+                for address in addresses:
+                    try:
+                        _, conn = await self.loop.create_connection(
+                            lambda: _Connection(self),
+                            address,
+                            self.port,
+                            ssl=self.ssl,
+                            server_hostname=self.host if self.ssl else None,
+                        )
+                    except OSError as exc:
+                        error = exc
+                    else:
+                        return conn
+                assert error is not None  # noqa: S101 - a look-up never gives no address
+                raise error
         except TimeoutError:
             raise ConnectTimeout(f"no connection within {limit:g}s") from None
         except OSError as exc:
+            if self._named:
+                self._addresses = []  # look the name up again next time: it may have moved
             raise ConnectFailed(str(exc)) from None
-        return conn
+
+    async def _resolve(self) -> list[str]:
+        if self._addresses and time.monotonic() - self._resolved_at < self._up.resolve_every:
+            return self._addresses
+        if self._lookup is None:
+            self._lookup = asyncio.ensure_future(self._look_up())
+            # Its error is each waiter's; taken here too, in case every waiter timed out.
+            self._lookup.add_done_callback(lambda done: done.cancelled() or done.exception())
+        # Shielded: one caller's connect timeout must not cancel the others' look-up.
+        return await asyncio.shield(self._lookup)
+
+    async def _look_up(self) -> list[str]:
+        try:
+            found = await self._up.resolver(self.host, self.port)
+        except OSError as exc:
+            if not self._addresses:
+                raise OSError(f"cannot resolve {self.host!r}: {exc}") from None
+            log.warning("looking up %s failed (%s); keeping its last addresses", self.host, exc)
+        else:
+            addresses = list(dict.fromkeys(str(entry[4][0]) for entry in found))
+            if not addresses:
+                raise OSError(f"cannot resolve {self.host!r}: no address")
+            self._addresses = addresses
+        finally:
+            self._lookup = None
+        self._resolved_at = time.monotonic()
+        return self._addresses
 
     def close(self) -> None:
         while self.idle:
             self.idle.popleft().drop()
 
 
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 class Upstream:
     """The relay's client: one pool of kept-alive connections per neuron."""
 
-    def __init__(self, *, connect_timeout: float, idle_timeout: float, keepalive: float = 60.0):
+    def __init__(
+        self,
+        *,
+        connect_timeout: float,
+        idle_timeout: float,
+        keepalive: float = 60.0,
+        resolver: Resolver = getaddrinfo,
+        resolve_every: float = RESOLVE_EVERY,
+    ):
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
         self.keepalive = keepalive
+        self.resolver = resolver
+        self.resolve_every = resolve_every
         self._pools: dict[str, _Pool] = {}
 
     async def post(self, base: str, path: str, body: bytes, headers: dict[str, str]) -> Answer:
         """Send ``body`` to ``base + path``; the answer once its status and headers are in."""
         pool = self._pools.get(base)
         if pool is None:
-            pool = self._pools[base] = _Pool(base, asyncio.get_running_loop(), self.keepalive)
+            pool = self._pools[base] = _Pool(base, asyncio.get_running_loop(), self.keepalive, self)
         lines = [f"POST {path} HTTP/1.1\r\nHost: {pool.host_header}\r\n"]
         lines.extend(f"{name}: {value}\r\n" for name, value in headers.items())
         lines.append(f"Content-Length: {len(body)}\r\n\r\n")
