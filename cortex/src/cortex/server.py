@@ -140,10 +140,19 @@ class _Protocol(HttpToolsProtocol):
         )
         cycle.direct = direct
         if existing is None or existing.response_complete:
-            self._start_asgi_task(cycle, self.app)
+            self._start(cycle)
         else:  # pipelined behind a request still being answered
             self.flow.pause_reading()
             self.pipeline.appendleft((cycle, self.app))
+
+    def _start(self, cycle: _DirectCycle) -> None:
+        start = getattr(super(), "_start_asgi_task", None)  # uvicorn 0.3x: none
+        if start is not None:
+            start(cycle, self.app)
+            return
+        task = self.loop.create_task(cycle.run_asgi(self.app))
+        task.add_done_callback(self.tasks.discard)
+        self.tasks.add(task)
 
     def connection_lost(self, exc: Exception | None) -> None:
         cycle = self.cycle
