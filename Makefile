@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TINY := var/tiny-model
 
-.PHONY: run test test-unit test-e2e lint format check-packaging bootstrap engine tiny-model clean
+.PHONY: run test test-unit test-e2e test-lowest lint format check-packaging bootstrap engine tiny-model clean
 
 run: engine tiny-model
 	@scripts/run-demo.sh
@@ -18,6 +18,10 @@ test-unit: bootstrap
 
 test-e2e: engine
 	$(BIN)/python -m pytest tests/e2e $(PYTEST_ARGS)
+
+# cortex's fast tests on the lowest version of each dependency it accepts (own venv).
+test-lowest:
+	@scripts/test-lowest.sh $(PYTEST_ARGS)
 
 lint: bootstrap
 	$(BIN)/ruff check .
@@ -43,4 +47,4 @@ tiny-model: engine
 	@$(BIN)/python scripts/make_tiny_model.py $(TINY)
 
 clean:
-	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .venv-lowest var .mypy_cache .ruff_cache .pytest_cache
