@@ -89,6 +89,8 @@ async def cortex(
     gateway = build(CortexSettings(**values), Catalogue(models=entries))
     api_port, metrics_port = free_port(), free_port()
     async with contextlib.AsyncExitStack() as stack:
+        # The lifespan closes it; this also does when the servers never started.
+        stack.push_async_callback(gateway.session.close)
         await stack.enter_async_context(
             served(
                 *[(fake.app(), ports[fake.name]) for fake in fakes],
