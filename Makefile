@@ -19,9 +19,9 @@ test-unit: bootstrap
 test-e2e: engine
 	$(BIN)/python -m pytest tests/e2e $(PYTEST_ARGS)
 
-# cortex's fast tests on the lowest version of each dependency it accepts (own venv).
+# cortex's and neuron's fast tests on the lowest version of each dependency they accept.
 test-lowest:
-	@scripts/test-lowest.sh $(PYTEST_ARGS)
+	@scripts/test-lowest.sh -- $(PYTEST_ARGS)
 
 lint: bootstrap
 	$(BIN)/ruff check .

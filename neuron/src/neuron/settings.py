@@ -26,7 +26,8 @@ class ConfigError(Exception):
 class ModelSpec(BaseModel):
     """What to load: the body of ``POST /models/load`` and each ``[[default_models]]`` entry."""
 
-    model_config = ConfigDict(extra="forbid")
+    # pydantic before 2.10 reserved every "model_" name and warned about model_id.
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     model_id: Annotated[str, Field(min_length=1, max_length=256)]
     source: str | None = None
