@@ -1,8 +1,8 @@
 """cortex → neuron → vLLM, end to end, through the official OpenAI and Anthropic clients.
 
-One neuron with the tiny model as its default, one `cortex serve` in front. Then the
-neuron is killed mid-stream (the client gets an in-band error, cortex turns degraded) and
-started again (cortex recovers on its own).
+One neuron with the tiny model as its default, one `cortex serve` in front that knows it by
+host name (``localhost``). Then the neuron is killed mid-stream (the client gets an in-band
+error, cortex turns degraded) and started again (cortex recovers on its own).
 """
 
 from __future__ import annotations
@@ -47,7 +47,9 @@ async def test_clients_through_cortex_and_a_neuron_that_dies_and_returns(
         began = time.monotonic()
         neuron.wait_ready(ENGINE_START_TIMEOUT)
         record("gateway: engine start (neuron ready)", time.monotonic() - began)
-        with cortex_serving(tmp_path, "cortex", {"n1": neuron.url}) as (api, metrics_url):
+        # By host name, as a fleet names its hosts: the poller and the relay both look it up.
+        by_name = neuron.url.replace("127.0.0.1", "localhost")
+        with cortex_serving(tmp_path, "cortex", {"n1": by_name}) as (api, metrics_url):
             async with (
                 contextlib.AsyncExitStack() as stack,
                 httpx.AsyncClient(base_url=api, timeout=60) as raw,
