@@ -19,12 +19,13 @@ do as little as a relay can, each alone on CPU 1 on uvloop, next to cortex:
 Each burst gets a fresh relay (or cortex) that is warmed as sidebyside.py leaves it before its
 burst: non-streaming requests at 32 concurrent (0.5 s, then 2 s that are measured: requests/s
 and CPU per request, the floor under sidebyside.py's throughput row), so 32 upstream
-connections are warm and the burst's other 168 streams need new ones. The ``-warm`` variants also get a burst of
-``--streams`` 2-chunk streams first, so every upstream connection the burst needs is open
-already. The ``-named`` variants (``cortex-named``, ``vllm-router-named``) are given the
-upstream as ``localhost`` (from /etc/hosts), not ``127.0.0.1``, as a fleet names its hosts:
-what looking the name up costs while the burst opens its connections. Right before each burst through a target, the same burst goes direct to the same
-upstream: the ratio of the two p99s is taken per pair, and its median reported.
+connections are warm and the burst's other 168 streams need new ones. The ``-warm`` variants
+also get a burst of ``--streams`` 2-chunk streams first, so every upstream connection the burst
+needs is open already. The ``-named`` variants (``cortex-named``, ``vllm-router-named``) are
+given the upstream as ``localhost`` (from /etc/hosts), not ``127.0.0.1``, as a fleet names its
+hosts: what looking the name up costs while the burst opens its connections. Right before each
+burst through a target, the same burst goes direct to the same upstream: the ratio of the two
+p99s is taken per pair, and its median reported.
 """
 
 from __future__ import annotations

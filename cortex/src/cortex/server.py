@@ -57,6 +57,10 @@ KEEP_ALIVE_S = 75
 """An idle client connection stays open this long (longer than common load balancers' 60 s)."""
 
 
+_UVICORN_STARTS_TASKS = hasattr(HttpToolsProtocol, "_start_asgi_task")
+"""uvicorn 0.38 and earlier start a cycle's task inline; later releases through this method."""
+
+
 class Direct(Protocol):
     """Requests an app answers without ASGI: POSTs to ``paths``."""
 
@@ -146,9 +150,8 @@ class _Protocol(HttpToolsProtocol):
             self.pipeline.appendleft((cycle, self.app))
 
     def _start(self, cycle: _DirectCycle) -> None:
-        start = getattr(super(), "_start_asgi_task", None)  # uvicorn 0.3x: none
-        if start is not None:
-            start(cycle, self.app)
+        if _UVICORN_STARTS_TASKS:
+            self._start_asgi_task(cycle, self.app)
             return
         task = self.loop.create_task(cycle.run_asgi(self.app))
         task.add_done_callback(self.tasks.discard)

@@ -289,16 +289,14 @@ class _Connection(asyncio.Protocol):
 class _Pool:
     """Idle connections to one neuron, most recently used first out; its addresses."""
 
-    def __init__(
-        self, base: str, loop: asyncio.AbstractEventLoop, keepalive: float, up: Upstream
-    ) -> None:
+    def __init__(self, base: str, loop: asyncio.AbstractEventLoop, up: Upstream) -> None:
         url = urlsplit(base)
         self.host = url.hostname or ""
         self.port = url.port or (443 if url.scheme == "https" else 80)
         self.ssl = ssl.create_default_context() if url.scheme == "https" else None
         self.host_header = url.netloc
         self.loop = loop
-        self.keepalive = keepalive
+        self.keepalive = up.keepalive
         self.idle: collections.deque[_Connection] = collections.deque()
         self._up = up
         self._named = not _is_address(self.host)
@@ -413,7 +411,7 @@ class Upstream:
         """Send ``body`` to ``base + path``; the answer once its status and headers are in."""
         pool = self._pools.get(base)
         if pool is None:
-            pool = self._pools[base] = _Pool(base, asyncio.get_running_loop(), self.keepalive, self)
+            pool = self._pools[base] = _Pool(base, asyncio.get_running_loop(), self)
         lines = [f"POST {path} HTTP/1.1\r\nHost: {pool.host_header}\r\n"]
         lines.extend(f"{name}: {value}\r\n" for name, value in headers.items())
         lines.append(f"Content-Length: {len(body)}\r\n\r\n")
