@@ -22,6 +22,10 @@ class FakeNeuron:
     models: dict[str, str] = field(default_factory=lambda: {"m1": "ready"})
     chunks: int = 4
     chunk_delay: float = 0.0
+    pad: int = 0
+    """Bytes of filler in each chunk's content (to fill socket buffers)."""
+    sent: int = 0
+    """Stream chunks handed to the server so far."""
     break_after: int | None = None
     """Drop the connection after this many chunks (a neuron that dies mid-stream)."""
     answer_status: int = 200
@@ -178,8 +182,10 @@ class FakeNeuron:
                     delta = {"type": "content_block_delta", "delta": {"text": f"t{i}"}}
                     yield f"event: content_block_delta\ndata: {json.dumps(delta)}\n\n".encode()
                 else:
-                    chunk = {"node": self.name, "choices": [{"delta": {"content": f"t{i}"}}]}
+                    text = f"t{i}" + "x" * self.pad
+                    chunk = {"node": self.name, "choices": [{"delta": {"content": text}}]}
                     yield f"data: {json.dumps(chunk)}\n\n".encode()
+                self.sent += 1
             if anthropic:
                 end = {"type": "message_delta", "usage": {"output_tokens": self.chunks}}
                 yield f"event: message_delta\ndata: {json.dumps(end)}\n\n".encode()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 from collections.abc import AsyncIterator
 
 import httpx
@@ -118,6 +119,34 @@ async def test_a_client_gone_before_a_whole_answer_stops_the_request_at_once() -
             in metrics
         )
         fake.answer_delay = 0.0
+        assert (await c.client.post(CHAT, json={"model": "m1"})).status_code == 200
+
+
+async def test_a_client_that_stops_reading_a_stream_pauses_the_neuron_and_loses_nothing() -> None:
+    """Back-pressure: cortex stops reading from the neuron rather than buffer the stream for
+    a client that does not read. A stalled client is not a silent neuron: the stall here is
+    longer than ``idle_timeout``, and the stream still ends as it should."""
+    fake = FakeNeuron("n1", chunks=2000, pad=32 * 1024)  # 64 MiB of events
+    async with cortex(fake, gateway={"idle_timeout": 0.3}) as c:
+        reader, writer = await asyncio.open_connection("127.0.0.1", c.client.base_url.port)
+        writer.write(post(b'{"model": "m1", "stream": true}'))
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 200 ")
+        await asyncio.sleep(1.0)  # the client reads nothing
+        stalled = fake.sent
+        assert stalled < fake.chunks  # socket buffers hold a few MiB, not 64
+        await asyncio.sleep(0.4)
+        assert fake.sent == stalled  # paused, not slow
+        body = bytearray()
+        while not body.endswith(b"0\r\n\r\n"):
+            piece = await asyncio.wait_for(reader.read(1 << 20), 10)
+            assert piece, "cortex closed the connection before the end of the stream"
+            body += piece
+        writer.close()
+        assert b'"error"' not in body
+        order = [int(n) for n in re.findall(rb'"content": "t(\d+)x', body)]
+        assert order == list(range(fake.chunks))
+        assert body.endswith(b"data: [DONE]\n\n\r\n0\r\n\r\n")
         assert (await c.client.post(CHAT, json={"model": "m1"})).status_code == 200
 
 

@@ -243,3 +243,109 @@ async def test_a_slow_reader_pauses_the_neuron_instead_of_buffering_everything()
         assert total == 400 * 16384
         await asyncio.wait_for(done.wait(), 5)
     client.close()
+
+
+class Pushed:
+    """What a pushed answer handed on: its pieces, and how it ended (once)."""
+
+    def __init__(self) -> None:
+        self.pieces: list[bytes] = []
+        self.endings: list[BaseException | None] = []
+        self.ended = asyncio.Event()
+
+    def data(self, piece: bytes) -> None:
+        self.pieces.append(piece)
+
+    def end(self, error: BaseException | None) -> None:
+        self.endings.append(error)
+        self.ended.set()
+
+
+async def test_a_pushed_answer_hands_on_each_piece_as_it_comes_and_ends_once() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\none\r\n")
+            for piece in (b"two", b"three"):
+                await asyncio.sleep(0.05)
+                writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            writer.write(b"0\r\n\r\n")
+
+    client = Upstream(connect_timeout=1, idle_timeout=1)
+    async with scripted(handler) as base:
+        answer = await client.post(base, "/x", b"{}", {})
+        await asyncio.sleep(0.02)  # "one" came with the head, before anyone asked for it
+        pushed = Pushed()
+        answer.push(pushed.data, pushed.end)
+        assert pushed.pieces == [b"one"]  # handed on at once
+        await asyncio.wait_for(pushed.ended.wait(), 5)
+        assert pushed.pieces == [b"one", b"two", b"three"]
+        await asyncio.sleep(0.1)
+        assert pushed.endings == [None]
+        # The connection went back to the pool: the next request reuses it.
+        again = await client.post(base, "/x", b"{}", {})
+        assert await again.read() == b"onetwothree"
+        assert len(client._pools[base].idle) == 1
+    client.close()
+
+
+async def test_a_pushed_answer_times_out_when_silent_but_not_while_paused() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\none\r\n")
+        await reader.read()  # silent until the client hangs up
+
+    client = Upstream(connect_timeout=1, idle_timeout=0.2)
+    async with scripted(handler) as base:
+        answer = await client.post(base, "/x", b"{}", {})
+        pushed = Pushed()
+        answer.push(pushed.data, pushed.end)
+        answer.pause()  # the client cannot keep up: the neuron's silence is not its fault
+        await asyncio.sleep(0.6)
+        assert pushed.endings == []
+        answer.resume()
+        await asyncio.sleep(0.1)
+        assert pushed.endings == []
+        await asyncio.wait_for(pushed.ended.wait(), 1)
+        [error] = pushed.endings
+        assert isinstance(error, ReadTimeout)
+        assert str(error) == "nothing for 0.2s"
+        assert not client._pools[base].idle  # a timed-out connection is not reused
+    client.close()
+
+
+async def test_a_pushed_answer_that_breaks_or_whose_receiver_fails_ends_with_the_error() -> None:
+    closed = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request = await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\none\r\n")
+        if b"/dies" in request:
+            await asyncio.sleep(0.05)
+            writer.transport.abort()
+            return
+        await reader.read()  # until cortex drops the connection
+        closed.set()
+
+    client = Upstream(connect_timeout=1, idle_timeout=5)
+    async with scripted(handler) as base:
+        answer = await client.post(base, "/dies", b"{}", {})
+        pushed = Pushed()
+        answer.push(pushed.data, pushed.end)
+        await asyncio.wait_for(pushed.ended.wait(), 5)
+        [error] = pushed.endings
+        assert isinstance(error, Broken)
+        assert pushed.pieces == [b"one"]
+
+        answer = await client.post(base, "/fails", b"{}", {})
+        fault = ValueError("the receiver's own fault")
+        endings: list[BaseException | None] = []
+
+        def data(piece: bytes) -> None:
+            raise fault
+
+        await asyncio.sleep(0.05)
+        answer.push(data, endings.append)
+        assert endings == [fault]
+        await asyncio.wait_for(closed.wait(), 5)  # the connection was dropped, not pooled
+    client.close()

@@ -25,6 +25,10 @@ answer in one write, a stream as chunks with the socket's flow control. uvicorn'
 headers cortex built itself) cost about a fifth of cortex's CPU per request. uvicorn still
 owns the connection: parsing, keep-alive, pipelining, the head cap, the drain. A client that
 goes away cancels the request's task, which drops the upstream connection.
+
+A stream whose body can push itself (:class:`Pipe`: the relay's streams) is written from the
+neuron connection's own callback, piece by piece, with no task woken per piece. When the
+client's socket fills up, the stream is told to stop reading from the neuron until it drains.
 """
 
 from __future__ import annotations
@@ -68,6 +72,18 @@ class Direct(Protocol):
 
     async def __call__(self, scope: dict[str, Any], read: BodyReader) -> Response:
         """The response to the request in ``scope`` (an ASGI HTTP scope); never raises."""
+        ...
+
+
+class Pipe(Protocol):
+    """A streamed body that pushes itself: the body iterator of a stream cortex relays."""
+
+    async def pipe(self, send: Callable[[bytes], None]) -> None:
+        """Call ``send`` with each piece as it comes (from a callback); return at the end."""
+        ...
+
+    def writable(self, yes: bool) -> None:
+        """The client's connection can take more (True) or cannot for now (False)."""
         ...
 
 
@@ -244,6 +260,9 @@ class _DirectCycle(RequestResponseCycle):
         if not chunked:  # HTTP/1.0 has no chunked encoding: the end of the stream closes
             self.keep_alive = False
         body: Any = response.body_iterator
+        if hasattr(body, "pipe"):
+            await self._pipe(response, body, chunked)
+            return
         try:
             if self.disconnected:
                 return
@@ -264,6 +283,55 @@ class _DirectCycle(RequestResponseCycle):
             self._complete()
         finally:
             await body.aclose()
+            on_close: Callable[[], None] | None = getattr(response, "on_close", None)
+            if on_close is not None:
+                on_close()
+
+    async def _pipe(self, response: StreamingResponse, body: Pipe, chunked: bool) -> None:
+        """A stream that pushes itself: each piece is written from the neuron's callback.
+
+        When the client's socket fills up, ``body`` is told to stop (it stops reading from
+        the neuron) until it drains; the flow control is the connection's, so a request
+        pipelined behind this one does not take it over.
+        """
+        transport, flow = self.transport, self.flow
+        drained: asyncio.Task[None] | None = None
+
+        async def until_drained() -> None:
+            nonlocal drained
+            try:
+                await flow.drain()  # uvicorn also sets it when the connection is lost
+            finally:
+                drained = None
+            body.writable(True)
+
+        def held_back() -> None:
+            nonlocal drained
+            if flow.write_paused and drained is None:
+                body.writable(False)
+                drained = asyncio.ensure_future(until_drained())
+
+        def send(data: bytes) -> None:
+            if data and not self.disconnected:
+                transport.write(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
+                held_back()
+
+        try:
+            if self.disconnected:
+                return
+            transport.write(
+                self._head(response, b"transfer-encoding: chunked\r\n" if chunked else b"")
+            )
+            held_back()
+            await body.pipe(send)
+            if self.gone():
+                return
+            if chunked:
+                transport.write(b"0\r\n\r\n")
+            self._complete()
+        finally:
+            if drained is not None:
+                drained.cancel()
             on_close: Callable[[], None] | None = getattr(response, "on_close", None)
             if on_close is not None:
                 on_close()

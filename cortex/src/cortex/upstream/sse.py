@@ -38,18 +38,27 @@ class EventSplitter:
     def __init__(self) -> None:
         self._pending = b""
 
-    def feed(self, chunk: bytes) -> list[bytes]:
-        data = self._pending + chunk
-        end = data.rfind(b"\n\n")
-        if end < 0:
+    def whole(self, chunk: bytes) -> bytes:
+        """The whole events that ``chunk`` completes, as one run of bytes; the rest is held."""
+        data = self._pending + chunk if self._pending else chunk
+        end = data.rfind(b"\n\n") + 2
+        if end == 1:  # no end of an event in it
             self._pending = data
-            return []
-        self._pending = data[end + 2 :]
-        return [e + b"\n\n" for e in data[:end].split(b"\n\n")]
+            return b""
+        if end == len(data):  # the usual case: the chunk ends with its event
+            self._pending = b""
+            return data
+        self._pending = data[end:]
+        return data[:end]
 
     def rest(self) -> bytes:
         rest, self._pending = self._pending, b""
         return rest
+
+
+def split_events(data: bytes) -> list[bytes]:
+    """``data`` (whole events) cut into its events."""
+    return [e + b"\n\n" for e in data[:-2].split(b"\n\n")] if data else []
 
 
 def event_payload(event: bytes) -> Any:

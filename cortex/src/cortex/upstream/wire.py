@@ -17,6 +17,9 @@ What the relay relies on, all of it here:
   the client go and tells vLLM to abort. A complete answer's connection goes back to the pool.
 - Flow control: an answer buffers at most ``HIGH_WATER`` bytes the relay has not taken yet;
   then reading from the neuron pauses until the relay catches up (a slow client).
+- :meth:`Answer.push` hands a stream's pieces on from the connection's own callback instead:
+  no task wakes up, and no future or timer is made, per piece. The relay's streams use it on
+  cortex's own server; flow control is then the caller's (:meth:`Answer.pause`).
 - A neuron named by host name is looked up once per ``resolve_every`` seconds, not once per
   connection: a burst that opens 168 connections asks the resolver once (the lookups share
   one future). A failed connect forgets the addresses, so the next one looks the name up
@@ -95,6 +98,11 @@ class Answer:
         self._done = False
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
+        # Pushed (see push): where the pieces go, and who hears of the end.
+        self._to: Callable[[bytes], None] | None = None
+        self._ended: Callable[[BaseException | None], None] | None = None
+        self._last = 0.0  # when the last piece came, or reading resumed
+        self._timer: asyncio.TimerHandle | None = None
 
     # -- fed by the connection
 
@@ -112,6 +120,10 @@ class Answer:
         return False
 
     def _body(self, data: bytes) -> None:
+        if self._to is not None:
+            self._last = time.monotonic()
+            self._deliver(data)
+            return
         self._chunks.append(data)
         self._buffered += len(data)
         if self._buffered > HIGH_WATER and self._conn is not None:
@@ -122,12 +134,14 @@ class Answer:
         self._done = True
         self._conn = None  # back in the pool (or closed): no longer this answer's
         self._wake()
+        self._end(None)
 
     def _fail(self, error: BaseException) -> None:
         self._conn = None
         if not self._done and self._error is None:
             self._error = error
         self._wake()
+        self._end(error)
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -173,12 +187,92 @@ class Answer:
         return b"".join([piece async for piece in self.iter_any()])
 
     def close(self) -> None:
-        """Drop the connection unless the answer is complete (then it is already pooled)."""
+        """Drop the connection unless the answer is complete (then it is already pooled).
+
+        A pushed answer stops there: ``ended`` is not called.
+        """
+        self._to = self._ended = None
+        if self._timer is not None:
+            self._timer.cancel()
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.drop()
 
     release = close  # an unread answer cannot leave its connection reusable either
+
+    # -- pushed
+
+    def push(
+        self, data: Callable[[bytes], None], ended: Callable[[BaseException | None], None]
+    ) -> None:
+        """From now on, call ``data`` with each piece of the body as it arrives, then ``ended``.
+
+        ``data`` runs inside the connection's ``data_received``; what it raises ends the
+        answer (the connection is dropped). ``ended`` is called once: with None when the
+        answer is complete, else with the error (:class:`ReadTimeout` when nothing came for
+        ``idle`` seconds while not paused, :class:`Broken`, or what ``data`` raised). Pieces
+        buffered before this call go to ``data`` at once.
+        """
+        self._to, self._ended = data, ended
+        self._last = time.monotonic()
+        if self._chunks:
+            pieces = b"".join(self._chunks)
+            self._chunks.clear()
+            self._buffered = 0
+            if self._conn is not None:
+                self._conn.resume()
+            self._deliver(pieces)
+        if self._done:
+            self._end(None)
+        elif self._error is not None:
+            self._end(self._error)
+        elif self._ended is not None:
+            self._timer = self._loop.call_later(self._idle, self._tick)
+
+    def pause(self) -> None:
+        """Stop reading from the neuron (the reader of a pushed answer cannot keep up)."""
+        if self._conn is not None:
+            self._conn.pause()
+
+    def resume(self) -> None:
+        if self._conn is not None:
+            self._last = time.monotonic()  # silence while paused is not the neuron's
+            self._conn.resume()
+
+    def _deliver(self, data: bytes) -> None:
+        assert self._to is not None  # noqa: S101 - only called while pushing
+        try:
+            self._to(data)
+        except Exception as exc:
+            ended = self._ended
+            self.close()
+            if ended is not None:
+                ended(exc)
+
+    def _end(self, error: BaseException | None) -> None:
+        ended = self._ended
+        if ended is None:
+            return
+        self._to = self._ended = None
+        if self._timer is not None:
+            self._timer.cancel()
+        ended(error)
+
+    def _tick(self) -> None:
+        """The idle timer of a pushed answer: one per answer, set again as pieces come."""
+        if self._ended is None:
+            return
+        now = time.monotonic()
+        if self._conn is not None and self._conn.paused:
+            due = now + self._idle
+        else:
+            due = self._last + self._idle
+            if due <= now:
+                ended = self._ended
+                self.close()
+                ended(ReadTimeout(f"nothing for {self._idle:g}s"))
+                return
+        self._timer = self._loop.call_later(due - now, self._tick)
 
 
 def _expire(waiter: asyncio.Future[None], idle: float) -> None:
