@@ -379,12 +379,24 @@ async def _whole(gw: Gateway, call: Call, node: Node, answer: Answer) -> Respons
         answer.release()
     call.usage.add(answer_usage(data))
     gw.leave(call, node, answer.status, None)
-    response = Response(data, status_code=answer.status)  # sets Content-Length only
-    response.raw_headers = [
-        *((n, v) for n, v in answer.raw_headers if n not in NOT_RETURNED),
-        *response.raw_headers,
-    ]
-    return response
+    return Whole(data, answer.status, answer.raw_headers)
+
+
+class Whole(Response):
+    """A whole answer: the neuron's bytes, and its headers less the hop-by-hop ones.
+
+    Starlette's ``Response.__init__`` renders a body and builds headers from a mapping; both
+    are at hand already here, so it is not called (about 1 µs a request).
+    """
+
+    def __init__(self, body: bytes, status: int, raw_headers: list[tuple[bytes, bytes]]) -> None:
+        self.status_code = status
+        self.body = body
+        self.background = None
+        headers = [(n, v) for n, v in raw_headers if n not in NOT_RETURNED]
+        if not (status < 200 or status in (204, 304)):  # as Starlette's Response
+            headers.append((b"content-length", b"%d" % len(body)))
+        self.raw_headers = headers
 
 
 class Events:

@@ -184,7 +184,21 @@ class Answer:
                 await self._wait()
 
     async def read(self) -> bytes:
-        return b"".join([piece async for piece in self.iter_any()])
+        """The whole body (what :meth:`iter_any` gives, without a generator per answer)."""
+        parts: list[bytes] = []
+        while True:
+            if self._chunks:
+                parts.extend(self._chunks)
+                self._chunks.clear()
+                self._buffered = 0
+                if self._conn is not None:
+                    self._conn.resume()
+            elif self._done:
+                return parts[0] if len(parts) == 1 else b"".join(parts)
+            elif self._error is not None:
+                raise self._error
+            else:
+                await self._wait()
 
     def close(self) -> None:
         """Drop the connection unless the answer is complete (then it is already pooled).
