@@ -7,12 +7,13 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 
-from cortex.upstream.wire import ConnectFailed, Upstream
+from cortex.upstream.wire import ConnectFailed, Upstream, host_of
 
 
 class Names:
@@ -142,3 +143,55 @@ async def test_the_system_resolver_is_the_default() -> None:
         base = f"http://localhost:{server.sockets[0].getsockname()[1]}"
         assert await answer_of(client, base) == b"127.0.0.1"
     client.close()
+
+
+@contextlib.contextmanager
+def deaf(address: str, port: int) -> Iterator[None]:
+    """A listener on ``address:port`` whose accept queue is full: Linux drops further SYNs."""
+    with socket.socket() as listener:
+        listener.bind((address, port))
+        listener.listen(0)
+        fillers = [socket.socket() for _ in range(3)]
+        for filler in fillers:
+            filler.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect((address, port))
+        try:
+            yield
+        finally:
+            for filler in fillers:
+                filler.close()
+
+
+async def test_an_address_that_never_answers_gets_a_share_of_the_timeout_then_goes_last() -> None:
+    """A name with two addresses, the first silent (an IPv6 address with no route, say)."""
+
+    async def both(host: str, port: int) -> list[tuple[Any, ...]]:
+        return [
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.2", port)),
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port)),
+        ]
+
+    async with neuron("127.0.0.1", keep_alive=False) as server:
+        port = server.sockets[0].getsockname()[1]
+        with deaf("127.0.0.2", port):
+            client = Upstream(connect_timeout=1, idle_timeout=2, resolver=both)
+            base = f"http://gpu-1:{port}"
+            started = time.monotonic()
+            assert await answer_of(client, base) == b"127.0.0.1"
+            took = time.monotonic() - started
+            assert 0.45 < took < 0.9  # half the connect timeout went to the silent address
+            started = time.monotonic()
+            assert await answer_of(client, base) == b"127.0.0.1"  # a new connection...
+            assert time.monotonic() - started < 0.4  # ...straight to the one that answered
+            assert len(server.seen) == 2
+            client.close()
+
+
+def test_a_looked_up_ipv6_address_keeps_its_scope() -> None:
+    assert host_of(("fe80::1", 13131, 0, 2)) == "fe80::1%2"
+    assert host_of(("2001:db8::1", 13131, 0, 0)) == "2001:db8::1"
+    assert host_of(("10.0.0.7", 13131)) == "10.0.0.7"
+    # ...in the form the resolver reads back when cortex connects to it.
+    [entry] = socket.getaddrinfo("fe80::1%2", 13131, type=socket.SOCK_STREAM)
+    assert entry[4] == ("fe80::1", 13131, 0, 2)

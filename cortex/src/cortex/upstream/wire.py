@@ -23,7 +23,9 @@ What the relay relies on, all of it here:
 - A neuron named by host name is looked up once per ``resolve_every`` seconds, not once per
   connection: a burst that opens 168 connections asks the resolver once (the lookups share
   one future). A failed connect forgets the addresses, so the next one looks the name up
-  again; a failed look-up while old addresses are known keeps using them.
+  again; a failed look-up while old addresses are known keeps using them. Several addresses
+  are tried in turn, each with a share of the connect timeout, and the one that answered is
+  tried first from then on.
 """
 
 from __future__ import annotations
@@ -430,31 +432,43 @@ class _Pool:
             self.idle.popleft().drop()
 
     async def connect(self, limit: float) -> _Connection:
+        """A new connection within ``limit`` seconds, look-up included.
+
+        A name with several addresses (IPv6 and IPv4, say) gets them tried in turn, each
+        with an equal share of what is left of ``limit``, so an address that never answers
+        cannot use up the whole of it. The one that answers is tried first from then on.
+        """
+        deadline = self.loop.time() + limit
         try:
             async with asyncio.timeout(limit):
                 addresses = await self._resolve() if self._named else self._addresses
-                error: OSError | None = None
-                for address in addresses:
-                    try:
-                        _, conn = await self.loop.create_connection(
-                            lambda: _Connection(self),
-                            address,
-                            self.port,
-                            ssl=self.ssl,
-                            server_hostname=self.host if self.ssl else None,
-                        )
-                    except OSError as exc:
-                        error = exc
-                    else:
-                        return conn
-                assert error is not None  # noqa: S101 - a look-up never gives no address
-                raise error
         except TimeoutError:
             raise ConnectTimeout(f"no connection within {limit:g}s") from None
         except OSError as exc:
-            if self._named:
-                self._addresses = []  # look the name up again next time: it may have moved
             raise ConnectFailed(str(exc)) from None
+        error: OSError | TimeoutError | None = None
+        for tried, address in enumerate(addresses):
+            share = (deadline - self.loop.time()) / (len(addresses) - tried)
+            try:
+                async with asyncio.timeout(share):
+                    _, conn = await self.loop.create_connection(
+                        lambda: _Connection(self),
+                        address,
+                        self.port,
+                        ssl=self.ssl,
+                        server_hostname=self.host if self.ssl else None,
+                    )
+            except (OSError, TimeoutError) as exc:
+                error = exc
+                continue
+            if tried and self._addresses is addresses:
+                self._addresses = [address, *(a for a in addresses if a != address)]
+            return conn
+        if self._named:
+            self._addresses = []  # look the name up again next time: it may have moved
+        if isinstance(error, TimeoutError):
+            raise ConnectTimeout(f"no connection within {limit:g}s")
+        raise ConnectFailed(str(error))
 
     async def _resolve(self) -> list[str]:
         if self._addresses and time.monotonic() - self._resolved_at < self._up.resolve_every:
@@ -474,7 +488,7 @@ class _Pool:
                 raise OSError(f"cannot resolve {self.host!r}: {exc}") from None
             log.warning("looking up %s failed (%s); keeping its last addresses", self.host, exc)
         else:
-            addresses = list(dict.fromkeys(str(entry[4][0]) for entry in found))
+            addresses = list(dict.fromkeys(host_of(entry[4]) for entry in found))
             if not addresses:
                 raise OSError(f"cannot resolve {self.host!r}: no address")
             self._addresses = addresses
@@ -486,6 +500,14 @@ class _Pool:
     def close(self) -> None:
         while self.idle:
             self.idle.popleft().drop()
+
+
+def host_of(sockaddr: tuple[Any, ...]) -> str:
+    """The host of a looked-up address, with an IPv6 scope (a link-local address's) kept."""
+    host = str(sockaddr[0])
+    if len(sockaddr) == 4 and sockaddr[3]:
+        return f"{host}%{sockaddr[3]}"
+    return host
 
 
 def _is_address(host: str) -> bool:
