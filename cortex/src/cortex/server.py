@@ -194,7 +194,7 @@ class _DirectCycle(RequestResponseCycle):
             response = await self.direct(self.scope, self.read)  # type: ignore[arg-type]
             if isinstance(response, StreamingResponse):
                 await self._stream(response)  # which ends it, sent or not
-            elif not self.disconnected:
+            elif not self.gone():
                 self._whole(response)
         except asyncio.CancelledError:
             if not self.disconnected:  # cancelled by the server (shutdown): let it through
@@ -210,7 +210,12 @@ class _DirectCycle(RequestResponseCycle):
             self.on_response = lambda: None
 
     def gone(self) -> bool:
-        return self.disconnected
+        """The client has gone, or its connection is closing: nothing more may be written.
+
+        On uvloop a transport whose connection broke is closed a moment before
+        ``connection_lost`` sets ``disconnected``, and a write in between raises.
+        """
+        return self.disconnected or self.transport.is_closing()
 
     def client_gone(self) -> None:
         """The connection closed: stop working on an answer nobody will read."""
@@ -264,7 +269,7 @@ class _DirectCycle(RequestResponseCycle):
             await self._pipe(response, body, chunked)
             return
         try:
-            if self.disconnected:
+            if self.gone():
                 return
             self.transport.write(
                 self._head(response, b"transfer-encoding: chunked\r\n" if chunked else b"")
@@ -312,12 +317,12 @@ class _DirectCycle(RequestResponseCycle):
                 drained = asyncio.ensure_future(until_drained())
 
         def send(data: bytes) -> None:
-            if data and not self.disconnected:
+            if data and not (self.disconnected or transport.is_closing()):
                 transport.write(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
                 held_back()
 
         try:
-            if self.disconnected:
+            if self.gone():
                 return
             transport.write(
                 self._head(response, b"transfer-encoding: chunked\r\n" if chunked else b"")
