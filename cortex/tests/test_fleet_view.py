@@ -79,3 +79,33 @@ async def test_status_prints_the_fleet_as_a_table() -> None:
     assert lines[1].split()[:5] == ["gpu-1", "ready", "1", "4000/24000", "MiB"]
     assert lines[2].split()[:2] == ["gpu-2", "down"]
     assert "m1" in table and "gpu-1 (ready)" in table
+
+
+async def test_routing_follows_each_change_a_poll_brings() -> None:
+    """Routing answers from views kept between changes: each poll must show in the next request."""
+    fake = FakeNeuron("n1")
+    async with cortex(fake) as c:
+
+        async def status() -> int:
+            return (await c.client.post("/v1/chat/completions", json={"model": "m1"})).status_code
+
+        assert await status() == 200
+        fake.models = {"m1": "loading"}
+        await c.poll()
+        assert await status() == 503  # known, not ready anywhere
+        fake.models = {}
+        await c.poll()
+        assert await status() == 404  # nobody has it any more
+        fake.models = {"m1": "ready"}
+        await c.poll()
+        assert await status() == 200
+        fake.health_status = "draining"
+        await c.poll()
+        assert await status() == 503
+        fake.health_status = "ready"
+        await c.poll()
+        assert await status() == 200
+        fake.polls_fail = True
+        await c.poll()
+        await c.poll()  # down after two
+        assert await status() == 404

@@ -18,6 +18,7 @@ async def test_a_neuron_that_cannot_be_reached_is_retried_on_another() -> None:
         # Make the dead one look up and serving (a stale view), and the preferred choice.
         dead = next(n for n in c.gateway.fleet.nodes if n.name == "n1")
         dead.up, dead.models = True, {"m1": {"id": "m1", "status": "ready"}}
+        c.gateway.fleet.changed()
         live = next(n for n in c.gateway.fleet.nodes if n.name == "n2")
         live.in_flight = 5  # so n1 is tried first
         response = await c.client.post(CHAT, json={"model": "m1"})
@@ -34,6 +35,7 @@ async def test_no_reachable_neuron_is_a_502() -> None:
     async with cortex(dead=("n1",)) as c:
         node = c.gateway.fleet.nodes[0]
         node.up, node.models = True, {"m1": {"id": "m1", "status": "ready"}}
+        c.gateway.fleet.changed()
         response = await c.client.post(CHAT, json={"model": "m1"})
         assert response.status_code == 502
         assert response.json()["error"]["code"] == "upstream_error"

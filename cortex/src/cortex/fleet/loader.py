@@ -137,6 +137,7 @@ class Loader:
                 node = self.fleet.node(target.node)
                 self._pending.setdefault(node.name, set()).add(model)
                 node.evicting.update(target.evict)
+                self.fleet.changed()
             try:
                 await self._evict(node, target.evict, "lru")
                 info = await self._send_load(node, entry)
@@ -151,7 +152,9 @@ class Loader:
             finally:
                 self._pending[node.name].discard(model)
                 node.evicting.difference_update(target.evict)
+                self.fleet.changed()
             node.models[model] = info
+            self.fleet.changed()
             node.changed = node.last_used[model] = time.monotonic()
             elapsed = time.monotonic() - began
             self._metrics.cold_starts.labels(model, node.name).inc()
@@ -281,6 +284,7 @@ class Loader:
         """Unload ``model`` from ``node``; False if the neuron did not have it."""
         log.info("unloading %s from %s (%s)", model, node.name, reason)
         node.evicting.add(model)
+        self.fleet.changed()
         try:
             async with self._session.post(
                 node.base + "/models/unload",
@@ -293,8 +297,10 @@ class Loader:
             raise UpstreamError(f"neuron {node.name} could not unload {model}: {exc}") from None
         finally:
             node.evicting.discard(model)
+            self.fleet.changed()
         if response.status == 404:
             node.models.pop(model, None)
+            self.fleet.changed()
             node.changed = time.monotonic()
             return False
         if response.status != 200:
@@ -302,6 +308,7 @@ class Loader:
                 f"neuron {node.name} could not unload {model}: {upstream_message(body)}"
             )
         node.models.pop(model, None)
+        self.fleet.changed()
         node.last_used.pop(model, None)
         node.changed = time.monotonic()
         self._metrics.evictions.labels(model, node.name, reason).inc()
@@ -374,6 +381,7 @@ class Loader:
                 idle = not node.in_use(model_id) and model_id not in node.evicting
                 if ttl and idle and now - last >= ttl:
                     node.evicting.add(model_id)  # out of routing before anything awaits
+                    self.fleet.changed()
                     jobs.append(self._idle_unload(node, model_id, now - last))
         for entry in self.fleet.catalogue.models:
             for name in entry.pinned_on:

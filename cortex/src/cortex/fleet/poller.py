@@ -42,6 +42,14 @@ class Poller:
         self.polled.set()
 
     async def _poll(self, node: Node) -> None:
+        before = _routed(node)
+        try:
+            await self._poll_node(node)
+        finally:
+            if _routed(node) != before:  # a poll that changes nothing keeps routing's views
+                self.fleet.changed()
+
+    async def _poll_node(self, node: Node) -> None:
         asked = time.monotonic()
         ours_before = dict(node.model_in_flight)
         try:
@@ -105,3 +113,8 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, aiohttp.ClientResponseError):
         return f"HTTP {exc.status}"
     return f"{type(exc).__name__}: {exc}"
+
+
+def _routed(node: Node) -> tuple[bool, str, dict[str, Any]]:
+    """What routing reads of ``node`` (see ``Fleet.changed``)."""
+    return node.up, node.status, {m: info.get("status") for m, info in node.models.items()}

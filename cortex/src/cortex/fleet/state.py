@@ -72,14 +72,30 @@ class Node:
 
 @dataclass
 class Fleet:
+    """The nodes, and what routing asks of them.
+
+    :meth:`ready_nodes` and :meth:`knows` run for every request. They answer from views that
+    are built once and kept until :meth:`changed`, so routing costs the same in front of a
+    hundred neurons as in front of one. (A scan of every node cost 31 µs a request with 100
+    nodes, a quarter of cortex's CPU per request.) Whoever changes a node's ``up``,
+    ``health``, ``models`` or ``evicting`` calls :meth:`changed` before anything awaits.
+    """
+
     nodes: list[Node]
     catalogue: Catalogue
     _entries: dict[str, CatalogueModel] = field(init=False, repr=False)
     _by_name: dict[str, Node] = field(init=False, repr=False)
+    _ready: dict[str, list[Node]] = field(init=False, repr=False, default_factory=dict)
+    _reported: frozenset[str] | None = field(init=False, repr=False, default=None)
 
     def __post_init__(self) -> None:
         self._entries = {m.id: m for m in self.catalogue.models}
         self._by_name = {n.name: n for n in self.nodes}
+
+    def changed(self) -> None:
+        """A node's ``up``, ``health``, ``models`` or ``evicting`` changed: rebuild the views."""
+        self._ready.clear()
+        self._reported = None
 
     def entry(self, model: str) -> CatalogueModel | None:
         """The catalogue entry of ``model``, if it has one."""
@@ -97,7 +113,16 @@ class Fleet:
         return [n for n in self.nodes if n.up]
 
     def ready_nodes(self, model: str) -> list[Node]:
-        """Up, not draining, and serving ``model``."""
+        """Up, not draining, and serving ``model`` (a list that is kept: do not change it)."""
+        nodes = self._ready.get(model)
+        if nodes is None:
+            nodes = self.scan(model)
+            if nodes:  # (not kept when empty: any string a client sends would stay here)
+                self._ready[model] = nodes
+        return nodes
+
+    def scan(self, model: str) -> list[Node]:
+        """What :meth:`ready_nodes` answers, from the nodes as they are now."""
         return [
             n
             for n in self.nodes
@@ -109,7 +134,15 @@ class Fleet:
 
     def knows(self, model: str) -> bool:
         """In the catalogue, or reported by some neuron that is up (in any state)."""
-        return model in self._entries or any(model in n.models for n in self.up())
+        if model in self._entries:
+            return True
+        if self._reported is None:
+            self._reported = self.reported()
+        return model in self._reported
+
+    def reported(self) -> frozenset[str]:
+        """Every model some neuron that is up reports, from the nodes as they are now."""
+        return frozenset(model for n in self.nodes if n.up for model in n.models)
 
     def locations(self) -> dict[str, list[dict[str, str]]]:
         """Model id → ``[{"node", "status"}]`` for every model some up neuron reports."""
