@@ -108,13 +108,21 @@ def _spawn(
     return proc, log
 
 
-def start_cortex(upstream: str, work: Path, cpu: int | None) -> Running:
+def start_cortex(upstream: str, work: Path, cpu: int | None, neurons: int = 1) -> Running:
+    """cortex with the fake upstream as its neuron; ``neurons`` > 1 lists it that many times.
+
+    Each entry is a neuron of its own to cortex (polled, routed to, counted), all at the same
+    address: a fleet of that size that serves the benchmark's models everywhere.
+    """
     api, metrics = free_port(), free_port()
     config = work / "cortex.toml"
+    entries = "".join(
+        f'[[neurons]]\nname = "fake{"" if i == 0 else f"-{i + 1}"}"\nendpoint = "{upstream}"\n'
+        for i in range(neurons)
+    )
     config.write_text(
         f'models_config = "{work / "models.toml"}"\nlog_level = "warning"\n'
-        f'[gateway]\nlisten = "127.0.0.1:{api}"\nmetrics_listen = "127.0.0.1:{metrics}"\n'
-        f'[[neurons]]\nname = "fake"\nendpoint = "{upstream}"\n'
+        f'[gateway]\nlisten = "127.0.0.1:{api}"\nmetrics_listen = "127.0.0.1:{metrics}"\n' + entries
     )
     cortex = Path(sys.executable).with_name("cortex")
     if not cortex.exists():
@@ -217,11 +225,14 @@ def start_vllm_router(upstream: str, work: Path, cpu: int | None, root: Path) ->
     return Running("vllm-router", f"http://127.0.0.1:{port}", proc, log, {"argv": " ".join(argv)})
 
 
-def start(name: str, upstream: str, work: Path, cpu: int | None, root: Path) -> Running:
+def start(
+    name: str, upstream: str, work: Path, cpu: int | None, root: Path, neurons: int = 1
+) -> Running:
+    """Start target ``name``; ``neurons`` is how many neurons cortex is given (see above)."""
     if name == "direct":
         return Running("direct", upstream)
     if name == "cortex":
-        return start_cortex(upstream, work, cpu)
+        return start_cortex(upstream, work, cpu, neurons)
     if name == "litellm":
         return start_litellm(upstream, work, cpu, root)
     if name == "vllm-router":

@@ -169,7 +169,9 @@ async def run_one(name: str, round_no: int, args: argparse.Namespace) -> dict[st
     result: dict[str, Any] = {"round": round_no, "target": name}
     try:
         await wait_ready(gateways.Running("upstream", upstream, upstream_proc), 30)
-        running = gateways.start(name, upstream, work, args.gateway_cpu, args.cache_dir)
+        running = gateways.start(
+            name, upstream, work, args.gateway_cpu, args.cache_dir, neurons=args.neurons
+        )
         result["startup_s"] = await wait_ready(running, args.start_timeout)
         pid = running.proc.pid if running.proc else upstream_proc.pid
         # warm up: connections, caches, lazy imports
@@ -268,7 +270,8 @@ def describe(args: argparse.Namespace, names: list[str]) -> list[str]:
         f"gateway pinned to CPU {args.gateway_cpu}, upstream + load on CPU {args.client_cpu}"
         if args.gateway_cpu is not None
         else f"- machine: {os.cpu_count()} CPUs ({cpu}); NOT pinned",
-        f"- cortex: {benchlib.revision('cortex')}",
+        f"- cortex: {benchlib.revision('cortex')}"
+        + (f", given the upstream as {args.neurons} neurons" if args.neurons > 1 else ""),
     ]
     if "litellm" in names:
         lines.append(f"- LiteLLM: {gateways.LITELLM}")
@@ -314,6 +317,9 @@ def main() -> int:
     parser.add_argument("--chunks", type=int, default=100, help="chunks per burst stream")
     parser.add_argument("--chunk-gap-ms", type=float, default=10.0)
     parser.add_argument("--held", type=int, default=5000, help="idle streams held (0: skip)")
+    parser.add_argument(
+        "--neurons", type=int, default=1, help="cortex: list the upstream as this many neurons"
+    )
     parser.add_argument("--start-timeout", type=float, default=120.0)
     parser.add_argument("--json", help="also append the JSON lines to this file")
     parser.add_argument("--cache-dir", type=Path, default=gateways.cache_dir())
