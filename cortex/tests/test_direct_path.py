@@ -150,6 +150,30 @@ async def test_a_client_that_stops_reading_a_stream_pauses_the_neuron_and_loses_
         assert (await c.client.post(CHAT, json={"model": "m1"})).status_code == 200
 
 
+async def test_a_client_that_leaves_while_its_stream_is_held_back_ends_it_upstream() -> None:
+    """A stalled client that then goes away: the held-back stream is dropped at the neuron."""
+    fake = FakeNeuron("n1", chunks=2000, pad=32 * 1024)
+    async with cortex(fake) as c:
+        reader, writer = await asyncio.open_connection("127.0.0.1", c.client.base_url.port)
+        writer.write(post(b'{"model": "m1", "stream": true}'))
+        await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        await asyncio.sleep(0.5)  # held back: the neuron is paused
+        assert fake.streaming == 1 and fake.sent < fake.chunks
+        writer.transport.abort()
+        node = c.gateway.fleet.nodes[0]
+        for _ in range(100):
+            if fake.streaming == 0 and node.in_flight == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert fake.streaming == 0 and fake.sent < fake.chunks  # ended, not run to its end
+        assert node.in_flight == 0
+        assert (
+            'cortex_requests_total{endpoint="/v1/chat/completions",model="m1",node="n1",status="499"} 1.0'
+            in await c.metrics()
+        )
+        assert (await c.client.post(CHAT, json={"model": "m1"})).status_code == 200
+
+
 async def test_the_app_still_relays_over_plain_asgi() -> None:
     """``create_app`` is an ASGI app for any server; only cortex's own skips ASGI."""
     async with cortex(FakeNeuron("n1")) as c:
