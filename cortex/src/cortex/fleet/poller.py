@@ -42,14 +42,6 @@ class Poller:
         self.polled.set()
 
     async def _poll(self, node: Node) -> None:
-        before = _routed(node)
-        try:
-            await self._poll_node(node)
-        finally:
-            if _routed(node) != before:  # a poll that changes nothing keeps routing's views
-                self.fleet.changed()
-
-    async def _poll_node(self, node: Node) -> None:
         asked = time.monotonic()
         ours_before = dict(node.model_in_flight)
         try:
@@ -60,8 +52,13 @@ class Poller:
                 if not node.up or node.discovery is None:
                     node.discovery = await self._get(node, "/discovery")
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            before = _routed(node)
             self._failed(node, exc)
+            self._changed(node, before)
             return
+        # Taken after the last await: a load or unload while the poll travelled has called
+        # Fleet.changed() itself, and is part of this picture.
+        before = _routed(node)
         if not node.up:
             log.info("neuron %s is up (%s)", node.name, node.base)
         node.up, node.failures, node.last_error = True, 0, None
@@ -83,7 +80,12 @@ class Poller:
                 )
                 > 0
             }
+        self._changed(node, before)
         self._metrics.observe_node(node)
+
+    def _changed(self, node: Node, before: tuple[bool, str, dict[str, Any]]) -> None:
+        if _routed(node) != before:  # a poll that changes nothing keeps routing's views
+            self.fleet.changed()
 
     async def _get(self, node: Node, path: str) -> Any:
         async with self._session.get(node.base + path, headers=node.headers()) as response:
