@@ -172,12 +172,7 @@ class Answer:
         """The body as it arrives: whatever is buffered, joined, each time."""
         while True:
             if self._chunks:
-                data = self._chunks.popleft() if len(self._chunks) == 1 else b"".join(self._chunks)
-                self._chunks.clear()
-                self._buffered = 0
-                if self._conn is not None:
-                    self._conn.resume()
-                yield data
+                yield self._take()
             elif self._done:
                 return
             elif self._error is not None:
@@ -190,17 +185,22 @@ class Answer:
         parts: list[bytes] = []
         while True:
             if self._chunks:
-                parts.extend(self._chunks)
-                self._chunks.clear()
-                self._buffered = 0
-                if self._conn is not None:
-                    self._conn.resume()
+                parts.append(self._take())
             elif self._done:
                 return parts[0] if len(parts) == 1 else b"".join(parts)
             elif self._error is not None:
                 raise self._error
             else:
                 await self._wait()
+
+    def _take(self) -> bytes:
+        """Everything buffered, joined; reading resumes if it paused for the buffer."""
+        data = self._chunks.popleft() if len(self._chunks) == 1 else b"".join(self._chunks)
+        self._chunks.clear()
+        self._buffered = 0
+        if self._conn is not None:
+            self._conn.resume()
+        return data
 
     def close(self) -> None:
         """Drop the connection unless the answer is complete (then it is already pooled).
@@ -232,12 +232,7 @@ class Answer:
         self._to, self._ended = data, ended
         self._last = time.monotonic()
         if self._chunks:
-            pieces = b"".join(self._chunks)
-            self._chunks.clear()
-            self._buffered = 0
-            if self._conn is not None:
-                self._conn.resume()
-            self._deliver(pieces)
+            self._deliver(self._take())
         if self._done:
             self._end(None)
         elif self._error is not None:
@@ -260,10 +255,14 @@ class Answer:
         try:
             self._to(data)
         except Exception as exc:
-            ended = self._ended
-            self.close()
-            if ended is not None:
-                ended(exc)
+            self._abort(exc)
+
+    def _abort(self, error: BaseException) -> None:
+        """End a pushed answer on cortex's side: drop the connection, then report ``error``."""
+        ended = self._ended
+        self.close()
+        if ended is not None:
+            ended(error)
 
     def _end(self, error: BaseException | None) -> None:
         ended = self._ended
@@ -284,9 +283,7 @@ class Answer:
         else:
             due = self._last + self._idle
             if due <= now:
-                ended = self._ended
-                self.close()
-                ended(ReadTimeout(f"nothing for {self._idle:g}s"))
+                self._abort(ReadTimeout(f"nothing for {self._idle:g}s"))
                 return
         self._timer = self._loop.call_later(due - now, self._tick)
 
