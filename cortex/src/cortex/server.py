@@ -265,34 +265,38 @@ class _DirectCycle(RequestResponseCycle):
         if not chunked:  # HTTP/1.0 has no chunked encoding: the end of the stream closes
             self.keep_alive = False
         body: Any = response.body_iterator
-        if hasattr(body, "pipe"):
-            await self._pipe(response, body, chunked)
-            return
+        pushed = hasattr(body, "pipe")
         try:
             if self.gone():
                 return
             self.transport.write(
                 self._head(response, b"transfer-encoding: chunked\r\n" if chunked else b"")
             )
-            async for piece in body:
-                if not piece:
-                    continue
-                if self.flow.write_paused:
-                    await self.flow.drain()
-                if self.gone():  # (a call: mypy would keep the check above's narrowing)
-                    return
-                data = piece if isinstance(piece, bytes) else piece.encode()
-                self.transport.write(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
+            if pushed:
+                await self._pipe(body, chunked)
+            else:
+                async for piece in body:
+                    if not piece:
+                        continue
+                    if self.flow.write_paused:
+                        await self.flow.drain()
+                    if self.gone():
+                        return
+                    data = piece if isinstance(piece, bytes) else piece.encode()
+                    self.transport.write(_framed(data, chunked))
+            if self.gone():
+                return
             if chunked:
                 self.transport.write(b"0\r\n\r\n")
             self._complete()
         finally:
-            await body.aclose()
+            if not pushed:
+                await body.aclose()
             on_close: Callable[[], None] | None = getattr(response, "on_close", None)
             if on_close is not None:
                 on_close()
 
-    async def _pipe(self, response: StreamingResponse, body: Pipe, chunked: bool) -> None:
+    async def _pipe(self, body: Pipe, chunked: bool) -> None:
         """A stream that pushes itself: each piece is written from the neuron's callback.
 
         When the client's socket fills up, ``body`` is told to stop (it stops reading from
@@ -317,29 +321,16 @@ class _DirectCycle(RequestResponseCycle):
                 drained = asyncio.ensure_future(until_drained())
 
         def send(data: bytes) -> None:
-            if data and not (self.disconnected or transport.is_closing()):
-                transport.write(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
+            if data and not self.gone():
+                transport.write(_framed(data, chunked))
                 held_back()
 
+        held_back()
         try:
-            if self.gone():
-                return
-            transport.write(
-                self._head(response, b"transfer-encoding: chunked\r\n" if chunked else b"")
-            )
-            held_back()
             await body.pipe(send)
-            if self.gone():
-                return
-            if chunked:
-                transport.write(b"0\r\n\r\n")
-            self._complete()
         finally:
             if drained is not None:
                 drained.cancel()
-            on_close: Callable[[], None] | None = getattr(response, "on_close", None)
-            if on_close is not None:
-                on_close()
 
     def _complete(self) -> None:
         self.response_complete = True
@@ -347,6 +338,11 @@ class _DirectCycle(RequestResponseCycle):
         if not self.keep_alive:
             self.transport.close()
         self.on_response()
+
+
+def _framed(data: bytes, chunked: bool) -> bytes:
+    """One piece of a streamed body as it goes on the wire (a chunk, unless HTTP/1.0)."""
+    return b"%x\r\n%s\r\n" % (len(data), data) if chunked else data
 
 
 class _Server(uvicorn.Server):
