@@ -25,7 +25,7 @@ def routing_views_are_never_stale(monkeypatch: pytest.MonkeyPatch) -> Iterator[N
 
     def checked_knows(fleet: Fleet, model: str) -> bool:
         kept = knows(fleet, model)
-        fresh = model in fleet._entries or model in fleet.reported()
+        fresh = fleet.entry(model) is not None or model in fleet.reported()
         assert kept == fresh, f"stale view of whether {model!r} is known"
         return kept
 
