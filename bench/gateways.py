@@ -108,11 +108,18 @@ def _spawn(
     return proc, log
 
 
-def start_cortex(upstream: str, work: Path, cpu: int | None, neurons: int = 1) -> Running:
+def start_cortex(
+    upstream: str,
+    work: Path,
+    cpu: int | None,
+    neurons: int = 1,
+    env: dict[str, str] | None = None,
+) -> Running:
     """cortex with the fake upstream as its neuron; ``neurons`` > 1 lists it that many times.
 
     Each entry is a neuron of its own to cortex (polled, routed to, counted), all at the same
-    address: a fleet of that size that serves the benchmark's models everywhere.
+    address: a fleet of that size that serves the benchmark's models everywhere. ``env`` is
+    added to cortex's environment.
     """
     api, metrics = free_port(), free_port()
     config = work / "cortex.toml"
@@ -127,7 +134,7 @@ def start_cortex(upstream: str, work: Path, cpu: int | None, neurons: int = 1) -
     cortex = Path(sys.executable).with_name("cortex")
     if not cortex.exists():
         cortex = REPO / ".venv" / "bin" / "cortex"
-    proc, log = _spawn("cortex", [str(cortex), "serve", "--config", str(config)], work, cpu)
+    proc, log = _spawn("cortex", [str(cortex), "serve", "--config", str(config)], work, cpu, env)
     return Running("cortex", f"http://127.0.0.1:{api}", proc, log, {"config": str(config)})
 
 
