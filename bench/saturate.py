@@ -47,6 +47,7 @@ from benchlib import (
     free_port,
     new_loop,
     pin,
+    results_file,
     revision,
 )
 from gateways import VLLM_ROUTER, Running, cache_dir, ensure_venv, start_cortex, start_vllm_router
@@ -315,7 +316,7 @@ def main() -> int:
         stderr=subprocess.DEVNULL,
         preexec_fn=pin(0),
     )
-    out = open(args.json, "a") if args.json else None
+    out = results_file(args.json)
     rows: list[dict[str, Any]] = []
     begun = time.monotonic()
     try:
