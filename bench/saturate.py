@@ -191,7 +191,14 @@ def start(name: str, upstream: str, work: Path, root: Path) -> Running:
         port = free_port()
         floor = REPO / "bench" / "burst_floor.py"
         argv = [sys.executable, str(floor), "serve", "relay", str(port), upstream.rsplit(":", 1)[1]]
-        proc = subprocess.Popen(argv, preexec_fn=pin(1), start_new_session=True)
+        # (it reports each connection wrk drops mid-answer at the end of a run: not ours)
+        proc = subprocess.Popen(
+            argv,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=pin(1),
+            start_new_session=True,
+        )
         return Running("relay", f"http://127.0.0.1:{port}", proc)
     raise SystemExit(f"unknown target {name!r}: direct, relay, cortex, cortex@REV, vllm-router")
 
