@@ -290,7 +290,7 @@ def table(rows: list[dict[str, Any]], names: list[str]) -> str:
         ("its core busy, %", "core_busy_pct", "{:.0f}"),
         ("latency p50, ms", "latency_p50_ms", "{:.2f}"),
         ("latency p99, ms", "latency_p99_ms", "{:.2f}"),
-        ("non-2xx answers + socket errors", "failures", "{:d}"),
+        ("non-2xx answers + socket errors", "failures", "{:.0f}"),
     ):
         lines.append(f"| {label} | " + " | ".join(of(n, key, fmt) for n in names) + " |")
     return "\n".join(lines)
