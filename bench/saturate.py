@@ -1,17 +1,17 @@
 """CPU per request with the gateway's one core saturated: wrk against each target, in turn.
 
-``sidebyside.py`` drives its load from Python (aiohttp) on CPU 0, next to the fake upstream.
-On a slow machine that side runs out of CPU first, so a gateway on CPU 1 is not kept busy,
-and its CPU per request then includes the cost of waking up for little work. Here the load
-comes from wrk (C, one thread), which needs a fraction of the CPU per request, so the
-gateway's core is full and CPU per request is what a busy gateway spends.
+``sidebyside.py`` drives its load from Python (aiohttp) on CPU 0, next to its aiohttp
+upstream. On a slow machine that side runs out of CPU first, so a gateway on CPU 1 is not kept
+busy, and its CPU per request then includes the cost of waking up for little work. Here the
+load comes from wrk (C, one thread) and the upstream answers from bytes built in advance
+(httptools), so the gateway's core is full and CPU per request is what a busy gateway spends.
 
-Targets: ``direct`` (wrk at the upstream), ``relay`` (the minimal relay of
-``burst_floor.py``: what relaying costs in Python with nothing else done), ``cortex`` (this checkout), ``cortex@REV`` (cortex
-as of git revision REV, from a worktree under the cache folder; the same ``.venv`` runs it,
-with that revision's ``cortex/src`` first on ``PYTHONPATH``), ``vllm-router``. Comparing two
-revisions of cortex in one run is the point of ``cortex@REV``: rounds alternate, so a slow
-minute on a shared machine lands on both.
+Targets: ``direct`` (wrk at the upstream); ``relay`` (the minimal relay of ``burst_floor.py``:
+what relaying costs in Python with nothing else done); ``cortex`` (this checkout);
+``cortex@REV`` (cortex as of git revision REV, from a worktree under the cache folder, run by
+the same ``.venv`` with that revision's ``cortex/src`` first on ``PYTHONPATH``);
+``vllm-router``. Comparing two revisions of cortex in one run is the point of ``cortex@REV``:
+rounds alternate, so a slow minute on a shared machine lands on both.
 
     .venv/bin/python bench/saturate.py                                # direct, cortex, vllm-router
     .venv/bin/python bench/saturate.py --targets cortex@HEAD~1,cortex --rounds 6
