@@ -60,14 +60,12 @@ def content_of(index: int) -> str:
 # ---------------------------------------------------------------- the fake upstream
 
 
-def upstream_app(chunks: int, gap: float) -> web.Application:
-    """An OpenAI + neuron-contract server whose answers cost as little as possible."""
-    created = int(time.time())
-    stats = {"requests": 0, "streams": 0, "open_streams": 0}
-    release = [asyncio.Event()]
+def json_bodies(created: int) -> dict[tuple[str, str], Any]:
+    """The fake upstream's JSON answers by ``(method, path)``: the non-streaming chat answer
+    and the neuron and OpenAI read endpoints (``saturate.py``'s upstream sends the same)."""
     models = [MODEL, HOLD_MODEL]
-    answer = json.dumps(
-        {
+    return {
+        ("POST", "/v1/chat/completions"): {
             "id": "chatcmpl-bench",
             "object": "chat.completion",
             "created": created,
@@ -81,8 +79,30 @@ def upstream_app(chunks: int, gap: float) -> web.Application:
                 }
             ],
             "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6},
-        }
-    ).encode()
+        },
+        ("GET", "/health"): {"status": "ready", "devices": []},
+        ("GET", "/models"): [
+            {"id": m, "harness": "vllm", "status": "ready", "in_flight": 0} for m in models
+        ],
+        ("GET", "/discovery"): {"hostname": "fake", "devices": []},
+        ("GET", "/v1/models"): {
+            "object": "list",
+            "data": [
+                {"id": m, "object": "model", "created": created, "owned_by": "bench"}
+                for m in models
+            ],
+        },
+    }
+
+
+def upstream_app(chunks: int, gap: float) -> web.Application:
+    """An OpenAI + neuron-contract server whose answers cost as little as possible."""
+    created = int(time.time())
+    stats = {"requests": 0, "streams": 0, "open_streams": 0}
+    release = [asyncio.Event()]
+    models = [MODEL, HOLD_MODEL]
+    bodies = json_bodies(created)
+    answer = json.dumps(bodies["POST", "/v1/chat/completions"]).encode()
 
     def event(model: str, delta: dict[str, Any], finish: str | None = None) -> bytes:
         body = {
@@ -109,22 +129,11 @@ def upstream_app(chunks: int, gap: float) -> web.Application:
 
     prepared = {m: events(m) for m in models}
 
-    async def health(request: web.Request) -> web.Response:
-        return web.json_response({"status": "ready", "devices": []})
+    def reader(path: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def read(request: web.Request) -> web.Response:
+            return web.json_response(bodies["GET", path])
 
-    async def neuron_models(request: web.Request) -> web.Response:
-        return web.json_response(
-            [{"id": m, "harness": "vllm", "status": "ready", "in_flight": 0} for m in models]
-        )
-
-    async def discovery(request: web.Request) -> web.Response:
-        return web.json_response({"hostname": "fake", "devices": []})
-
-    async def openai_models(request: web.Request) -> web.Response:
-        data = [
-            {"id": m, "object": "model", "created": created, "owned_by": "bench"} for m in models
-        ]
-        return web.json_response({"object": "list", "data": data})
+        return read
 
     async def bench_stats(request: web.Request) -> web.Response:
         return web.json_response(stats)
@@ -169,10 +178,9 @@ def upstream_app(chunks: int, gap: float) -> web.Application:
         return response
 
     app = web.Application()
-    app.router.add_get("/health", health)
-    app.router.add_get("/models", neuron_models)
-    app.router.add_get("/discovery", discovery)
-    app.router.add_get("/v1/models", openai_models)
+    for method, path in bodies:
+        if method == "GET":
+            app.router.add_get(path, reader(path))
     app.router.add_get("/bench/stats", bench_stats)
     app.router.add_post("/bench/release", bench_release)
     app.router.add_post("/v1/chat/completions", chat)

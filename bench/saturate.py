@@ -37,14 +37,13 @@ from typing import Any
 
 from benchlib import (
     API_KEY,
-    HOLD_MODEL,
-    MODEL,
     REPO,
     cell,
     chat_body,
     cpu_model,
     cpu_seconds,
     free_port,
+    json_bodies,
     new_loop,
     pin,
     results_file,
@@ -57,43 +56,11 @@ UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
 
 def upstream_answers() -> dict[tuple[bytes, bytes], bytes]:
     """What the fast upstream sends, whole, for each ``(method, path)``: benchlib's bodies."""
-    created = int(time.time())
-    chat = {
-        "id": "chatcmpl-bench",
-        "object": "chat.completion",
-        "created": created,
-        "model": MODEL,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": "hello"},
-                "logprobs": None,
-                "finish_reason": "stop",
-            }
-        ],
-        "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6},
-    }
-    models = [MODEL, HOLD_MODEL]
-    bodies: dict[tuple[bytes, bytes], Any] = {
-        (b"POST", b"/v1/chat/completions"): chat,
-        (b"GET", b"/health"): {"status": "ready", "devices": []},
-        (b"GET", b"/models"): [
-            {"id": m, "harness": "vllm", "status": "ready", "in_flight": 0} for m in models
-        ],
-        (b"GET", b"/discovery"): {"hostname": "fake", "devices": []},
-        (b"GET", b"/v1/models"): {
-            "object": "list",
-            "data": [
-                {"id": m, "object": "model", "created": created, "owned_by": "bench"}
-                for m in models
-            ],
-        },
-    }
     answers = {}
-    for key, value in bodies.items():
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n"
+    for (method, path), value in json_bodies(int(time.time())).items():
         body = json.dumps(value).encode()
-        head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n"
-        answers[key] = head % len(body) + body
+        answers[method.encode(), path.encode()] = head % len(body) + body
     return answers
 
 
