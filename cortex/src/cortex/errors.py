@@ -142,7 +142,7 @@ def upstream_message(body: bytes) -> str:
     """What a neuron's error answer says: its envelope's ``message``, else the body's start."""
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         data = None
     error = data.get("error") if isinstance(data, dict) else None
     message = error.get("message") if isinstance(error, dict) else None

@@ -446,7 +446,7 @@ def _want(entry: CatalogueModel) -> Want:
 
 
 def _json(body: bytes) -> dict[str, Any]:
-    with contextlib.suppress(ValueError):
+    with contextlib.suppress(ValueError, RecursionError):
         data = json.loads(body)
         if isinstance(data, dict):
             return data

@@ -68,6 +68,10 @@ def parse_object(body: bytes) -> dict[str, Any]:
         raise BadRequest(
             f"request body is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
         ) from None
+    except RecursionError:  # the C decoder's own depth check: ``[`` a hundred thousand times
+        raise BadRequest("request body is not valid JSON: nested too deeply") from None
+    except ValueError as exc:  # an integer past sys.get_int_max_str_digits()
+        raise BadRequest(f"request body is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise BadRequest(f"request body must be a JSON object, not {type(value).__name__}")
     return value

@@ -69,7 +69,7 @@ def event_payload(event: bytes) -> Any:
             if data.startswith(b"{"):
                 try:
                     return json.loads(data)
-                except ValueError:
+                except (ValueError, RecursionError):
                     return None
     return None
 
@@ -89,7 +89,7 @@ def answer_usage(data: bytes) -> Any:
             try:
                 text = rest[1:].decode()
                 return _DECODER.raw_decode(text, len(text) - len(text.lstrip()))[0]
-            except ValueError:  # also UnicodeDecodeError
+            except (ValueError, RecursionError):  # also UnicodeDecodeError
                 return None
         at = data.rfind(USAGE, 0, at)
     return None
