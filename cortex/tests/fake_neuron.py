@@ -48,6 +48,10 @@ class FakeNeuron:
     unloads: list[str] = field(default_factory=list)
     in_flight: dict[str, int] = field(default_factory=dict)
     """Reported per model in ``/models`` (requests from clients other than this cortex)."""
+    crlf: bool = False
+    """Frame stream events with CRLF line ends (``\\r\\n\\r\\n`` between events)."""
+    prompt_tokens: int = 3
+    """What answers report as their usage's prompt tokens (a broken neuron's may be < 0)."""
 
     def app(self) -> Starlette:
         return Starlette(
@@ -157,15 +161,16 @@ class FakeNeuron:
         if not body.get("stream"):
             await asyncio.sleep(self.answer_delay)
             usage = {
-                "prompt_tokens": 3,
+                "prompt_tokens": self.prompt_tokens,
                 "completion_tokens": self.chunks,
                 "total_tokens": 3 + self.chunks,
             }
             return JSONResponse({"object": "chat.completion", "node": self.name, "usage": usage})
         anthropic = request.url.path.startswith("/v1/messages")
         usage_wanted = (body.get("stream_options") or {}).get("include_usage")
+        events = self.events(anthropic, bool(usage_wanted))
         return StreamingResponse(
-            self.events(anthropic, bool(usage_wanted)), media_type="text/event-stream"
+            _crlf(events) if self.crlf else events, media_type="text/event-stream"
         )
 
     async def events(self, anthropic: bool, usage: bool) -> AsyncIterator[bytes]:
@@ -192,7 +197,7 @@ class FakeNeuron:
                 yield b'event: message_stop\ndata: {"type": "message_stop"}\n\n'
                 return
             if usage:
-                total = {"prompt_tokens": 3, "completion_tokens": self.chunks}
+                total = {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.chunks}
                 yield f"data: {json.dumps({'choices': [], 'usage': total})}\n\n".encode()
             yield b"data: [DONE]\n\n"
         except asyncio.CancelledError:
@@ -200,3 +205,8 @@ class FakeNeuron:
             raise
         finally:
             self.streaming -= 1
+
+
+async def _crlf(events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    async for event in events:
+        yield event.replace(b"\n", b"\r\n")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,9 +22,11 @@ class Usage:
             return
         prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
         completion = usage.get("completion_tokens", usage.get("output_tokens"))
-        if isinstance(prompt, int) and prompt:
+        # Counts feed Prometheus counters, which raise on a negative increment: a neuron's
+        # junk (a negative, a float, a bool) is left out, never allowed to fail the request.
+        if type(prompt) is int and prompt > 0:
             self.prompt = prompt
-        if isinstance(completion, int) and completion:
+        if type(completion) is int and completion > 0:
             self.completion = completion
 
 
@@ -32,7 +35,9 @@ class EventSplitter:
 
     The relay forwards whole events only: a partial event is held until its end arrives
     (it is useless to a client anyway), which lets one event be inspected or dropped
-    without ever re-serialising it.
+    without ever re-serialising it. A blank line is ``\\n\\n``, ``\\r\\n\\r\\n`` or
+    ``\\r\\r``: SSE allows all three line ends, and a server framing with CRLF must not
+    have its stream held back until it ends.
     """
 
     def __init__(self) -> None:
@@ -41,13 +46,13 @@ class EventSplitter:
     def whole(self, chunk: bytes) -> bytes:
         """The whole events that ``chunk`` completes, as one run of bytes; the rest is held."""
         data = self._pending + chunk if self._pending else chunk
-        end = data.rfind(b"\n\n") + 2
-        if end == 1:  # no end of an event in it
-            self._pending = data
-            return b""
-        if end == len(data):  # the usual case: the chunk ends with its event
+        if data.endswith(b"\n\n"):  # the usual case: the chunk ends with its event
             self._pending = b""
             return data
+        end = last_end(data)
+        if end == 0:  # no end of an event in it
+            self._pending = data
+            return b""
         self._pending = data[end:]
         return data[:end]
 
@@ -56,14 +61,28 @@ class EventSplitter:
         return rest
 
 
+BLANK_LINES = (b"\n\n", b"\r\n\r\n", b"\r\r")
+_EVENT = re.compile(rb".*?(?:\r\n\r\n|\n\n|\r\r)", re.DOTALL)
+
+
+def last_end(data: bytes) -> int:
+    """Where the last whole event in ``data`` ends (0: none does)."""
+    end = 0
+    for blank in BLANK_LINES:
+        at = data.rfind(blank)
+        if at >= 0:
+            end = max(end, at + len(blank))
+    return end
+
+
 def split_events(data: bytes) -> list[bytes]:
-    """``data`` (whole events) cut into its events."""
-    return [e + b"\n\n" for e in data[:-2].split(b"\n\n")] if data else []
+    """``data`` (whole events) cut into its events, each with its own blank line."""
+    return [match.group() for match in _EVENT.finditer(data)]
 
 
 def event_payload(event: bytes) -> Any:
     """The JSON of an event's ``data:`` line, or None."""
-    for line in event.split(b"\n"):
+    for line in event.splitlines():
         if line.startswith(b"data:"):
             data = line[5:].strip()
             if data.startswith(b"{"):
