@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
+from scripted import ok, read_request, scripted
 
 from cortex.upstream.wire import (
     HIGH_WATER,
@@ -17,43 +17,6 @@ from cortex.upstream.wire import (
     ReadTimeout,
     Upstream,
 )
-
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
-async def read_request(reader: asyncio.StreamReader) -> bytes:
-    head = await reader.readuntil(b"\r\n\r\n")
-    length = next(
-        int(line.split(b":")[1])
-        for line in head.split(b"\r\n")
-        if line.lower().startswith(b"content-length:")
-    )
-    return head + await reader.readexactly(length)
-
-
-@contextlib.asynccontextmanager
-async def scripted(handler: Handler) -> AsyncIterator[str]:
-    """A server running ``handler`` per connection; every connection is closed at the end."""
-    tasks: set[asyncio.Task[None]] = set()
-
-    async def run(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        tasks.add(asyncio.current_task())  # type: ignore[arg-type]
-        try:
-            await handler(reader, writer)
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(run, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    async with server:
-        yield f"http://127.0.0.1:{port}"
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-
-def ok(body: bytes) -> bytes:
-    return b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
 
 
 async def test_a_kept_alive_connection_the_neuron_closed_is_replaced_unseen() -> None:
@@ -150,7 +113,7 @@ async def test_an_informational_head_is_skipped() -> None:
     [
         (b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhalf", Broken, "mid-answer"),
         (b"SMTP ready\r\n\r\n", Broken, "not HTTP"),
-        (b"", ConnectFailed, "without answering"),
+        (b"", Broken, "without answering"),
     ],
 )
 async def test_broken_answers(reply: bytes, error: type[Exception], message: str) -> None:

@@ -4,8 +4,10 @@ Only ``model`` and ``stream`` are read from the body (plus ``stream_options`` fo
 streams, see below); the body goes upstream unchanged otherwise. Answers stream back as
 they arrive, in whole SSE events, never re-serialised.
 
-- Before the first byte reaches the client, a connection failure (or a neuron that says
-  it is shutting down) is retried once on the next neuron serving the model.
+- Before the first byte reaches the client, a request that provably never reached the
+  neuron (no connection; see :mod:`cortex.upstream.wire`), or that the neuron refused with
+  503 (it is shutting down), is retried once on the next neuron serving the model. Nothing
+  else is: a neuron that took the request may be running it.
 - After the first byte, a failure becomes one in-band error event in the stream's own
   format, then the stream ends.
 - A client that goes away cancels the relay; the upstream connection is closed, which the

@@ -7,9 +7,11 @@ of CPU per request and a bare client on httptools 0.053 ms: aiohttp was over hal
 What the relay relies on, all of it here:
 
 - :class:`ConnectTimeout` / :class:`ConnectFailed`: no connection, so nothing was sent and
-  another neuron may be tried. A connection the neuron closes before any byte of the answer
-  counts as this too (as it did with aiohttp). A kept-alive connection that turns out to be
-  closed already is replaced by a fresh one once, without the caller seeing it.
+  another neuron may be tried. These are the only errors that prove the request was not
+  delivered. A kept-alive connection that the neuron closes before any byte of the answer
+  (its keep-alive timeout firing as cortex reuses it) is replaced by a fresh one once,
+  without the caller seeing it; a fresh connection closed that way is :class:`Broken`: the
+  neuron had the whole request and may be running it, so it must not be sent again.
 - :class:`ReadTimeout` (a ``TimeoutError``): connected, and nothing arrived for
   ``idle_timeout`` seconds, for the head or between two pieces of the body.
 - :class:`Broken`: the answer broke off, or was not HTTP.
@@ -64,7 +66,7 @@ class WireError(Exception):
 
 
 class ConnectFailed(WireError):
-    """No connection (or it closed before the answer began): nothing reached the neuron."""
+    """No connection: nothing reached the neuron, so another one may be asked."""
 
 
 class ConnectTimeout(ConnectFailed):
@@ -308,6 +310,8 @@ class _Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self.delimited = True
         self.informational = False  # a 1xx head: the real answer follows it
+        self.finished = False  # the answer is complete; pooled once the read is parsed
+        self.stray = False  # a message nobody asked for began: never reuse the connection
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -323,6 +327,17 @@ class _Connection(asyncio.Protocol):
             self.drop()
             if answer is not None:
                 answer._fail(Broken(f"the neuron's answer is not HTTP: {exc}"))
+            return
+        if self.finished:
+            # Only now, with the whole read parsed: bytes after the answer (a second answer
+            # in the same read) would otherwise complete another message and pool the
+            # connection twice, and two requests would share it and swap answers.
+            self.finished = False
+            if self.stray or not (self.keep_alive and self.delimited and self.alive):
+                self.drop()
+            else:
+                self.resume()
+                self.pool.put(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.alive = False
@@ -339,9 +354,11 @@ class _Connection(asyncio.Protocol):
     # -- httptools callbacks
 
     def on_message_begin(self) -> None:
-        if self.answer is not None:
-            self.answer._begun = True
-            self.answer.raw_headers = []
+        if self.answer is None:
+            self.stray = True
+            return
+        self.answer._begun = True
+        self.answer.raw_headers = []
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.answer is not None:
@@ -366,13 +383,11 @@ class _Connection(asyncio.Protocol):
         if self.informational:
             return
         answer, self.answer = self.answer, None
-        if self.keep_alive and self.delimited:
-            self.resume()
-            self.pool.put(self)
-        else:
-            self.drop()
-        if answer is not None:
-            answer._complete()
+        if answer is None:  # the end of a stray message: nobody's
+            self.stray = True
+            return
+        self.finished = True
+        answer._complete()
 
     # -- flow control and the end
 
@@ -558,7 +573,9 @@ class Upstream:
                 if reused:  # closed by the neuron while idle, as we sent: once more, fresh
                     conn = None
                     continue
-                raise ConnectFailed("the neuron closed the connection without answering") from None
+                # A fresh connection took the whole request: the neuron may be running it,
+                # so this is no ConnectFailed (which the relay would send elsewhere again).
+                raise Broken("the neuron closed the connection without answering") from None
             except BaseException:
                 answer.close()
                 raise
