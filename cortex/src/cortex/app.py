@@ -63,15 +63,23 @@ class Gateway:
         call.node = node.name
         self.metrics.in_flight.labels(call.label, node.name).inc()
 
-    def leave(self, call: Call, node: Node, status: int, reason: str | None) -> None:
-        """End one attempt of ``call`` on ``node`` with ``status`` (and an error reason)."""
+    def leave(
+        self, call: Call, node: Node, status: int, reason: str | None, *, retried: bool = False
+    ) -> None:
+        """End one attempt of ``call`` on ``node`` with ``status`` (and an error reason).
+
+        ``cortex_requests_total`` counts what the client got, once: an attempt that is
+        ``retried`` on another neuron is not counted there, only (by ``reason``) in
+        ``cortex_request_errors_total``, which counts failed attempts.
+        """
         node.in_flight -= 1
         node.model_in_flight[call.model] -= 1
         now = time.monotonic()
         node.last_used[call.model] = now
         m = self.metrics
         m.in_flight.labels(call.label, node.name).dec()
-        m.requests.labels(call.label, node.name, call.path, str(status)).inc()
+        if not retried:
+            m.requests.labels(call.label, node.name, call.path, str(status)).inc()
         if reason:
             m.errors.labels(call.label, node.name, reason).inc()
             return

@@ -46,7 +46,8 @@ class CortexMetrics:
         self.requests = Remembered(
             Counter(
                 "cortex_requests",
-                "Requests by model, neuron, endpoint and HTTP status.",
+                "Client requests by model, neuron, endpoint and the HTTP status the client got"
+                " (once per request: a retried attempt is not counted).",
                 ["model", "node", "endpoint", "status"],
                 registry=r,
             )
@@ -54,7 +55,7 @@ class CortexMetrics:
         self.errors = Remembered(
             Counter(
                 "cortex_request_errors",
-                "Requests that failed on cortex's side of the wire, by reason.",
+                "Attempts that failed on cortex's side of the wire, by reason (retried ones too).",
                 ["model", "node", "reason"],
                 registry=r,
             )

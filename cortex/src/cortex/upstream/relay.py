@@ -333,7 +333,7 @@ async def _open(
                 node.base, call.path, body, {**headers, **node.headers()}
             )
         except ConnectTimeout:
-            gw.leave(call, node, 504, "connect_timeout")
+            gw.leave(call, node, 504, "connect_timeout", retried=not last)
             error = UpstreamTimeout(f"neuron {node.name} did not accept a connection in time")
             continue
         except TimeoutError:
@@ -344,7 +344,7 @@ async def _open(
                 f"neuron {node.name} sent nothing for {gw.settings.gateway.idle_timeout:g}s"
             ) from None
         except ConnectFailed as exc:
-            gw.leave(call, node, 502, "connect_failed")
+            gw.leave(call, node, 502, "connect_failed", retried=not last)
             log.warning("neuron %s unreachable for %s: %s", node.name, call.model, exc)
             error = UpstreamError(f"neuron {node.name} could not be reached: {exc}")
             continue
@@ -357,7 +357,7 @@ async def _open(
         if answer.status == 503 and not last:
             # Stale view (it is draining, or just unloaded the model): try the next one.
             answer.release()
-            gw.leave(call, node, 503, "neuron_unavailable")
+            gw.leave(call, node, 503, "neuron_unavailable", retried=True)
             continue
         return answer, node
     assert error is not None  # noqa: S101 - the loop only falls through after an error
