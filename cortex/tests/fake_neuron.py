@@ -52,6 +52,8 @@ class FakeNeuron:
     """Frame stream events with CRLF line ends (``\\r\\n\\r\\n`` between events)."""
     prompt_tokens: int = 3
     """What answers report as their usage's prompt tokens (a broken neuron's may be < 0)."""
+    answer_headers: list[tuple[str, str]] = field(default_factory=list)
+    """Added to every inference answer, as they are (repeated names stay repeated)."""
 
     def app(self) -> Starlette:
         return Starlette(
@@ -153,6 +155,7 @@ class FakeNeuron:
                 "body": body,
                 "raw": await request.body(),
                 "headers": dict(request.headers),
+                "raw_headers": request.headers.raw,
             }
         )
         if self.answer_status != 200:
@@ -165,13 +168,17 @@ class FakeNeuron:
                 "completion_tokens": self.chunks,
                 "total_tokens": 3 + self.chunks,
             }
-            return JSONResponse({"object": "chat.completion", "node": self.name, "usage": usage})
+            answer = JSONResponse({"object": "chat.completion", "node": self.name, "usage": usage})
+            answer.raw_headers.extend((n.encode(), v.encode()) for n, v in self.answer_headers)
+            return answer
         anthropic = request.url.path.startswith("/v1/messages")
         usage_wanted = (body.get("stream_options") or {}).get("include_usage")
         events = self.events(anthropic, bool(usage_wanted))
-        return StreamingResponse(
+        stream = StreamingResponse(
             _crlf(events) if self.crlf else events, media_type="text/event-stream"
         )
+        stream.raw_headers.extend((n.encode(), v.encode()) for n, v in self.answer_headers)
+        return stream
 
     async def events(self, anthropic: bool, usage: bool) -> AsyncIterator[bytes]:
         self.streaming += 1

@@ -28,10 +28,10 @@ async def test_an_extra_answer_in_the_same_read_drops_the_connection() -> None:
 
     client = Upstream(connect_timeout=1, idle_timeout=2)
     async with scripted(handler) as base:
-        first = await client.post(base, "/x", b"first", {})
+        first = await client.post(base, "/x", b"first", [])
         assert await first.read() == b"first"
         answers = await asyncio.gather(
-            *(client.post(base, "/x", body, {}) for body in (b"slow", b"a", b"b", b"c"))
+            *(client.post(base, "/x", body, []) for body in (b"slow", b"a", b"b", b"c"))
         )
         bodies = [await answer.read() for answer in answers]
     assert bodies == [b"slow", b"a", b"b", b"c"]
@@ -54,8 +54,8 @@ async def test_an_extra_answer_while_idle_drops_the_connection() -> None:
 
     client = Upstream(connect_timeout=1, idle_timeout=2)
     async with scripted(handler) as base:
-        assert await (await client.post(base, "/x", b"one", {})).read() == b"one"
+        assert await (await client.post(base, "/x", b"one", [])).read() == b"one"
         await asyncio.sleep(0.2)  # the stray answer arrives while the connection is idle
-        assert await (await client.post(base, "/x", b"two", {})).read() == b"two"
+        assert await (await client.post(base, "/x", b"two", [])).read() == b"two"
     assert connections == 2
     client.close()

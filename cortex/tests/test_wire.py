@@ -34,12 +34,12 @@ async def test_a_kept_alive_connection_the_neuron_closed_is_replaced_unseen() ->
 
     client = Upstream(connect_timeout=1, idle_timeout=2)
     async with scripted(handler) as base:
-        first = await client.post(base, "/x", b"{}", {})
+        first = await client.post(base, "/x", b"{}", [])
         assert await first.read() == b"one"
-        second = await client.post(base, "/x", b"{}", {})  # reused, dropped, sent again fresh
+        second = await client.post(base, "/x", b"{}", [])  # reused, dropped, sent again fresh
         assert await second.read() == b"one"
         assert connections == 2
-        third = await client.post(base, "/x", b"{}", {})  # the same again, on the second one
+        third = await client.post(base, "/x", b"{}", [])  # the same again, on the second one
         assert await third.read() == b"one"
         assert connections == 3
     client.close()
@@ -57,7 +57,7 @@ async def test_a_connection_kept_alive_is_reused() -> None:
 
     client = Upstream(connect_timeout=1, idle_timeout=2)
     async with scripted(handler) as base:
-        bodies = [await (await client.post(base, "/x", b"%d" % i, {})).read() for i in range(3)]
+        bodies = [await (await client.post(base, "/x", b"%d" % i, [])).read() for i in range(3)]
     assert bodies == [b"0", b"1", b"2"]
     assert connections == 1
     client.close()
@@ -72,7 +72,7 @@ async def test_the_request_carries_the_headers_and_the_body() -> None:
 
     client = Upstream(connect_timeout=1, idle_timeout=2)
     async with scripted(handler) as base:
-        answer = await client.post(base, "/v1/chat", b'{"a": 1}', {"x-trace": "t1"})
+        answer = await client.post(base, "/v1/chat", b'{"a": 1}', [(b"x-trace", b"t1")])
         assert answer.status == 200 and await answer.read() == b""
     request = seen[0]
     assert request.startswith(b"POST /v1/chat HTTP/1.1\r\nHost: 127.0.0.1:")
@@ -90,7 +90,7 @@ async def test_an_answer_that_ends_with_its_connection_is_complete() -> None:
 
     client = Upstream(connect_timeout=1, idle_timeout=2)
     async with scripted(handler) as base:
-        answer = await client.post(base, "/x", b"{}", {})
+        answer = await client.post(base, "/x", b"{}", [])
         assert await answer.read() == b"all of it"
     client.close()
 
@@ -102,7 +102,7 @@ async def test_an_informational_head_is_skipped() -> None:
 
     client = Upstream(connect_timeout=1, idle_timeout=2)
     async with scripted(handler) as base:
-        answer = await client.post(base, "/x", b"{}", {})
+        answer = await client.post(base, "/x", b"{}", [])
         assert answer.status == 200
         assert await answer.read() == b"the answer"
     client.close()
@@ -126,7 +126,7 @@ async def test_broken_answers(reply: bytes, error: type[Exception], message: str
     client = Upstream(connect_timeout=1, idle_timeout=2)
     async with scripted(handler) as base:
         with pytest.raises(error, match=message):
-            answer = await client.post(base, "/x", b"{}", {})
+            answer = await client.post(base, "/x", b"{}", [])
             await answer.read()
     client.close()
 
@@ -141,8 +141,8 @@ async def test_silence_is_a_read_timeout_for_the_head_and_between_chunks() -> No
     client = Upstream(connect_timeout=1, idle_timeout=0.2)
     async with scripted(handler) as base:
         with pytest.raises(ReadTimeout):
-            await client.post(base, "/head", b"{}", {})
-        answer = await client.post(base, "/body", b"{}", {})
+            await client.post(base, "/head", b"{}", [])
+        answer = await client.post(base, "/body", b"{}", [])
         pieces = answer.iter_any()
         assert await anext(pieces) == b"one"
         with pytest.raises(TimeoutError):
@@ -154,7 +154,7 @@ async def test_silence_is_a_read_timeout_for_the_head_and_between_chunks() -> No
 async def test_connect_failures() -> None:
     client = Upstream(connect_timeout=0.2, idle_timeout=1)
     with pytest.raises(ConnectFailed, match="Connect call failed"):
-        await client.post("http://127.0.0.1:9", "/x", b"{}", {})
+        await client.post("http://127.0.0.1:9", "/x", b"{}", [])
     # A listener that never accepts, its queue full: Linux drops further SYNs, so the
     # connection is never made.
     with socket.socket() as deaf:
@@ -168,7 +168,7 @@ async def test_connect_failures() -> None:
         try:
             port = deaf.getsockname()[1]
             with pytest.raises(ConnectTimeout, match=r"no connection within 0\.2s"):
-                await client.post(f"http://127.0.0.1:{port}", "/x", b"{}", {})
+                await client.post(f"http://127.0.0.1:{port}", "/x", b"{}", [])
         finally:
             for filler in fillers:
                 filler.close()
@@ -194,7 +194,7 @@ async def test_a_slow_reader_pauses_the_neuron_instead_of_buffering_everything()
 
     client = Upstream(connect_timeout=1, idle_timeout=5)
     async with scripted(handler) as base:
-        answer = await client.post(base, "/x", b"{}", {})
+        answer = await client.post(base, "/x", b"{}", [])
         pieces = answer.iter_any()
         first = await anext(pieces)
         await asyncio.sleep(0.5)  # the reader stalls; the server fills what it may
@@ -236,7 +236,7 @@ async def test_a_pushed_answer_hands_on_each_piece_as_it_comes_and_ends_once() -
 
     client = Upstream(connect_timeout=1, idle_timeout=1)
     async with scripted(handler) as base:
-        answer = await client.post(base, "/x", b"{}", {})
+        answer = await client.post(base, "/x", b"{}", [])
         await asyncio.sleep(0.02)  # "one" came with the head, before anyone asked for it
         pushed = Pushed()
         answer.push(pushed.data, pushed.end)
@@ -246,7 +246,7 @@ async def test_a_pushed_answer_hands_on_each_piece_as_it_comes_and_ends_once() -
         await asyncio.sleep(0.1)
         assert pushed.endings == [None]
         # The connection went back to the pool: the next request reuses it.
-        again = await client.post(base, "/x", b"{}", {})
+        again = await client.post(base, "/x", b"{}", [])
         assert await again.read() == b"onetwothree"
         assert len(client._pools[base].idle) == 1
     client.close()
@@ -260,7 +260,7 @@ async def test_a_pushed_answer_times_out_when_silent_but_not_while_paused() -> N
 
     client = Upstream(connect_timeout=1, idle_timeout=0.2)
     async with scripted(handler) as base:
-        answer = await client.post(base, "/x", b"{}", {})
+        answer = await client.post(base, "/x", b"{}", [])
         pushed = Pushed()
         answer.push(pushed.data, pushed.end)
         answer.pause()  # the client cannot keep up: the neuron's silence is not its fault
@@ -292,7 +292,7 @@ async def test_a_pushed_answer_that_breaks_or_whose_receiver_fails_ends_with_the
 
     client = Upstream(connect_timeout=1, idle_timeout=5)
     async with scripted(handler) as base:
-        answer = await client.post(base, "/dies", b"{}", {})
+        answer = await client.post(base, "/dies", b"{}", [])
         pushed = Pushed()
         answer.push(pushed.data, pushed.end)
         await asyncio.wait_for(pushed.ended.wait(), 5)
@@ -300,7 +300,7 @@ async def test_a_pushed_answer_that_breaks_or_whose_receiver_fails_ends_with_the
         assert isinstance(error, Broken)
         assert pushed.pieces == [b"one"]
 
-        answer = await client.post(base, "/fails", b"{}", {})
+        answer = await client.post(base, "/fails", b"{}", [])
         fault = ValueError("the receiver's own fault")
         endings: list[BaseException | None] = []
 

@@ -46,6 +46,11 @@ class Node:
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
+    @property
+    def auth(self) -> list[tuple[bytes, bytes]]:
+        """:meth:`headers` as raw pairs, for the relay's requests."""
+        return [(b"authorization", b"Bearer " + self.token.encode())] if self.token else []
+
     def busy(self, model: str) -> int:
         """This cortex's own requests for ``model`` here, now."""
         return self.model_in_flight.get(model, 0)

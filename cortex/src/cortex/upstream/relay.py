@@ -44,6 +44,7 @@ from cortex.errors import (
 )
 from cortex.fleet.routing import rank
 from cortex.routes.body import BodyReader, asgi_reader, parse_object, read_bounded
+from cortex.upstream.headers import Headers, forwarded, returned
 from cortex.upstream.sse import (
     USAGE,
     EventSplitter,
@@ -70,36 +71,6 @@ PATHS = (
     "/v1/responses",
 )
 USAGE_INJECTABLE = frozenset({"/v1/chat/completions", "/v1/completions"})
-NOT_FORWARDED = frozenset(
-    name.encode()
-    for name in (
-        "host",
-        "content-length",
-        "connection",
-        "keep-alive",
-        "transfer-encoding",
-        "te",
-        "trailer",
-        "upgrade",
-        "expect",  # cortex has read the whole body already and sends it in one go
-        "proxy-authorization",
-        "authorization",  # the client's key is for cortex; the neuron gets its own token
-        "x-api-key",
-    )
-)
-NOT_RETURNED = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"transfer-encoding",
-        b"te",
-        b"trailer",
-        b"upgrade",
-        b"server",
-        b"date",
-        b"content-length",  # cortex sets its own
-    }
-)
 
 
 @dataclass
@@ -151,11 +122,7 @@ async def handle(gw: Gateway, scope: Scope, read: BodyReader) -> Response:
         if not (options or {}).get("include_usage"):
             body = _asking_usage(body, payload)
             drop_usage = True
-    headers = {
-        name.decode("latin-1"): value.decode("latin-1")
-        for name, value in scope["headers"]  # names are lower case in ASGI
-        if name not in NOT_FORWARDED
-    }
+    headers = forwarded(scope["headers"])  # names are lower case in ASGI
     if cold:
         if stream:
             return _cold_stream(gw, call, body, headers, drop_usage)
@@ -169,7 +136,7 @@ async def handle(gw: Gateway, scope: Scope, read: BodyReader) -> Response:
     if not answer.is_event_stream:
         return await _whole(gw, call, node, answer)
     # A stream's length changes (a dropped usage chunk) and it goes out chunked.
-    out_headers = [(n, v) for n, v in answer.raw_headers if n not in NOT_RETURNED]
+    out_headers = returned(answer.raw_headers)
     finish = _finisher(gw, call, node, answer)
     return Relayed(
         Events(gw, call, node, answer, drop_usage, finish),
@@ -240,7 +207,7 @@ async def _loaded(gw: Gateway, call: Call) -> list[Node]:
 
 
 def _cold_stream(
-    gw: Gateway, call: Call, body: bytes, headers: dict[str, str], drop_usage: bool
+    gw: Gateway, call: Call, body: bytes, headers: Headers, drop_usage: bool
 ) -> Response:
     """A stream for a model that is loading: opened at once, SSE comments until it is ready.
 
@@ -321,7 +288,7 @@ def _finisher(
 
 
 async def _open(
-    gw: Gateway, call: Call, nodes: list[Node], body: bytes, headers: dict[str, str]
+    gw: Gateway, call: Call, nodes: list[Node], body: bytes, headers: Headers
 ) -> tuple[Answer, Node]:
     """Send the request to the first neuron that takes it (at most two tries)."""
     error: CortexError | None = None
@@ -329,9 +296,7 @@ async def _open(
         last = attempt == len(nodes) - 1
         gw.enter(call, node)
         try:
-            answer = await gw.upstream.post(
-                node.base, call.path, body, {**headers, **node.headers()}
-            )
+            answer = await gw.upstream.post(node.base, call.path, body, headers + node.auth)
         except ConnectTimeout:
             gw.leave(call, node, 504, "connect_timeout", retried=not last)
             error = UpstreamTimeout(f"neuron {node.name} did not accept a connection in time")
@@ -395,7 +360,7 @@ class Whole(Response):
         self.status_code = status
         self.body = body
         self.background = None
-        headers = [(n, v) for n, v in raw_headers if n not in NOT_RETURNED]
+        headers = returned(raw_headers)
         if not (status < 200 or status in (204, 304)):  # as Starlette's Response
             headers.append((b"content-length", b"%d" % len(body)))
         self.raw_headers = headers

@@ -39,7 +39,7 @@ import logging
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -416,7 +416,7 @@ class _Pool:
         self.host = url.hostname or ""
         self.port = url.port or (443 if url.scheme == "https" else 80)
         self.ssl = ssl.create_default_context() if url.scheme == "https" else None
-        self.host_header = url.netloc
+        self.host_header = url.netloc.encode("latin-1")
         self.loop = loop
         self.keepalive = up.keepalive
         self.idle: collections.deque[_Connection] = collections.deque()
@@ -549,15 +549,23 @@ class Upstream:
         self.resolve_every = resolve_every
         self._pools: dict[str, _Pool] = {}
 
-    async def post(self, base: str, path: str, body: bytes, headers: dict[str, str]) -> Answer:
-        """Send ``body`` to ``base + path``; the answer once its status and headers are in."""
+    async def post(
+        self, base: str, path: str, body: bytes, headers: Sequence[tuple[bytes, bytes]]
+    ) -> Answer:
+        """Send ``body`` to ``base + path``; the answer once its status and headers are in.
+
+        ``headers`` go out in order, repeated names repeated; ``Host`` and
+        ``Content-Length`` are this client's own.
+        """
         pool = self._pools.get(base)
         if pool is None:
             pool = self._pools[base] = _Pool(base, asyncio.get_running_loop(), self)
-        lines = [f"POST {path} HTTP/1.1\r\nHost: {pool.host_header}\r\n"]
-        lines.extend(f"{name}: {value}\r\n" for name, value in headers.items())
-        lines.append(f"Content-Length: {len(body)}\r\n\r\n")
-        request = "".join(lines).encode("latin-1") + body
+        lines = [b"POST ", path.encode("latin-1"), b" HTTP/1.1\r\nHost: ", pool.host_header]
+        for name, value in headers:
+            lines += (b"\r\n", name, b": ", value)
+        lines.append(b"\r\nContent-Length: %d\r\n\r\n" % len(body))
+        lines.append(body)
+        request = b"".join(lines)
         conn = pool.take()
         while True:
             reused = conn is not None
