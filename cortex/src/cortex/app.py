@@ -102,6 +102,7 @@ def build(settings: CortexSettings, catalogue: Catalogue) -> Gateway:
         upstream=Upstream(
             connect_timeout=settings.gateway.connect_timeout,
             idle_timeout=settings.gateway.idle_timeout,
+            keepalive=settings.gateway.upstream_idle_timeout,
             resolve_every=settings.gateway.resolve_every,
         ),
         poller=Poller(fleet, session, settings.poll, metrics),

@@ -39,6 +39,8 @@ class Gateway(BaseModel):
     connect_timeout: Annotated[float, Field(gt=0)] = 5.0
     idle_timeout: Annotated[float, Field(gt=0)] = 300.0
     """Longest silence between two chunks from a neuron; never a deadline on a whole answer."""
+    upstream_idle_timeout: Annotated[float, Field(gt=0)] = 60.0
+    """Seconds an idle kept-alive connection to a neuron stays open before cortex closes it."""
     resolve_every: Annotated[float, Field(ge=0)] = 30.0
     """Seconds a neuron's host name stays looked up for new connections (0: every time)."""
     drain_timeout: Annotated[float, Field(ge=0)] = 60.0

@@ -16,7 +16,7 @@ def make_session(gateway: Gateway) -> aiohttp.ClientSession:
     connector = aiohttp.TCPConnector(
         limit=0,  # no global cap: the neurons and their engines are the back-pressure
         limit_per_host=0,
-        keepalive_timeout=60,
+        keepalive_timeout=gateway.upstream_idle_timeout,
         ttl_dns_cache=300,
         enable_cleanup_closed=True,
     )

@@ -425,6 +425,7 @@ class _Pool:
         self._addresses: list[str] = [] if self._named else [self.host]
         self._resolved_at = 0.0
         self._lookup: asyncio.Future[list[str]] | None = None
+        self._sweep: asyncio.TimerHandle | None = None
 
     def take(self) -> _Connection | None:
         while self.idle:
@@ -435,13 +436,25 @@ class _Pool:
         return None
 
     def put(self, conn: _Connection) -> None:
-        now = time.monotonic()
-        conn.idle_since = now
+        conn.idle_since = time.monotonic()
         self.idle.append(conn)
+        if self._sweep is None:
+            self._sweep = self.loop.call_later(self.keepalive, self._expire)
+
+    def _expire(self) -> None:
+        """Close the connections idle for ``keepalive`` seconds; come back for the next one.
+
+        One timer per pool, not per connection: a pooled connection costs no timer call.
+        """
+        self._sweep = None
+        now = time.monotonic()
         while self.idle and (
             not self.idle[0].alive or now - self.idle[0].idle_since >= self.keepalive
         ):
-            self.idle.popleft().drop()
+            self.idle.popleft().drop()  # the oldest first: put appends, take pops the newest
+        if self.idle:
+            due = self.idle[0].idle_since + self.keepalive - now
+            self._sweep = self.loop.call_later(max(due, 0.001), self._expire)
 
     async def connect(self, limit: float) -> _Connection:
         """A new connection within ``limit`` seconds, look-up included.
@@ -510,6 +523,9 @@ class _Pool:
         return self._addresses
 
     def close(self) -> None:
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         while self.idle:
             self.idle.popleft().drop()
 
