@@ -9,9 +9,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cortex.upstream.relay import PATHS  # the neuron serves every path cortex relays
 
@@ -52,11 +54,14 @@ class FakeNeuron:
     """Frame stream events with CRLF line ends (``\\r\\n\\r\\n`` between events)."""
     prompt_tokens: int = 3
     """What answers report as their usage's prompt tokens (a broken neuron's may be < 0)."""
+    broken: dict[str, bytes] = field(default_factory=dict)
+    """Path (``/models``, ``/health``, ``/discovery``) → the raw JSON it answers instead."""
     answer_headers: list[tuple[str, str]] = field(default_factory=list)
     """Added to every inference answer, as they are (repeated names stay repeated)."""
 
     def app(self) -> Starlette:
         return Starlette(
+            middleware=[Middleware(_Breaking, fake=self)],
             routes=[
                 Route("/health", self.health),
                 Route("/models", self.list_models),
@@ -64,7 +69,7 @@ class FakeNeuron:
                 Route("/models/load", self.load, methods=["POST"]),
                 Route("/models/unload", self.unload, methods=["POST"]),
                 *(Route(p, self.infer, methods=["POST"]) for p in PATHS),
-            ]
+            ],
         )
 
     async def health(self, request: Request) -> Response:
@@ -217,3 +222,17 @@ class FakeNeuron:
 async def _crlf(events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     async for event in events:
         yield event.replace(b"\n", b"\r\n")
+
+
+class _Breaking:
+    """Answers a path in ``fake.broken`` with its bytes, as JSON, whatever they hold."""
+
+    def __init__(self, app: ASGIApp, fake: FakeNeuron) -> None:
+        self.app, self.fake = app, fake
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = self.fake.broken.get(scope["path"]) if scope["type"] == "http" else None
+        if body is None:
+            await self.app(scope, receive, send)
+            return
+        await Response(body, media_type="application/json")(scope, receive, send)

@@ -35,6 +35,7 @@ from cortex.errors import (
     UpstreamError,
     upstream_message,
 )
+from cortex.fleet import contract
 from cortex.fleet.placement import (
     Candidate,
     Device,
@@ -269,7 +270,10 @@ class Loader:
         message = upstream_message(body)
         if response.status == 200:
             info = _json(body).get("model")
-            return info if isinstance(info, dict) else {"id": entry.id, "status": "ready"}
+            try:
+                return contract.model(info)
+            except contract.BreachError:  # loaded all the same; the next poll says the rest
+                return contract.model({"id": entry.id, "status": "ready"})
         if response.status in (409, 503):
             raise Refused(message)
         raise LoadFailed(f"neuron {node.name} could not load {entry.id}: {message}")

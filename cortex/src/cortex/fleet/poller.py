@@ -3,6 +3,12 @@
 A neuron is marked down after ``down_after`` consecutive failed polls and up again on the
 first success; a neuron that is down when cortex starts is simply down. Each poll of a
 node is bounded by ``poll.timeout``; nodes are polled concurrently.
+
+Answers are parsed against :mod:`cortex.fleet.contract` before anything of them is kept.
+An answer that breaks it is a failed poll like any other: the reason is logged (once per
+change of reason) and shown as the neuron's ``error`` in ``/fleet``, and polling goes on.
+Nothing one neuron sends, and no fault of cortex's own with one neuron, stops the others'
+polls or the poller.
 """
 
 from __future__ import annotations
@@ -10,15 +16,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import aiohttp
 
+from cortex.fleet import contract
 from cortex.fleet.state import Fleet, Node
 from cortex.metrics import CortexMetrics
 from cortex.settings import Poll
 
 log = logging.getLogger("cortex.poller")
+T = TypeVar("T")
 
 
 class Poller:
@@ -38,8 +47,18 @@ class Poller:
             await asyncio.sleep(self._settings.interval)
 
     async def poll_once(self) -> None:
-        await asyncio.gather(*(self._poll(node) for node in self.fleet.nodes))
+        await asyncio.gather(*(self._poll_guarded(node) for node in self.fleet.nodes))
         self.polled.set()
+
+    async def _poll_guarded(self, node: Node) -> None:
+        """One node's poll; a fault of cortex's own there is that node's failed poll only."""
+        try:
+            await self._poll(node)
+        except Exception as exc:
+            log.exception("polling neuron %s failed in cortex", node.name)
+            before = _routed(node)
+            self._failed(node, exc)
+            self._changed(node, before)
 
     async def _poll(self, node: Node) -> None:
         asked = time.monotonic()
@@ -47,11 +66,12 @@ class Poller:
         try:
             async with asyncio.timeout(self._settings.timeout):
                 models, health = await asyncio.gather(
-                    self._get(node, "/models"), self._get(node, "/health")
+                    self._get(node, "/models", contract.models),
+                    self._get(node, "/health", contract.health),
                 )
                 if not node.up or node.discovery is None:
-                    node.discovery = await self._get(node, "/discovery")
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                    node.discovery = await self._get(node, "/discovery", contract.discovery)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:  # BreachError too
             before = _routed(node)
             self._failed(node, exc)
             self._changed(node, before)
@@ -62,20 +82,16 @@ class Poller:
         if not node.up:
             log.info("neuron %s is up (%s)", node.name, node.base)
         node.up, node.failures, node.last_error = True, 0, None
-        node.health = health if isinstance(health, dict) else None
+        node.health = health
         if node.changed < asked:  # else the answer predates a load or unload by this cortex
-            node.models = (
-                {str(m["id"]): m for m in models if isinstance(m, dict) and "id" in m}
-                if isinstance(models, list)
-                else {}
-            )
+            node.models = models
             # The neuron counted our requests too. Ours may have started or ended while the
             # answer travelled: subtracting the larger count errs towards "nobody else".
             node.others = {
                 model_id: others
-                for model_id, info in node.models.items()
+                for model_id, info in models.items()
                 if (
-                    others := int(info.get("in_flight") or 0)
+                    others := info["in_flight"]
                     - max(ours_before.get(model_id, 0), node.busy(model_id))
                 )
                 > 0
@@ -87,14 +103,17 @@ class Poller:
         if _routed(node) != before:  # a poll that changes nothing keeps routing's views
             self.fleet.changed()
 
-    async def _get(self, node: Node, path: str) -> Any:
+    async def _get(self, node: Node, path: str, parse: Callable[[bytes], T]) -> T:
         async with self._session.get(node.base + path, headers=node.headers()) as response:
             response.raise_for_status()
-            return await response.json(content_type=None)
+            return parse(await response.read())
 
     def _failed(self, node: Node, exc: BaseException) -> None:
         node.failures += 1
-        node.last_error = _reason(exc)
+        reason = _reason(exc)
+        if isinstance(exc, contract.BreachError) and reason != node.last_error:
+            log.warning("neuron %s: %s", node.name, reason)  # its operator can fix this
+        node.last_error = reason
         if node.up and node.failures >= self._settings.down_after:
             log.warning(
                 "neuron %s is down after %d failed polls: %s",
@@ -110,6 +129,8 @@ class Poller:
 
 
 def _reason(exc: BaseException) -> str:
+    if isinstance(exc, contract.BreachError):
+        return str(exc)
     if isinstance(exc, TimeoutError):
         return "timed out"
     if isinstance(exc, aiohttp.ClientResponseError):
