@@ -27,6 +27,7 @@ from cortex.routes import admin
 from cortex.routes import fleet as fleet_routes
 from cortex.routes.body import BodyReader
 from cortex.settings import Catalogue, CortexSettings
+from cortex.supervisor import supervise
 from cortex.upstream.client import make_session
 from cortex.upstream.relay import PATHS, Call, handle, relay
 from cortex.upstream.wire import Upstream
@@ -120,11 +121,13 @@ def create_app(gateway: Gateway) -> Api:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        poller = asyncio.create_task(gateway.poller.run(), name="poller")
+        poller = asyncio.create_task(supervise("poller", gateway.poller.run), name="poller")
         with contextlib.suppress(TimeoutError):
             # A first view of the fleet before serving, but never block start on a dead neuron.
             await asyncio.wait_for(gateway.poller.polled.wait(), gateway.settings.poll.timeout + 1)
-        loader = asyncio.create_task(gateway.loader.run(), name="loader")
+        loader = asyncio.create_task(
+            supervise("housekeeping", gateway.loader.run), name="housekeeping"
+        )
         try:
             yield
         finally:
