@@ -30,7 +30,7 @@ from cortex.settings import Catalogue, CortexSettings
 from cortex.supervisor import supervise
 from cortex.upstream.client import make_session
 from cortex.upstream.relay import PATHS, Call, handle, relay
-from cortex.upstream.wire import Upstream
+from cortex.upstream.wire import Connector, Upstream, tcp
 
 log = logging.getLogger("cortex.app")
 
@@ -91,7 +91,9 @@ class Gateway:
             m.completion_tokens.labels(call.label).inc(call.usage.completion)
 
 
-def build(settings: CortexSettings, catalogue: Catalogue) -> Gateway:
+def build(settings: CortexSettings, catalogue: Catalogue, *, connector: Connector = tcp) -> Gateway:
+    """Everything one cortex owns; ``connector`` opens the relay's connections to neurons
+    (:class:`cortex.upstream.memory.MemoryNeuron` serves them in memory, for tests)."""
     metrics = CortexMetrics()
     fleet = Fleet.build(settings.neurons, catalogue)
     session = make_session(settings.gateway)
@@ -105,6 +107,7 @@ def build(settings: CortexSettings, catalogue: Catalogue) -> Gateway:
             idle_timeout=settings.gateway.idle_timeout,
             keepalive=settings.gateway.upstream_idle_timeout,
             resolve_every=settings.gateway.resolve_every,
+            connector=connector,
         ),
         poller=Poller(fleet, session, settings.poll, metrics),
         loader=Loader(fleet, session, settings, metrics),

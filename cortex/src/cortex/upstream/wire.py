@@ -40,7 +40,7 @@ import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import httptools
@@ -54,6 +54,40 @@ log = logging.getLogger("cortex.upstream")
 
 Resolver = Callable[[str, int], Awaitable[list[tuple[Any, ...]]]]
 """``(host, port)`` to ``getaddrinfo`` entries: ``(family, type, proto, canonname, sockaddr)``."""
+
+P = TypeVar("P", bound=asyncio.Protocol)
+
+
+class Connector(Protocol):
+    """Opens one connection and attaches a protocol to it: the seam under this client.
+
+    :func:`tcp` is the real one; :class:`cortex.upstream.memory.MemoryNeuron` serves
+    connections in memory, so the client and the relay above it are tested byte for byte
+    without sockets (as httpx's ``MockTransport`` does for httpx).
+    """
+
+    async def __call__(
+        self,
+        protocol: Callable[[], P],
+        host: str,
+        port: int,
+        tls: ssl.SSLContext | None,
+        server_hostname: str | None,
+    ) -> P: ...
+
+
+async def tcp(
+    protocol: Callable[[], P],
+    host: str,
+    port: int,
+    tls: ssl.SSLContext | None,
+    server_hostname: str | None,
+) -> P:
+    """A TCP (or TLS) connection, through the event loop."""
+    _, conn = await asyncio.get_running_loop().create_connection(
+        protocol, host, port, ssl=tls, server_hostname=server_hostname
+    )
+    return conn
 
 
 async def getaddrinfo(host: str, port: int) -> list[tuple[Any, ...]]:
@@ -361,7 +395,9 @@ class _Connection(asyncio.Protocol):
         self.answer.raw_headers = []
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self.answer is not None:
+        # After the head only trailers come: they are dropped, never merged into the
+        # headers (RFC 9110 6.5.1), which a whole answer would otherwise pass on as such.
+        if self.answer is not None and not self.answer._head:
             self.answer.raw_headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
@@ -476,12 +512,12 @@ class _Pool:
             share = (deadline - self.loop.time()) / (len(addresses) - tried)
             try:
                 async with asyncio.timeout(share):
-                    _, conn = await self.loop.create_connection(
+                    conn = await self._up.connector(
                         lambda: _Connection(self),
                         address,
                         self.port,
-                        ssl=self.ssl,
-                        server_hostname=self.host if self.ssl else None,
+                        self.ssl,
+                        self.host if self.ssl else None,
                     )
             except (OSError, TimeoutError) as exc:
                 error = exc
@@ -557,8 +593,10 @@ class Upstream:
         keepalive: float = 60.0,
         resolver: Resolver = getaddrinfo,
         resolve_every: float = RESOLVE_EVERY,
+        connector: Connector = tcp,
     ):
         self.connect_timeout = connect_timeout
+        self.connector = connector
         self.idle_timeout = idle_timeout
         self.keepalive = keepalive
         self.resolver = resolver
