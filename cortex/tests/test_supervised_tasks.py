@@ -67,3 +67,38 @@ async def test_the_poller_keeps_polling_after_it_crashed(caplog: pytest.LogCaptu
         assert any(
             "poller crashed" in r.getMessage() and r.exc_info is not None for r in caplog.records
         )
+
+
+async def test_a_crashed_pin_load_is_logged_and_tried_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fake = FakeNeuron("n1", models={})
+    catalogue = ({"id": "p", "pinned_on": ["n1"]},)
+    async with cortex(fake, catalogue=catalogue, loading={"pin_retry": 0.1}) as c:
+        loader = c.gateway.loader
+        for _ in range(100):  # the pin loaded at start; take it away again
+            if fake.models.get("p") == "ready":
+                break
+            await asyncio.sleep(0.02)
+        fake.models.clear()
+        await c.poll()
+        await asyncio.sleep(0.15)  # past pin_retry since the load at start
+        ensure = loader.ensure
+
+        async def crashes(model: str, node: str | None = None) -> object:
+            raise RuntimeError("a bug in loading")
+
+        with caplog.at_level(logging.ERROR, "cortex.loader"):
+            loader.ensure = crashes  # type: ignore[assignment,method-assign]
+            await c.housekeeping()
+            await asyncio.sleep(0.05)
+        crashed = [r for r in caplog.records if "loading pinned p on n1 crashed" in r.getMessage()]
+        assert crashed and crashed[0].exc_info is not None
+        loader.ensure = ensure  # type: ignore[method-assign]
+        await asyncio.sleep(0.15)
+        await c.housekeeping()
+        for _ in range(100):
+            if fake.models.get("p") == "ready":
+                break
+            await asyncio.sleep(0.02)
+        assert fake.models.get("p") == "ready"

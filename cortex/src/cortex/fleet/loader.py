@@ -435,6 +435,10 @@ class Loader:
                 self._cfg.pin_retry,
                 exc.message,
             )
+        except Exception:  # a fault of cortex's own: logged, and housekeeping tries again
+            log.exception(
+                "loading pinned %s on %s crashed (retry in %gs)", model, node, self._cfg.pin_retry
+            )
 
 
 def _want(entry: CatalogueModel) -> Want:
