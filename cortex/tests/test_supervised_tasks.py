@@ -35,7 +35,7 @@ async def test_a_crashing_task_is_restarted_with_a_growing_backoff(
             await task
     gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert len(starts) == 4
-    assert 0.04 < gaps[0] < gaps[1] < gaps[2]  # 0.05, 0.1, 0.2
+    assert min(gaps) > 0.04 and gaps[2] > 0.19  # 0.05, 0.1, 0.2: doubling
     crashes = [r for r in caplog.records if "flaky crashed" in r.getMessage()]
     assert len(crashes) == 3
     assert all(r.exc_info and isinstance(r.exc_info[1], RuntimeError) for r in crashes)
