@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -120,6 +121,8 @@ def write_config(
         f"startup_timeout = {ENGINE_START_TIMEOUT!r}",
         f"stop_timeout = {stop_timeout!r}",
         f"env = {toml_value({**ENGINE_ENV, **(env or {})})}",
+        # The tiny model is built under pytest's temporary folder; cortex loads it from there.
+        f"allowed_paths = {toml_value([tempfile.gettempdir()])}",
         "log_tail_lines = 40",
     ]
     for spec in default_models or []:
