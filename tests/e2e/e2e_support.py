@@ -38,7 +38,7 @@ ABORT_TOKENS = 4000
 a starved CI machine still cannot produce half of it between the close and the engine's abort
 (through cortex and a neuron that took 6.6 s once, with vLLM holding both cores)."""
 ENGINE_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-BAD_SOURCE = "/nonexistent/model"
+BAD_SOURCE = os.path.join(tempfile.gettempdir(), "nonexistent", "model")  # in allowed_paths
 
 TIMINGS: list[tuple[str, float]] = []
 """``(what, seconds)`` measured during the run; printed in the terminal summary."""

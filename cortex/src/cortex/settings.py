@@ -107,7 +107,9 @@ class ApiKey(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][\w.-]*$")]
+    name: Annotated[
+        str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    ]
     """What metrics (label ``key``) and logs call this key; never the secret."""
     key: Annotated[str, Field(min_length=1)] | None = None
     key_file: Path | None = None
