@@ -44,6 +44,8 @@ def settings(root: Path) -> NeuronSettings:
         ["--ssl-keyfile", "/etc/ssl/private/key.pem"],
         ["--chat-template=../../../../../../etc/passwd"],
         ["--chat-template=LINK/passwd"],  # a symlink inside the allowed folder leading out
+        ["--chat-template=ALLOWED/token"],  # the hub token, at the top of the HF cache
+        ["--chat-template=ALLOWED/.ssh/id_rsa"],
         ["--enforce-eager", "/etc/passwd"],  # loose: vLLM's positional model_tag
         ["/etc"],
         ["--seed", "1", "/etc/passwd"],
@@ -55,7 +57,13 @@ async def test_file_reading_args_outside_allowed_paths_are_400(
 ) -> None:
     (tmp_path / "allowed").mkdir()
     (tmp_path / "allowed" / "LINK").symlink_to("/etc")
-    args = [a.replace("LINK", str(tmp_path / "allowed" / "LINK")) for a in engine_args]
+    (tmp_path / "allowed" / "token").write_text("hf_secret")
+    args = [
+        a.replace("LINK", str(tmp_path / "allowed" / "LINK")).replace(
+            "ALLOWED", str(tmp_path / "allowed")
+        )
+        for a in engine_args
+    ]
     async with running(settings(tmp_path / "allowed")) as neuron:
         response = await neuron.load("m", engine_args=args)
         assert response.status_code == 400, response.text

@@ -62,9 +62,10 @@ async def test_a_hub_id_that_exists_on_disk_is_judged_as_a_path(
 
 
 async def test_allowed_folders_and_repo_ids_load(tmp_path: Path) -> None:
-    model = tmp_path / "allowed" / "tiny"
+    root = tmp_path / ".cache" / "allowed"  # like ~/.cache/huggingface: a dot above is fine
+    model = root / "tiny"
     model.mkdir(parents=True)
-    async with running(settings(tmp_path / "allowed", ["Qwen/*"])) as neuron:
+    async with running(settings(root, ["Qwen/*"])) as neuron:
         assert (await neuron.load("local", source=str(model))).status_code == 200
         assert (await neuron.load("hub", source="Qwen/Qwen3-0.6B")).status_code == 200
         assert (await neuron.load("Qwen/Qwen3-8B")).status_code == 200  # source = model_id

@@ -105,6 +105,9 @@ VALUE_FLAGS = (
 allow-list is taken as a switch: a value for it must be written ``--flag=value``, because a
 loose item after a switch would be vLLM's positional ``model_tag`` (which replaces the model)."""
 
+SECRET_NAMES = frozenset({"token", "stored_tokens"})
+"""Where ``huggingface-cli login`` keeps hub tokens, at the top of the Hugging Face cache,
+which is an allowed path by default: a ``--chat-template`` naming it would serve the token."""
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 """``owner/name`` or ``name``: what the hub accepts, no ``..``, no leading ``/``, ``.``, ``-``."""
 INLINE_TEMPLATE = ("{", "}", "\n")
@@ -196,11 +199,21 @@ class LaunchPolicy:
 
     def _inside(self, value: str, param: str) -> None:
         where = Path(os.path.realpath(value))
-        if not any(where.is_relative_to(root) for root in self.roots):
+        which = "source" if param == "source" else "engine_args"
+        roots = [root for root in self.roots if where.is_relative_to(root)]
+        if not roots:
             raise BadRequest(
                 f"{param}: {value!r} is outside this neuron's allowed_paths "
                 f"{[str(r) for r in self.roots]}",
-                param="source" if param == "source" else "engine_args",
+                param=which,
+            )
+        below = where.relative_to(max(roots, key=lambda r: len(r.parts))).parts
+        hidden = [part for part in below if part.startswith(".") or part in SECRET_NAMES]
+        if hidden:
+            raise BadRequest(
+                f"{param}: {value!r} leads to {hidden[0]!r}: hidden files and token files "
+                "are never read for a load request",
+                param=which,
             )
 
 
