@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 import re
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from cortex_testing import free_port
 
 from cortex.auth import Keyring
 from cortex.settings import ConfigError, load_settings
@@ -98,3 +102,30 @@ def test_the_readme_roles_example_works(tmp_path: Path, monkeypatch: pytest.Monk
     ops = keyring.identify(b"sk-ops-secret")
     assert ops is not None and ops.admin
     assert keyring.has_admin
+
+
+def test_keys_without_an_admin_key_are_a_warning_at_start(tmp_path: Path) -> None:
+    api, metrics = free_port(), free_port()
+    config = write(
+        tmp_path,
+        f'models_config = "{tmp_path / "models.toml"}"\n'
+        f'[gateway]\nlisten = "127.0.0.1:{api}"\nmetrics_listen = "127.0.0.1:{metrics}"\n'
+        '[auth]\napi_keys = ["sk-user"]\n',
+    )
+    cortex = str(Path(sys.executable).with_name("cortex"))
+    proc = subprocess.Popen(
+        [cortex, "serve", "--config", str(config)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        lines = []
+        for line in proc.stderr:
+            lines.append(line)
+            if "no API key has role" in line or "listening on" in line:
+                break
+        assert "WARNING" in lines[-1] and "/fleet" in lines[-1], lines
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
