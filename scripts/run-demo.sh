@@ -20,6 +20,7 @@ max_loaded_models = 1  # one engine at a time: asking for tiny-2 shows cortex ev
 python = "$root/.venv/bin/python"
 startup_timeout = 600
 env = { VLLM_CPU_KVCACHE_SPACE = "1", HF_HUB_OFFLINE = "1" }
+allowed_paths = ["$root/var"]  # cortex loads tiny-2 from var/tiny-model on demand
 
 [[default_models]]
 model_id = "tiny"

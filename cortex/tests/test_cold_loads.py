@@ -242,7 +242,7 @@ async def test_an_idle_model_is_unloaded_after_its_ttl_but_a_pinned_one_stays() 
 async def test_load_and_unload_by_hand(capsys: pytest.CaptureFixture[str]) -> None:
     neuron = FakeNeuron("n1", models={}, max_loaded_models=2)
     other = FakeNeuron("n2", models={})
-    keys = {"api_keys": ["k"]}
+    keys = {"keys": [{"name": "ops", "key": "k", "role": "admin"}]}
     async with cortex(neuron, other, catalogue=("a", "b"), auth=keys) as c:
         headers = {"Authorization": "Bearer k"}
         await c.poll()
@@ -257,7 +257,7 @@ async def test_load_and_unload_by_hand(capsys: pytest.CaptureFixture[str]) -> No
         assert other.models == {"a": "ready"}
 
         endpoint = str(c.client.base_url)
-        args = ["--endpoint", endpoint, "--api-key", "k"]
+        args = ["--endpoint", endpoint, "--admin-key", "k"]
         code = await asyncio.to_thread(main, ["load", "b", "--node", "n1", *args])
         assert code == 0
         assert capsys.readouterr().out.startswith("b ready on n1 (")

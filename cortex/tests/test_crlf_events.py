@@ -47,4 +47,4 @@ async def test_a_crlf_stream_reaches_the_client_event_by_event() -> None:
             "t2",
             "t3",
         ]
-        assert 'cortex_prompt_tokens_total{model="m1"} 3.0' in await c.metrics()
+        assert 'cortex_prompt_tokens_total{key="_anonymous",model="m1"} 3.0' in await c.metrics()

@@ -115,7 +115,7 @@ async def test_a_client_gone_before_a_whole_answer_stops_the_request_at_once() -
         assert node.in_flight == 0
         metrics = await c.metrics()
         assert (
-            'cortex_requests_total{endpoint="/v1/chat/completions",model="m1",node="n1",status="499"} 1.0'
+            'cortex_requests_total{endpoint="/v1/chat/completions",key="_anonymous",model="m1",node="n1",status="499"} 1.0'
             in metrics
         )
         fake.answer_delay = 0.0
@@ -168,7 +168,7 @@ async def test_a_client_that_leaves_while_its_stream_is_held_back_ends_it_upstre
         assert fake.streaming == 0 and fake.sent < fake.chunks  # ended, not run to its end
         assert node.in_flight == 0
         assert (
-            'cortex_requests_total{endpoint="/v1/chat/completions",model="m1",node="n1",status="499"} 1.0'
+            'cortex_requests_total{endpoint="/v1/chat/completions",key="_anonymous",model="m1",node="n1",status="499"} 1.0'
             in await c.metrics()
         )
         assert (await c.client.post(CHAT, json={"model": "m1"})).status_code == 200

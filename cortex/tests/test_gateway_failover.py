@@ -94,7 +94,7 @@ async def test_a_client_that_goes_away_cancels_the_upstream_request() -> None:
         assert fake.cancelled == 1
         assert c.gateway.fleet.nodes[0].in_flight == 0
         assert (
-            'cortex_requests_total{endpoint="/v1/chat/completions",model="m1",node="n1",status="499"} 1.0'
+            'cortex_requests_total{endpoint="/v1/chat/completions",key="_anonymous",model="m1",node="n1",status="499"} 1.0'
             in (await c.metrics())
         )
 

@@ -34,14 +34,26 @@ async def test_metrics_describe_the_traffic_and_the_fleet() -> None:
     chat = "/v1/chat/completions"
     assert (
         v["cortex_requests_total"][
-            (("endpoint", chat), ("model", "m1"), ("node", "n1"), ("status", "200"))
+            (
+                ("endpoint", chat),
+                ("key", "_anonymous"),
+                ("model", "m1"),
+                ("node", "n1"),
+                ("status", "200"),
+            )
         ]
         == 2
     )
     # A model nobody knows is counted, but its name does not become a label value.
     assert (
         v["cortex_requests_total"][
-            (("endpoint", chat), ("model", "_unknown"), ("node", "none"), ("status", "404"))
+            (
+                ("endpoint", chat),
+                ("key", "_anonymous"),
+                ("model", "_unknown"),
+                ("node", "none"),
+                ("status", "404"),
+            )
         ]
         == 1
     )
@@ -49,8 +61,8 @@ async def test_metrics_describe_the_traffic_and_the_fleet() -> None:
     assert v["cortex_request_duration_seconds_count"][(("endpoint", chat), ("model", "m1"))] == 2
     assert v["cortex_time_to_first_token_seconds_count"][(("model", "m1"),)] == 1
     assert v["cortex_inter_token_latency_seconds_count"][(("model", "m1"),)] >= 1
-    assert v["cortex_prompt_tokens_total"][(("model", "m1"),)] == 6
-    assert v["cortex_completion_tokens_total"][(("model", "m1"),)] == 6
+    assert v["cortex_prompt_tokens_total"][(("key", "_anonymous"), ("model", "m1"))] == 6
+    assert v["cortex_completion_tokens_total"][(("key", "_anonymous"), ("model", "m1"))] == 6
     assert v["cortex_inflight_requests"][(("model", "m1"), ("node", "n1"))] == 0
     assert v["cortex_neuron_up"][(("node", "n1"),)] == 1
     assert v["cortex_model_loaded"][(("model", "m1"), ("node", "n1"))] == 1

@@ -42,8 +42,8 @@ async def test_usage_is_asked_for_upstream_and_dropped_when_the_client_did_not()
         upstream = c.neurons["n1"].seen[0]["body"]
         assert upstream["stream_options"] == {"include_usage": True}
         metrics = await c.metrics()
-        assert 'cortex_completion_tokens_total{model="m1"} 3.0' in metrics
-        assert 'cortex_prompt_tokens_total{model="m1"} 3.0' in metrics
+        assert 'cortex_completion_tokens_total{key="_anonymous",model="m1"} 3.0' in metrics
+        assert 'cortex_prompt_tokens_total{key="_anonymous",model="m1"} 3.0' in metrics
 
 
 async def test_anthropic_stream_is_relayed_with_its_events() -> None:
@@ -59,8 +59,8 @@ async def test_anthropic_stream_is_relayed_with_its_events() -> None:
         ]
         assert "stream_options" not in c.neurons["n1"].seen[0]["body"]
         metrics = await c.metrics()
-        assert 'cortex_prompt_tokens_total{model="m1"} 3.0' in metrics
-        assert 'cortex_completion_tokens_total{model="m1"} 2.0' in metrics
+        assert 'cortex_prompt_tokens_total{key="_anonymous",model="m1"} 3.0' in metrics
+        assert 'cortex_completion_tokens_total{key="_anonymous",model="m1"} 2.0' in metrics
 
 
 async def test_client_keys_stay_here_and_the_neuron_token_is_sent() -> None:

@@ -72,8 +72,8 @@ async def test_a_stream_is_relayed_event_by_event_less_the_usage_it_did_not_ask_
     sent = bytes(neuron.peers[0].received)
     assert sent.count(b'{"stream_options":{"include_usage":true},"model"') == 2
     metrics = generate_latest(gw.metrics.registry).decode()
-    assert 'cortex_prompt_tokens_total{model="m1"} 6.0' in metrics
+    assert 'cortex_prompt_tokens_total{key="_anonymous",model="m1"} 6.0' in metrics
     assert (
-        'cortex_requests_total{endpoint="/v1/chat/completions",model="m1",node="n1",status="200"} 2.0'
+        'cortex_requests_total{endpoint="/v1/chat/completions",key="_anonymous",model="m1",node="n1",status="200"} 2.0'
         in metrics
     )

@@ -34,7 +34,7 @@ async def test_a_success_after_an_unreachable_neuron_is_one_200() -> None:
             node.in_flight = 0
         metrics = await c.metrics()
         assert requests_rows(metrics) == [
-            'cortex_requests_total{endpoint="/v1/chat/completions",model="m1",node="n2",status="200"} 2.0'
+            'cortex_requests_total{endpoint="/v1/chat/completions",key="_anonymous",model="m1",node="n2",status="200"} 2.0'
         ]
         assert 'cortex_request_errors_total{model="m1",node="n1",reason="connect_failed"} 2.0' in (
             metrics
@@ -49,7 +49,7 @@ async def test_a_success_after_a_neuron_said_503_is_one_200() -> None:
             node.in_flight = 0
         metrics = await c.metrics()
         assert requests_rows(metrics) == [
-            'cortex_requests_total{endpoint="/v1/chat/completions",model="m1",node="n2",status="200"} 1.0'
+            'cortex_requests_total{endpoint="/v1/chat/completions",key="_anonymous",model="m1",node="n2",status="200"} 1.0'
         ]
         assert 'reason="neuron_unavailable"} 1.0' in metrics
 

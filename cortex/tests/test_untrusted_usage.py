@@ -18,11 +18,11 @@ async def test_a_negative_token_count_is_not_counted_and_the_answer_still_arrive
         assert stream.status_code == 200 and stream.text.endswith("data: [DONE]\n\n")
         metrics = await c.metrics()
         assert (
-            'cortex_requests_total{endpoint="/v1/chat/completions",model="m1",node="n1",status="200"} 2.0'
+            'cortex_requests_total{endpoint="/v1/chat/completions",key="_anonymous",model="m1",node="n1",status="200"} 2.0'
             in metrics
         )
-        assert 'cortex_completion_tokens_total{model="m1"} 4.0' in metrics
-        assert 'cortex_prompt_tokens_total{model="m1"}' not in metrics
+        assert 'cortex_completion_tokens_total{key="_anonymous",model="m1"} 4.0' in metrics
+        assert 'cortex_prompt_tokens_total{key="_anonymous",model="m1"}' not in metrics
 
 
 def test_only_positive_whole_numbers_count() -> None:

@@ -36,6 +36,8 @@ def fake_harness(**env: str) -> VllmHarness:
         startup_timeout=15,
         stop_timeout=5,
         env=env,
+        # Where the fake engine's missing models are: a load from there starts and fails.
+        allowed_paths=["/nonexistent"],
     )
 
 

@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ ABORT_TOKENS = 4000
 a starved CI machine still cannot produce half of it between the close and the engine's abort
 (through cortex and a neuron that took 6.6 s once, with vLLM holding both cores)."""
 ENGINE_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-BAD_SOURCE = "/nonexistent/model"
+BAD_SOURCE = os.path.join(tempfile.gettempdir(), "nonexistent", "model")  # in allowed_paths
 
 TIMINGS: list[tuple[str, float]] = []
 """``(what, seconds)`` measured during the run; printed in the terminal summary."""
@@ -120,6 +121,8 @@ def write_config(
         f"startup_timeout = {ENGINE_START_TIMEOUT!r}",
         f"stop_timeout = {stop_timeout!r}",
         f"env = {toml_value({**ENGINE_ENV, **(env or {})})}",
+        # The tiny model is built under pytest's temporary folder; cortex loads it from there.
+        f"allowed_paths = {toml_value([tempfile.gettempdir()])}",
         "log_tail_lines = 40",
     ]
     for spec in default_models or []:

@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from cortex.auth import Gatekeeper
+from cortex.auth import Gatekeeper, Keyring
 from cortex.errors import CortexError, MethodNotAllowed, RouteNotFound
 from cortex.fleet.loader import Loader
 from cortex.fleet.poller import Poller
@@ -80,15 +80,15 @@ class Gateway:
         m = self.metrics
         m.in_flight.labels(call.label, node.name).dec()
         if not retried:
-            m.requests.labels(call.label, node.name, call.path, str(status)).inc()
+            m.requests.labels(call.label, node.name, call.path, str(status), call.key).inc()
         if reason:
             m.errors.labels(call.label, node.name, reason).inc()
             return
         m.duration.labels(call.label, call.path).observe(now - call.started)
         if call.usage.prompt:
-            m.prompt_tokens.labels(call.label).inc(call.usage.prompt)
+            m.prompt_tokens.labels(call.label, call.key).inc(call.usage.prompt)
         if call.usage.completion:
-            m.completion_tokens.labels(call.label).inc(call.usage.completion)
+            m.completion_tokens.labels(call.label, call.key).inc(call.usage.completion)
 
 
 def build(settings: CortexSettings, catalogue: Catalogue, *, connector: Connector = tcp) -> Gateway:
@@ -117,7 +117,7 @@ def build(settings: CortexSettings, catalogue: Catalogue, *, connector: Connecto
 def create_app(gateway: Gateway) -> Api:
     """The API app (port 31313); its lifespan runs the poller and closes the client.
 
-    Over ASGI the stack is ``Gatekeeper`` (keys, drain) → Starlette. On cortex's own server
+    Over ASGI the stack is ``Gatekeeper`` (keys, roles, drain) → Starlette. On cortex's own server
     (``cortex.server``) inference POSTs skip ASGI and go to :class:`DirectRelay`, which
     asks the same ``Gatekeeper`` first.
     """
@@ -160,7 +160,12 @@ def create_app(gateway: Gateway) -> Api:
         },
     )
     app.state.gateway = gateway
-    gatekeeper = Gatekeeper(app, api_keys=gateway.settings.auth.api_keys, draining=gateway.draining)
+    gatekeeper = Gatekeeper(
+        app,
+        keyring=Keyring(gateway.settings.auth),
+        user_paths=[*PATHS, "/v1/models"],
+        draining=gateway.draining,
+    )
     return Api(gatekeeper, DirectRelay(gateway, gatekeeper))
 
 

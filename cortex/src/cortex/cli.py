@@ -1,4 +1,8 @@
-"""``cortex serve --config PATH`` runs the gateway; ``cortex status`` shows the fleet."""
+"""``cortex serve --config PATH`` runs the gateway; ``cortex status`` shows the fleet.
+
+``status``, ``load`` and ``unload`` call admin paths (``/fleet``, ``/admin/*``): on a gateway
+with keys they need a key with ``role = "admin"`` (``--admin-key`` or ``$CORTEX_ADMIN_KEY``).
+"""
 
 from __future__ import annotations
 
@@ -50,9 +54,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             help="the gateway's API URL (default: $CORTEX_ENDPOINT or http://127.0.0.1:31313)",
         )
         cmd.add_argument(
-            "--api-key",
-            default=os.environ.get("CORTEX_API_KEY"),
-            help="API key when the gateway requires one (default: $CORTEX_API_KEY)",
+            "--admin-key",
+            "--api-key",  # its name before keys had roles; still accepted
+            dest="admin_key",
+            default=os.environ.get("CORTEX_ADMIN_KEY") or os.environ.get("CORTEX_API_KEY"),
+            help="an admin API key, when the gateway has keys "
+            "(default: $CORTEX_ADMIN_KEY, else $CORTEX_API_KEY)",
         )
     return parser.parse_args(argv)
 
@@ -60,7 +67,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def _manual(args: argparse.Namespace) -> int:
     body = {"model": args.model, **({"node": args.node} if args.node else {})}
     try:
-        answer = admin(args.endpoint, args.api_key, args.command, body, args.timeout)
+        answer = admin(args.endpoint, args.admin_key, args.command, body, args.timeout)
     except RuntimeError as exc:
         sys.stderr.write(f"cortex {args.command}: {exc}\n")
         return 1
@@ -78,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         return _manual(args)
     if args.command == "status":
         try:
-            fleet = fetch_fleet(args.endpoint, args.api_key)
+            fleet = fetch_fleet(args.endpoint, args.admin_key)
         except RuntimeError as exc:
             sys.stderr.write(f"cortex status: {exc}\n")
             return 1
@@ -104,6 +111,12 @@ def main(argv: list[str] | None = None) -> int:
         len(settings.neurons),
         len(catalogue.models),
     )
+    auth = settings.auth
+    if (auth.api_keys or auth.keys) and not any(k.role == "admin" for k in auth.keys):
+        log.warning(
+            'no API key has role = "admin": /admin/* and /fleet (cortex status, load, '
+            "unload) are refused to every key"
+        )
     sockets: list[socket.socket] = []
     try:
         for listen in (settings.gateway.listen, settings.gateway.metrics_listen):

@@ -3,6 +3,8 @@
     CortexError                 500 api_error
     ├── BadRequest              400 invalid_request_error
     ├── Unauthorized            401 authentication_error
+    ├── Forbidden               403 permission_error / forbidden (a user key on an admin path)
+    │   └── ModelNotAllowed     403 model_not_allowed (a model outside the key's ``models``)
     ├── ModelNotFound           404 not_found_error / model_not_found
     │   └── Unplaceable         404 model_unplaceable (no neuron could ever hold it)
     ├── RouteNotFound           404 not_found_error
@@ -72,6 +74,16 @@ class Unauthorized(CortexError):
     status = 401
     type = "authentication_error"
     code = "invalid_api_key"
+
+
+class Forbidden(CortexError):
+    status = 403
+    type = "permission_error"
+    code = "forbidden"
+
+
+class ModelNotAllowed(Forbidden):
+    code = "model_not_allowed"
 
 
 class ModelNotFound(CortexError):

@@ -1,7 +1,8 @@
 """cortex's Prometheus metrics, on a registry of its own per app instance.
 
 Label values stay bounded: ``model`` is a catalogued or neuron-reported id (anything else
-is ``_unknown``), ``node`` a configured neuron name, ``endpoint`` one of the fixed routes.
+is ``_unknown``), ``node`` a configured neuron name, ``endpoint`` one of the fixed routes,
+``key`` a configured API key's name (``_anonymous`` without keys; never the key itself).
 """
 
 from __future__ import annotations
@@ -46,9 +47,9 @@ class CortexMetrics:
         self.requests = Remembered(
             Counter(
                 "cortex_requests",
-                "Client requests by model, neuron, endpoint and the HTTP status the client got"
-                " (once per request: a retried attempt is not counted).",
-                ["model", "node", "endpoint", "status"],
+                "Client requests by model, neuron, endpoint, the HTTP status the client got and"
+                " API key name (once per request: a retried attempt is not counted).",
+                ["model", "node", "endpoint", "status", "key"],
                 registry=r,
             )
         )
@@ -89,14 +90,17 @@ class CortexMetrics:
         )
         self.prompt_tokens = Remembered(
             Counter(
-                "cortex_prompt_tokens", "Prompt tokens, from upstream usage.", ["model"], registry=r
+                "cortex_prompt_tokens",
+                "Prompt tokens, from upstream usage.",
+                ["model", "key"],
+                registry=r,
             )
         )
         self.completion_tokens = Remembered(
             Counter(
                 "cortex_completion_tokens",
                 "Completion tokens, from upstream usage.",
-                ["model"],
+                ["model", "key"],
                 registry=r,
             )
         )

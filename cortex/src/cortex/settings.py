@@ -9,11 +9,19 @@ is an error.
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 DEFAULT_MODELS_CONFIG = Path("/etc/cortex/models.toml")
@@ -91,10 +99,66 @@ class NeuronEntry(BaseModel):
         return self.endpoint.rstrip("/")
 
 
+class ApiKey(BaseModel):
+    """One ``[[auth.keys]]`` entry: a named key with a role, its secret given exactly one way.
+
+    ``key_file`` and ``key_env`` keep the secret out of ``cortex.toml``: the file's content
+    (surrounding whitespace stripped) or the named ``CORTEX_`` variable is read once, when the
+    settings are loaded.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[
+        str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    ]
+    """What metrics (label ``key``) and logs call this key; never the secret."""
+    key: Annotated[str, Field(min_length=1)] | None = None
+    key_file: Path | None = None
+    key_env: Annotated[str, Field(pattern=r"^CORTEX_[A-Za-z0-9_]+$")] | None = None
+    role: Literal["user", "admin"] = "user"
+    """``user``: inference and ``/v1/models``. ``admin``: also ``/admin/*`` and ``/fleet``."""
+    models: list[Annotated[str, Field(min_length=1)]] | None = None
+    """The models this key may use (unset: all); others get 403."""
+
+    @model_validator(mode="after")
+    def _secret(self) -> Self:
+        given = [f for f in ("key", "key_file", "key_env") if getattr(self, f) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of key, key_file, key_env (got {given or 'none'})")
+        if self.key_file is not None:
+            try:
+                self.key = self.key_file.read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ValueError(f"key_file {str(self.key_file)!r} cannot be read: {exc}") from None
+            if not self.key:
+                raise ValueError(f"key_file {str(self.key_file)!r} is empty")
+        if self.key_env is not None:
+            self.key = os.environ.get(self.key_env, "").strip()
+            if not self.key:
+                raise ValueError(f"key_env: ${self.key_env} is not set (or empty)")
+        return self
+
+
 class Auth(BaseModel):
+    """``[auth]``: no keys at all means no authentication (every caller is an admin)."""
+
     model_config = ConfigDict(extra="forbid")
 
     api_keys: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+    """Plain keys with the ``user`` role, named ``api_keys[0]``, ``api_keys[1]``, ..."""
+    keys: list[ApiKey] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> Self:
+        names = [k.name for k in self.keys]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"keys: names must be unique; repeated: {dupes}")
+        secrets = [k.key for k in self.keys] + list(self.api_keys)
+        if len(set(secrets)) != len(secrets):
+            raise ValueError("the same key is given twice (in keys or api_keys)")
+        return self
 
 
 class CortexSettings(BaseSettings):

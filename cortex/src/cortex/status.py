@@ -9,7 +9,7 @@ from typing import Any
 
 
 def admin(
-    endpoint: str, api_key: str | None, action: str, body: dict[str, Any], timeout: float
+    endpoint: str, admin_key: str | None, action: str, body: dict[str, Any], timeout: float
 ) -> dict[str, Any]:
     """POST ``{endpoint}/admin/models/{action}``; RuntimeError with the gateway's message."""
     url = endpoint.rstrip("/") + f"/admin/models/{action}"
@@ -18,41 +18,44 @@ def admin(
     request = urllib.request.Request(  # noqa: S310 - scheme checked above
         url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
     )
-    if api_key:
-        request.add_header("Authorization", f"Bearer {api_key}")
+    if admin_key:
+        request.add_header("Authorization", f"Bearer {admin_key}")
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
             data: dict[str, Any] = json.load(response)
             return data
     except urllib.error.HTTPError as exc:
-        raw = exc.read().decode(errors="replace")
-        try:
-            message = json.loads(raw)["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = raw
-        raise RuntimeError(f"HTTP {exc.code}: {message}") from None
+        raise RuntimeError(f"HTTP {exc.code}: {_message(exc)}") from None
     except (urllib.error.URLError, OSError, ValueError) as exc:
         raise RuntimeError(f"cannot reach cortex at {url}: {exc}") from None
 
 
-def fetch_fleet(endpoint: str, api_key: str | None) -> dict[str, Any]:
+def fetch_fleet(endpoint: str, admin_key: str | None) -> dict[str, Any]:
     """GET ``{endpoint}/fleet``; RuntimeError with a readable reason on any failure."""
     url = endpoint.rstrip("/") + "/fleet"
     if not url.startswith(("http://", "https://")):
         raise RuntimeError(f"endpoint must be an http(s) URL, got {endpoint!r}")
     request = urllib.request.Request(url)  # noqa: S310 - scheme checked above
-    if api_key:
-        request.add_header("Authorization", f"Bearer {api_key}")
+    if admin_key:
+        request.add_header("Authorization", f"Bearer {admin_key}")
     try:
         with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
             data: dict[str, Any] = json.load(response)
             return data
     except urllib.error.HTTPError as exc:
-        raise RuntimeError(
-            f"{url}: HTTP {exc.code}: {exc.read().decode(errors='replace')}"
-        ) from None
+        raise RuntimeError(f"{url}: HTTP {exc.code}: {_message(exc)}") from None
     except (urllib.error.URLError, OSError, ValueError) as exc:
         raise RuntimeError(f"cannot reach cortex at {url}: {exc}") from None
+
+
+def _message(exc: urllib.error.HTTPError) -> str:
+    """The gateway's error envelope's ``message``, else the body as it came."""
+    raw = exc.read().decode(errors="replace")
+    try:
+        message: str = json.loads(raw)["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        return raw
+    return message
 
 
 def render(fleet: dict[str, Any]) -> str:

@@ -18,6 +18,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from neuron.discovery import GpuProbe
+from neuron.engine.policy import LaunchPolicy
 from neuron.errors import ModelLoading, ModelNotFound, ModelUnloading, NeuronError, envelope
 from neuron.gate import Gate
 from neuron.health import HealthMonitor
@@ -50,6 +51,8 @@ class Neuron:
     registry: Registry
     lifecycle: Lifecycle
     health: HealthMonitor
+    policy: LaunchPolicy
+    """What a load request from the network may ask an engine to read."""
     _engine_version: str | None = field(default=None, init=False)
     _session: aiohttp.ClientSession | None = field(default=None, init=False)
 
@@ -151,6 +154,11 @@ def build(
         registry=registry,
         lifecycle=Lifecycle(settings.drain_timeout, registry),
         health=health,
+        policy=LaunchPolicy(
+            allowed_engine_args=settings.harness.vllm.allowed_engine_args,
+            allowed_paths=settings.harness.vllm.paths,
+            allowed_sources=settings.harness.vllm.allowed_sources,
+        ),
     )
 
 

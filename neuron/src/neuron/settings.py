@@ -8,6 +8,7 @@ raises :class:`ConfigError` with one message naming the file and the key.
 
 from __future__ import annotations
 
+import os
 import sys
 import tomllib
 from pathlib import Path
@@ -17,6 +18,33 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 DEFAULT_PORT = 13131
+MODELS_DIR = "/var/lib/neuron/models"
+ENV_PASSTHROUGH = [
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "LANG",
+    "LC_*",
+    "TZ",
+    "TMPDIR",
+    "PYTHONPATH",
+    "LD_LIBRARY_PATH",
+    "LD_PRELOAD",
+    "CUDA_*",
+    "NVIDIA_*",
+    "NCCL_*",
+    "HF_*",
+    "VLLM_*",
+    "TRANSFORMERS_*",
+    "TOKENIZERS_*",
+    "TORCH_*",
+    "TRITON_*",
+    "OMP_*",
+    "MKL_*",
+    "KMP_*",
+    "XDG_CACHE_HOME",
+]
 
 
 class ConfigError(Exception):
@@ -77,13 +105,58 @@ class VllmHarness(BaseModel):
     )
     """Engine flags a load request from the network may pass (``--flag`` or ``--flag=value``).
     ``--trust-remote-code`` is not here on purpose: add it only if you trust every caller."""
+    allowed_paths: list[str] | None = None
+    """Where a load request's ``source`` and file-naming engine args may point (symlinks
+    followed). Unset: the Hugging Face cache (see :attr:`cache`) and ``/var/lib/neuron/models``."""
+    allowed_sources: list[str] = Field(default_factory=lambda: ["*"])
+    """Hub repo ids a load request may name (shell patterns, e.g. ``"Qwen/*"``)."""
+    env_passthrough: list[str] = Field(default_factory=lambda: list(ENV_PASSTHROUGH))
+    """Names of the neuron's environment variables an engine inherits (``X_*``: a prefix).
+    ``NEURON_*`` never passes, whatever this says."""
     env: dict[str, str] = Field(default_factory=dict)
     """Extra environment for every engine (e.g. ``VLLM_CPU_KVCACHE_SPACE``)."""
     log_tail_lines: Annotated[int, Field(ge=1, le=1000)] = 40
 
+    @field_validator("allowed_engine_args")
+    @classmethod
+    def _checkable(cls, flags: list[str]) -> list[str]:
+        # Imported here: neuron.engine imports this module.
+        from neuron.engine.policy import check_flag_names
+
+        never = check_flag_names(flags)
+        if never:
+            raise ValueError(
+                f"{never} can never be allowed: their values name files the neuron cannot "
+                "check (or options the neuron sets itself)"
+            )
+        return flags
+
+    @field_validator("env")
+    @classmethod
+    def _no_neuron_secrets(cls, env: dict[str, str]) -> dict[str, str]:
+        if any(name.startswith("NEURON_") for name in env):
+            raise ValueError("NEURON_* variables are the neuron's own and never go to engines")
+        return env
+
     @property
     def argv_prefix(self) -> list[str]:
         return list(self.command) if self.command else [self.python, "-m", self.module]
+
+    @property
+    def cache(self) -> str:
+        """The Hugging Face cache engines use: ``hf_cache``, else ``$HF_HOME``, else ~/.cache."""
+        return (
+            self.hf_cache
+            or os.environ.get("HF_HOME")
+            or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
+        )
+
+    @property
+    def paths(self) -> list[str]:
+        """``allowed_paths``, or its default."""
+        if self.allowed_paths is not None:
+            return list(self.allowed_paths)
+        return [self.cache, MODELS_DIR]
 
 
 class Harnesses(BaseModel):

@@ -3,8 +3,8 @@
 ``POST /admin/models/load {"model", "node"?}`` → ``{"status": "loaded", "model", "node",
 "seconds"}`` once the model is ready (a model ready already answers at once).
 ``POST /admin/models/unload {"model", "node"?}`` → ``{"status": "unloaded", "model",
-"nodes"}``; without ``node`` it is unloaded everywhere. Both need an API key when keys are
-configured, like every path but ``/health``.
+"nodes"}``; without ``node`` it is unloaded everywhere. Both need an admin key when keys
+are configured (``cortex.auth``); a user key gets 403.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""Fleet views: ``/health``, the merged ``/v1/models``, and ``/fleet`` for ``cortex status``."""
+"""Fleet views: ``/health``, the merged ``/v1/models``, and ``/fleet`` for ``cortex status``.
+
+``/fleet`` shows neuron endpoints and their errors: it needs an admin key (``cortex.auth``).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+
+from cortex.auth import caller_of
 
 if TYPE_CHECKING:
     from cortex.app import Gateway
@@ -30,7 +35,9 @@ async def health(request: Request) -> Response:
 
 
 async def models(request: Request) -> Response:
+    """The models the fleet knows, less those the caller's key may not use."""
     gw = _gw(request)
+    caller = caller_of(request.scope)
     created = int(gw.started_wall)
     data = [
         {
@@ -41,6 +48,7 @@ async def models(request: Request) -> Response:
             "locations": locations,
         }
         for model_id, locations in sorted(gw.fleet.locations().items())
+        if caller.may_use(model_id)
     ]
     return JSONResponse({"object": "list", "data": data})
 

@@ -32,9 +32,11 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from cortex.auth import caller_of
 from cortex.errors import (
     BadRequest,
     CortexError,
+    ModelNotAllowed,
     ModelNotFound,
     ModelNotReady,
     UpstreamError,
@@ -80,6 +82,8 @@ class Call:
     path: str
     model: str
     label: str
+    key: str
+    """The caller's key name (metrics label ``key``)."""
     started: float = field(default_factory=time.monotonic)
     node: str = "none"
     status: int = 0
@@ -103,11 +107,18 @@ async def handle(gw: Gateway, scope: Scope, read: BodyReader) -> Response:
     if not isinstance(stream, bool):
         raise BadRequest("'stream' must be true or false", param="stream")
     known = gw.fleet.knows(model)
-    call = Call(path=path, model=model, label=model if known else "_unknown")
+    caller = caller_of(scope)
+    call = Call(path=path, model=model, label=model if known else "_unknown", key=caller.name)
+    try:
+        caller.check_model(model)
+    except ModelNotAllowed:
+        gw.metrics.requests.labels(call.label, "none", path, "403", call.key).inc()
+        raise
     nodes = rank(gw.fleet.ready_nodes(model), gw.next_turn())
     cold = not nodes and gw.loader.can_load(model)
     if not nodes and not cold:
-        gw.metrics.requests.labels(call.label, "none", path, "404" if not known else "503").inc()
+        status = "404" if not known else "503"
+        gw.metrics.requests.labels(call.label, "none", path, status, call.key).inc()
         if not known:
             raise ModelNotFound(f"model {model!r} does not exist on this gateway", param="model")
         raise ModelNotReady(
@@ -129,7 +140,7 @@ async def handle(gw: Gateway, scope: Scope, read: BodyReader) -> Response:
         try:
             nodes = await _loaded(gw, call)
         except CortexError as exc:
-            gw.metrics.requests.labels(call.label, "none", path, str(exc.status)).inc()
+            gw.metrics.requests.labels(call.label, "none", path, str(exc.status), call.key).inc()
             raise
 
     answer, node = await _open(gw, call, nodes[:2], body, headers)
@@ -228,7 +239,8 @@ def _cold_stream(
             answer, node = await _open(gw, call, nodes[:2], body, headers)
         except CortexError as exc:
             if call.node == "none":
-                gw.metrics.requests.labels(call.label, "none", call.path, str(exc.status)).inc()
+                status = str(exc.status)
+                gw.metrics.requests.labels(call.label, "none", call.path, status, call.key).inc()
             yield sse_error(exc, call.path)
             return
         finally:

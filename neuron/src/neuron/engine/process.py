@@ -19,7 +19,7 @@ import socket
 import sys
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import httpx
 
@@ -76,8 +76,21 @@ def engine_argv(spec: ModelSpec, harness: VllmHarness, port: int) -> list[str]:
     return argv + list(spec.engine_args)
 
 
-def engine_env(harness: VllmHarness, devices: list[int] | None) -> dict[str, str]:
-    env = dict(os.environ)
+def engine_env(
+    harness: VllmHarness, devices: list[int] | None, environ: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The engine's whole environment: the names ``env_passthrough`` lets through from
+    ``environ`` (the neuron's own), then ``[harness.vllm.env]``. ``NEURON_*`` (the neuron's
+    token among them) never passes: an engine's environment is readable in
+    ``/proc/<pid>/environ`` by anything running as the neuron's user."""
+    environ = os.environ if environ is None else environ
+    names = [p for p in harness.env_passthrough if not p.endswith("*")]
+    prefixes = tuple(p[:-1] for p in harness.env_passthrough if p.endswith("*"))
+    env = {
+        name: value
+        for name, value in environ.items()
+        if (name in names or name.startswith(prefixes)) and not name.startswith("NEURON_")
+    }
     env.update(harness.env)
     env["PYTHONUNBUFFERED"] = "1"
     if harness.hf_cache:

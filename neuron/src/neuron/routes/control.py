@@ -82,7 +82,7 @@ async def load(request: Request) -> Response:
         spec = ModelSpec.model_validate(body)
     except ValidationError as exc:
         raise BadRequest(f"invalid model spec: {describe(exc)}") from None
-    _check_engine_args(spec.engine_args, n.settings.harness.vllm.allowed_engine_args)
+    n.policy.check(spec.resolved_source, spec.engine_args)
     slot = await n.registry.load(spec)
     return JSONResponse({"status": "loaded", "model": slot.info()})
 
@@ -118,14 +118,3 @@ async def openai_models(request: Request) -> Response:
 async def metrics(request: Request) -> Response:
     n = _neuron(request)
     return Response(generate_latest(n.metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-
-def _check_engine_args(args: list[str], allowed: list[str]) -> None:
-    """Each flag must be on the operator's allow-list; plain values may follow flags."""
-    allowed_set = set(allowed)
-    refused = [a for a in args if a.startswith("-") and a.split("=", 1)[0] not in allowed_set]
-    if refused:
-        raise BadRequest(
-            f"engine_args not allowed on this neuron: {refused}; allowed: {sorted(allowed_set)}",
-            param="engine_args",
-        )

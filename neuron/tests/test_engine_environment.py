@@ -1,0 +1,49 @@
+"""Engines get a minimal environment: never the neuron's token or other secrets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from neuron_testing import fake_harness, running, settings_for
+
+from neuron.settings import ConfigError, Harnesses, load_settings
+
+
+def environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    return dict(item.decode().partition("=")[::2] for item in raw.split(b"\0") if item)
+
+
+def children(pid: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+async def test_the_engine_environment_has_no_neuron_token(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("NEURON_AUTH_TOKEN", "tok3n")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws-secret")
+    monkeypatch.setenv("VLLM_LOGGING_LEVEL", "INFO")
+    harness = fake_harness(EXTRA_FOR_ENGINE="yes")
+    settings = settings_for(auth_token="tok3n", harness=Harnesses(vllm=harness))
+    async with running(settings, headers={"authorization": "Bearer tok3n"}) as neuron:
+        response = await neuron.load("m")
+        assert response.status_code == 200, response.text
+        guard = response.json()["model"]["engine"]["pid"]
+        (engine,) = children(guard)
+        for pid in (guard, engine):
+            env = environ(pid)
+            assert "tok3n" not in "".join(env.values())
+            assert not [name for name in env if name.startswith("NEURON_")]
+            assert "AWS_SECRET_ACCESS_KEY" not in env
+            assert env["VLLM_LOGGING_LEVEL"] == "INFO"  # on the pass-through list
+            assert env["EXTRA_FOR_ENGINE"] == "yes"  # [harness.vllm.env]
+            assert "PATH" in env
+
+
+def test_harness_env_cannot_hand_engines_neuron_variables(tmp_path: Path) -> None:
+    path = tmp_path / "neuron.toml"
+    path.write_text('[harness.vllm.env]\nNEURON_AUTH_TOKEN = "x"\n')
+    with pytest.raises(ConfigError, match=r"harness\.vllm\.env: .*NEURON_"):
+        load_settings(path)
