@@ -26,7 +26,7 @@ from fake_neuron import FakeNeuron
 from cortex.app import build, create_app
 from cortex.settings import Catalogue, CortexSettings
 
-RUN = 3.0
+RUN = 4.0
 SHORT, PAUSE, LONG = 0.1, 0.3, RUN + 1.0
 
 

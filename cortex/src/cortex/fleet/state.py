@@ -105,23 +105,6 @@ class Node:
         """
         return self.busy(model) + self.others.get(model, 0)
 
-    def score(self, model: str) -> tuple[int, float] | None:
-        """Routing's load score for ``model`` here, lowest first, or ``None`` if unknown.
-
-        The engine's waiting + running at the last poll, corrected by what this cortex knows
-        has changed since: plus its requests sent here since that poll, less its requests
-        that have finished since. That is the engine's count less this cortex's own requests
-        at the poll (:attr:`queued_others`) plus this cortex's requests in flight here now.
-        Then the KV cache in use, to break ties. Every replica sees the same engine numbers,
-        so each one's choice accounts for the others' requests (as of the last poll), and
-        for its own to the moment.
-        """
-        load = self.loads.get(model)
-        if load is None:
-            return None
-        others = self.queued_others.get(model, 0)
-        return others + self.model_in_flight.get(model, 0), load.kv_cache_usage or 0.0
-
     def status_of(self, model: str) -> str | None:
         info = self.models.get(model)
         return str(info.get("status")) if info else None
