@@ -3,7 +3,7 @@
 Env: FAKE_ENGINE_STARTUP_DELAY, FAKE_ENGINE_FAIL, FAKE_ENGINE_CHUNK_DELAY, FAKE_ENGINE_EXIT_AFTER,
 FAKE_ENGINE_SPAM_LINES (that many long lines on stderr before serving), FAKE_ENGINE_MAX_RUNNING
 (requests beyond it are reported waiting), FAKE_ENGINE_METRICS_DELAY (``/metrics`` answers
-that late), FAKE_ENGINE_KV_GAUGE (the KV-cache gauge's name: older vLLM says
+that late), FAKE_ENGINE_METRICS_BROKEN (``/metrics`` is not Prometheus text), FAKE_ENGINE_KV_GAUGE (the KV-cache gauge's name: older vLLM says
 ``vllm:gpu_cache_usage_perc``).
 A request body ``"fake_sleep": S`` delays a non-streamed reply by S seconds; as in vLLM, a client
 that disconnects meanwhile cancels it.
@@ -235,6 +235,9 @@ def build_app(names: list[str]) -> ASGIApp:
 
     async def metrics(_: Request) -> Response:
         await asyncio.sleep(METRICS_DELAY)
+        if os.environ.get("FAKE_ENGINE_METRICS_BROKEN"):
+            text = 'vllm:num_requests_running{model_name="x" 1\nnot prometheus at all {{{\n'
+            return Response(text, media_type="text/plain; version=0.0.4")
         return Response(vllm_metrics(names[0]), media_type="text/plain; version=0.0.4")
 
     async def post(request: Request) -> Response:

@@ -109,3 +109,16 @@ async def test_a_model_not_ready_reports_no_load(neuron: Running) -> None:
     info = (await neuron.models())["broken"]
     assert (info["running"], info["waiting"], info["kv_cache_usage"]) == (None, None, None)
     assert "vllm:" not in (await neuron.client.get("/metrics")).text
+
+
+async def test_metrics_that_are_not_prometheus_text_give_nothing() -> None:
+    harness = fake_harness(FAKE_ENGINE_METRICS_BROKEN="1")
+    async with running(settings_for(harness=Harnesses(vllm=harness), health_interval=0.1)) as n:
+        await n.load("m1")
+        response = await n.client.get("/metrics")
+        assert response.status_code == 200
+        assert "vllm:" not in response.text
+        assert samples(response.text)["neuron_models", (("state", "ready"),)] == 1
+        await asyncio.sleep(0.3)  # a few rounds of the /models refresh
+        info = (await n.models())["m1"]
+        assert (info["status"], info["running"], info["kv_cache_usage"]) == ("ready", None, None)

@@ -62,9 +62,13 @@ async def scrape(client: httpx.AsyncClient, url: str, within: float) -> list[Met
         async with asyncio.timeout(within):
             response = await client.get(f"{url}/metrics", timeout=within)
         response.raise_for_status()
-        return [f for f in text_string_to_metric_families(response.text) if _ours(f)]
-    except (httpx.HTTPError, TimeoutError, ValueError) as exc:
+    except (httpx.HTTPError, TimeoutError) as exc:
         log.debug("engine metrics from %s unavailable: %r", url, exc)
+        return []
+    try:
+        return [f for f in text_string_to_metric_families(response.text) if _ours(f)]
+    except Exception as exc:  # whatever the engine wrote, the neuron's own scrape goes on
+        log.warning("engine metrics from %s are not Prometheus text: %r", url, exc)
         return []
 
 
