@@ -10,6 +10,7 @@ nothing, and its model's numbers become unknown (``None``) until it answers agai
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterator
 
 import httpx
@@ -18,6 +19,8 @@ from prometheus_client.metrics_core import Metric
 
 from neuron.engine.stats import UNKNOWN, load_of, merged, scrape
 from neuron.registry import Registry, Slot, State
+
+log = logging.getLogger("neuron.watch")
 
 
 class EngineWatch:
@@ -31,7 +34,10 @@ class EngineWatch:
 
     async def run(self) -> None:
         while True:
-            await self.scrape_all()
+            try:
+                await self.scrape_all()
+            except Exception:  # the numbers go stale; the neuron and this loop go on
+                log.warning("reading the engines' load failed", exc_info=True)
             await asyncio.sleep(self.interval)
 
     async def scrape_all(self) -> dict[str, list[Metric]]:
