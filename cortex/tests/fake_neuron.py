@@ -58,6 +58,11 @@ class FakeNeuron:
     """Path (``/models``, ``/health``, ``/discovery``) → the raw JSON it answers instead."""
     answer_headers: list[tuple[str, str]] = field(default_factory=list)
     """Added to every inference answer, as they are (repeated names stay repeated)."""
+    report_load: bool = False
+    """Report each model's engine load in ``/models``: ``running`` = the inference requests
+    being answered now, ``waiting`` 0, ``kv_cache_usage`` a tenth per running request."""
+    running: dict[str, int] = field(default_factory=dict)
+    """Inference requests for each model being answered now (all clients)."""
 
     def app(self) -> Starlette:
         return Starlette(
@@ -119,7 +124,7 @@ class FakeNeuron:
         return JSONResponse({"status": "unloaded"})
 
     def info(self, model: str) -> dict[str, Any]:
-        return {
+        info = {
             "id": model,
             "harness": "vllm",
             "status": self.models.get(model, "gone"),
@@ -127,6 +132,10 @@ class FakeNeuron:
             "devices": [],
             "vram_used_mb": 0,
         }
+        if self.report_load:
+            running = self.running.get(model, 0)
+            info |= {"running": running, "waiting": 0, "kv_cache_usage": min(1, running / 10)}
+        return info
 
     async def list_models(self, request: Request) -> Response:
         if self.polls_fail:
@@ -167,7 +176,12 @@ class FakeNeuron:
             error = {"error": {"message": "fake neuron says no", "type": "x", "code": "x"}}
             return JSONResponse(error, self.answer_status)
         if not body.get("stream"):
-            await asyncio.sleep(self.answer_delay)
+            model = body["model"]
+            self.running[model] = self.running.get(model, 0) + 1
+            try:  # "fake_sleep": this request's own answer delay
+                await asyncio.sleep(float(body.get("fake_sleep", self.answer_delay)))
+            finally:
+                self.running[model] -= 1
             usage = {
                 "prompt_tokens": self.prompt_tokens,
                 "completion_tokens": self.chunks,

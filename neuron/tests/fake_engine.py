@@ -1,7 +1,10 @@
 """Fake stand-in for vLLM's OpenAI server, launched with vLLM's CLI flags (fast unit tests).
 
 Env: FAKE_ENGINE_STARTUP_DELAY, FAKE_ENGINE_FAIL, FAKE_ENGINE_CHUNK_DELAY, FAKE_ENGINE_EXIT_AFTER,
-FAKE_ENGINE_SPAM_LINES (that many long lines on stderr before serving).
+FAKE_ENGINE_SPAM_LINES (that many long lines on stderr before serving), FAKE_ENGINE_MAX_RUNNING
+(requests beyond it are reported waiting), FAKE_ENGINE_METRICS_DELAY (``/metrics`` answers
+that late), FAKE_ENGINE_METRICS_BROKEN (``/metrics`` is not Prometheus text), FAKE_ENGINE_KV_GAUGE (the KV-cache gauge's name: older vLLM says
+``vllm:gpu_cache_usage_perc``).
 A request body ``"fake_sleep": S`` delays a non-streamed reply by S seconds; as in vLLM, a client
 that disconnects meanwhile cancels it.
 """
@@ -30,11 +33,49 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 CHUNK_DELAY = float(os.environ.get("FAKE_ENGINE_CHUNK_DELAY", "0.01"))
 CHAT, COMPLETIONS, MESSAGES = "/v1/chat/completions", "/v1/completions", "/v1/messages"
 RUNNING = 0  # generation requests in flight, exported as vllm:num_requests_running
+MAX_RUNNING = int(os.environ.get("FAKE_ENGINE_MAX_RUNNING", "256"))
+METRICS_DELAY = float(os.environ.get("FAKE_ENGINE_METRICS_DELAY", "0"))
+KV_GAUGE = os.environ.get("FAKE_ENGINE_KV_GAUGE", "vllm:kv_cache_usage_perc")
+KV_PER_REQUEST = 0.125
 
 
 def log(line: str) -> None:
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
+
+
+def vllm_metrics(model: str) -> str:
+    """``/metrics`` as vLLM writes it: requests beyond ``MAX_RUNNING`` wait; each running one
+    fills an eighth of the KV cache; a few other families, and one that is not vLLM's."""
+    running, waiting = min(RUNNING, MAX_RUNNING), max(0, RUNNING - MAX_RUNNING)
+    kv = min(1.0, running * KV_PER_REQUEST)
+    labels = f'engine="0",model_name="{model}"'
+    return (
+        "# HELP python_gc_objects_collected_total Objects collected during gc\n"
+        "# TYPE python_gc_objects_collected_total counter\n"
+        'python_gc_objects_collected_total{generation="0"} 42.0\n'
+        "# HELP vllm:num_requests_running Number of requests in model execution batches.\n"
+        "# TYPE vllm:num_requests_running gauge\n"
+        f"vllm:num_requests_running{{{labels}}} {float(running)}\n"
+        "# HELP vllm:num_requests_waiting Number of requests waiting to be processed.\n"
+        "# TYPE vllm:num_requests_waiting gauge\n"
+        f"vllm:num_requests_waiting{{{labels}}} {float(waiting)}\n"
+        f"# HELP {KV_GAUGE} KV-cache usage. 1 means 100 percent usage.\n"
+        f"# TYPE {KV_GAUGE} gauge\n"
+        f"{KV_GAUGE}{{{labels}}} {kv}\n"
+        "# HELP vllm:prefix_cache_queries_total Prefix cache queries, in terms of tokens.\n"
+        "# TYPE vllm:prefix_cache_queries_total counter\n"
+        f"vllm:prefix_cache_queries_total{{{labels}}} 120.0\n"
+        "# HELP vllm:prefix_cache_hits_total Prefix cache hits, in terms of tokens.\n"
+        "# TYPE vllm:prefix_cache_hits_total counter\n"
+        f"vllm:prefix_cache_hits_total{{{labels}}} 30.0\n"
+        "# HELP vllm:time_to_first_token_seconds Histogram of time to first token in seconds.\n"
+        "# TYPE vllm:time_to_first_token_seconds histogram\n"
+        f'vllm:time_to_first_token_seconds_bucket{{{labels},le="0.1"}} 3.0\n'
+        f'vllm:time_to_first_token_seconds_bucket{{{labels},le="+Inf"}} 4.0\n'
+        f"vllm:time_to_first_token_seconds_count{{{labels}}} 4.0\n"
+        f"vllm:time_to_first_token_seconds_sum{{{labels}}} 0.5\n"
+    )
 
 
 def error(status: int, message: str, etype: str, param: str | None = None) -> JSONResponse:
@@ -193,12 +234,11 @@ def build_app(names: list[str]) -> ASGIApp:
         return JSONResponse({"object": "list", "data": data})
 
     async def metrics(_: Request) -> Response:
-        text = (
-            "# HELP vllm:num_requests_running Number of requests in model execution batches.\n"
-            "# TYPE vllm:num_requests_running gauge\n"
-            f'vllm:num_requests_running{{model_name="{names[0]}"}} {float(RUNNING)}\n'
-        )
-        return Response(text, media_type="text/plain; version=0.0.4")
+        await asyncio.sleep(METRICS_DELAY)
+        if os.environ.get("FAKE_ENGINE_METRICS_BROKEN"):
+            text = 'vllm:num_requests_running{model_name="x" 1\nnot prometheus at all {{{\n'
+            return Response(text, media_type="text/plain; version=0.0.4")
+        return Response(vllm_metrics(names[0]), media_type="text/plain; version=0.0.4")
 
     async def post(request: Request) -> Response:
         path = request.url.path

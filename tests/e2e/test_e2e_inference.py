@@ -116,6 +116,35 @@ async def test_text_completion(neuron: NeuronProcess, tiny_model: Path) -> None:
     assert 1 <= body["usage"]["completion_tokens"] <= 5
 
 
+async def test_the_engines_metrics_and_load_show_through_the_neuron(
+    neuron: NeuronProcess, tiny_model: Path
+) -> None:
+    async with client(neuron) as c:
+        await ensure_tiny(c, neuron, tiny_model)
+        response = await c.post("/v1/chat/completions", json=chat_body("tiny", max_tokens=4))
+        assert response.status_code == 200, response.text
+        scraped = (await c.get("/metrics")).text
+        # /models is refreshed every health_interval (5 s here).
+        deadline, info = time.monotonic() + 20, {}
+        while time.monotonic() < deadline:
+            info = (await list_models(c, neuron))["tiny"]
+            if info.get("running") is not None:
+                break
+            await asyncio.sleep(0.5)
+    assert prometheus_value(scraped, RUNNING_METRIC, model="tiny") == 0, scraped[:2000]
+    assert prometheus_value(scraped, "vllm:num_requests_waiting", model="tiny") == 0
+    kv = prometheus_value(scraped, "vllm:kv_cache_usage_perc", model="tiny")
+    kv = (
+        kv
+        if kv is not None
+        else prometheus_value(scraped, "vllm:gpu_cache_usage_perc", model="tiny")
+    )
+    assert kv is not None and 0 <= kv <= 1, scraped[:2000]
+    assert (prometheus_value(scraped, GENERATED_METRIC, model="tiny") or 0) >= 1
+    assert (info["running"], info["waiting"]) == (0, 0), info
+    assert isinstance(info["kv_cache_usage"], float) and 0 <= info["kv_cache_usage"] <= 1, info
+
+
 async def test_streaming_chat_with_usage(neuron: NeuronProcess, tiny_model: Path) -> None:
     body = chat_body("tiny", max_tokens=8, stream=True, stream_options={"include_usage": True})
     async with client(neuron) as c:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Generic, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 if TYPE_CHECKING:
     from cortex.fleet.state import Node
@@ -157,6 +157,9 @@ class CortexMetrics:
             registry=r,
         )
         self._loaded_series: dict[str, set[str]] = {}
+        # process_cpu_seconds_total and memory: cortex relays on one event loop, so CPU near
+        # one core means it is saturated (ops/prometheus/cortex-alerts.yml).
+        ProcessCollector(registry=r)
 
     def observe_node(self, node: Node) -> None:
         self.neuron_up.labels(node.name).set(1 if node.up else 0)

@@ -28,6 +28,7 @@ from neuron.registry import Registry, Slot, State
 from neuron.routes import control
 from neuron.routes.proxy import PATHS, proxy
 from neuron.settings import NeuronSettings
+from neuron.watch import EngineWatch
 
 log = logging.getLogger("neuron.app")
 
@@ -53,6 +54,7 @@ class Neuron:
     health: HealthMonitor
     policy: LaunchPolicy
     """What a load request from the network may ask an engine to read."""
+    watch: EngineWatch
     _engine_version: str | None = field(default=None, init=False)
     _session: aiohttp.ClientSession | None = field(default=None, init=False)
 
@@ -159,6 +161,12 @@ def build(
             allowed_paths=settings.harness.vllm.paths,
             allowed_sources=settings.harness.vllm.allowed_sources,
         ),
+        watch=EngineWatch(
+            registry,
+            client,
+            interval=settings.health_interval,
+            timeout=settings.engine_metrics_timeout,
+        ),
     )
 
 
@@ -169,6 +177,7 @@ def create_app(settings: NeuronSettings, *, neuron: Neuron | None = None) -> ASG
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         monitor = asyncio.create_task(n.health.run(), name="health")
+        watch = asyncio.create_task(n.watch.run(), name="engine watch")
         activation = asyncio.create_task(
             n.lifecycle.activate(settings.default_models), name="activation"
         )
@@ -179,9 +188,10 @@ def create_app(settings: NeuronSettings, *, neuron: Neuron | None = None) -> ASG
             activation.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await activation
-            monitor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await monitor
+            for task in (monitor, watch):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await n.client.aclose()
             if n._session is not None:
                 await n._session.close()

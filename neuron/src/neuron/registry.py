@@ -27,6 +27,7 @@ import httpx
 
 from neuron.discovery import DeviceSample
 from neuron.engine import HARNESSES, EngineProcess
+from neuron.engine.stats import UNKNOWN, EngineLoad
 from neuron.errors import (
     DoesNotFit,
     EngineFailed,
@@ -59,6 +60,8 @@ class Slot:
     reserved_mb: int = 0
     start: asyncio.Task[None] | None = None
     gone: asyncio.Event = field(default_factory=asyncio.Event)
+    load: EngineLoad = UNKNOWN
+    """The engine's own running/waiting/KV numbers, as of its last scrape (``EngineWatch``)."""
 
     @property
     def model_id(self) -> str:
@@ -75,6 +78,7 @@ class Slot:
             "in_flight": self.in_flight,
             "error": self.error,
             "engine": {"pid": self.engine.pid, "url": self.engine.url},
+            **self.load.public(),
         }
 
 

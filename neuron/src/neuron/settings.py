@@ -177,6 +177,10 @@ class NeuronSettings(BaseSettings):
     auth_token: str | None = None
     drain_timeout: Annotated[float, Field(ge=0)] = 60.0
     health_interval: Annotated[float, Field(gt=0)] = 5.0
+    engine_metrics_timeout: Annotated[float, Field(gt=0)] = 2.0
+    """Longest one engine's ``/metrics`` is waited for (engines are read concurrently, for
+    the neuron's ``/metrics`` and every ``health_interval`` for ``/models``); an engine that
+    does not answer in time contributes nothing."""
     max_body_bytes: Annotated[int, Field(gt=0)] = 32 * 1024 * 1024
     engine_read_timeout: Annotated[float, Field(gt=0)] = 600.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import aiohttp
 
 from cortex.fleet import contract
-from cortex.fleet.state import Fleet, Node
+from cortex.fleet.state import Fleet, Load, Node
 from cortex.metrics import CortexMetrics
 from cortex.settings import Poll
 
@@ -95,6 +95,18 @@ class Poller:
                     - max(ours_before.get(model_id, 0), node.busy(model_id))
                 )
                 > 0
+            }
+            node.loads = {
+                model_id: load
+                for model_id, info in node.models.items()
+                if (load := Load.of(info)).queued is not None
+            }
+            # Ours that started or ended while the poll travelled may or may not be in the
+            # engine's numbers: subtracting the smaller count errs towards busy.
+            node.queued_others = {
+                model_id: max(0, queued - min(ours_before.get(model_id, 0), node.busy(model_id)))
+                for model_id, load in node.loads.items()
+                if (queued := load.queued) is not None
             }
         self._changed(node, before)
         self._metrics.observe_node(node)

@@ -12,6 +12,47 @@ from typing import Any
 from cortex.settings import Catalogue, CatalogueModel, NeuronEntry
 
 
+@dataclass(frozen=True, slots=True)
+class Load:
+    """A model's load on a neuron, as its engine reported it at the last poll.
+
+    ``running`` and ``waiting`` are the engine's request counts, ``kv_cache_usage`` its KV
+    cache in use (0-1). A neuron that does not report them (older versions, an engine whose
+    metrics did not answer) leaves them ``None``.
+    """
+
+    running: int | None = None
+    waiting: int | None = None
+    kv_cache_usage: float | None = None
+
+    @classmethod
+    def of(cls, info: dict[str, Any]) -> Load:
+        """Read from one ``ModelInfo``; an absent or invalid value is ``None``."""
+        kv = info.get("kv_cache_usage")
+        return cls(
+            running=_count(info.get("running")),
+            waiting=_count(info.get("waiting")),
+            kv_cache_usage=(
+                float(kv)
+                if isinstance(kv, int | float) and not isinstance(kv, bool) and 0 <= kv <= 1
+                else None
+            ),
+        )
+
+    @property
+    def queued(self) -> int | None:
+        """Running plus waiting, when the engine reported both."""
+        if self.running is None or self.waiting is None:
+            return None
+        return self.running + self.waiting
+
+
+def _count(value: object) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
+
+
 @dataclass(eq=False)
 class Node:
     name: str
@@ -28,6 +69,11 @@ class Node:
     """Requests this cortex has routed to the node that have not finished."""
     model_in_flight: dict[str, int] = field(default_factory=dict)
     """The same, by model: a model with requests in flight is never evicted."""
+    loads: dict[str, Load] = field(default_factory=dict)
+    """Model id → its engine's load as of the last poll (models that report one)."""
+    queued_others: dict[str, int] = field(default_factory=dict)
+    """Model id → the engine's running + waiting at the last poll less this cortex's own
+    requests there at the time: the part of the engine's load this cortex cannot see."""
     others: dict[str, int] = field(default_factory=dict)
     """Model id → requests in flight there from clients other than this cortex, as of the last
     poll: the neuron's ``in_flight`` less this cortex's own requests at the time."""

@@ -114,7 +114,7 @@ async def handle(gw: Gateway, scope: Scope, read: BodyReader) -> Response:
     except ModelNotAllowed:
         gw.metrics.requests.labels(call.label, "none", path, "403", call.key).inc()
         raise
-    nodes = rank(gw.fleet.ready_nodes(model), gw.next_turn())
+    nodes = rank(gw.fleet.ready_nodes(model), model, gw.next_turn())
     cold = not nodes and gw.loader.can_load(model)
     if not nodes and not cold:
         status = "404" if not known else "503"
@@ -208,7 +208,7 @@ class Relayed(StreamingResponse):
 async def _loaded(gw: Gateway, call: Call) -> list[Node]:
     """Wait for ``call.model`` to load; the neurons to send the call to, best first."""
     await gw.loader.wait(call.model)
-    nodes = rank(gw.fleet.ready_nodes(call.model), gw.next_turn())
+    nodes = rank(gw.fleet.ready_nodes(call.model), call.model, gw.next_turn())
     if not nodes:  # unloaded again already (evicted by another cold load)
         raise ModelNotReady(
             f"model {call.model!r} was unloaded again before it could be used; retry shortly",

@@ -12,6 +12,7 @@ from starlette.responses import JSONResponse, Response
 
 from neuron import __version__
 from neuron.engine import HARNESSES
+from neuron.engine.stats import UNKNOWN
 from neuron.errors import BadRequest
 from neuron.registry import State
 from neuron.routes.body import read_object
@@ -68,6 +69,7 @@ async def list_models(request: Request) -> Response:
             "in_flight": 0,
             "error": None,
             "engine": None,
+            **UNKNOWN.public(),
         }
         for spec in n.lifecycle.pending.values()
         if spec.model_id not in known
@@ -117,4 +119,5 @@ async def openai_models(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     n = _neuron(request)
-    return Response(generate_latest(n.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    own = generate_latest(n.metrics.registry)
+    return Response(own + await n.watch.exposition(), media_type=CONTENT_TYPE_LATEST)
