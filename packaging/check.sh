@@ -7,6 +7,9 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/root"
 
+echo "== one version: pyproject.toml, __version__ and the specs (packaging/version.sh)"
+echo "  $(packaging/version.sh)"
+if packaging/version.sh v0.0.0-rc1 2> /dev/null; then echo "version.sh took a bad tag" >&2; exit 1; fi
 echo "== rpmbuild -bs (both SRPMs, from git archive of HEAD)"
 for name in cortex helexa-neuron; do
   packaging/srpm.sh "$name" "$work" | sed 's/^/  /'
