@@ -14,7 +14,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=$1
-unset PYTHONPATH
+# As in a clean build root: nothing from the caller decides where Python looks or what it writes.
+unset PYTHONPATH PYTHONDONTWRITEBYTECODE PYTHONHOME
 shim=$(cd "${RPM_SHIM:-../shared/rpm-shim}" && pwd)
 python=$PWD/.venv/bin/python  # the shim's build Python: setuptools >= 77, pip, packaging
 top=$work/rpms
@@ -101,6 +102,12 @@ check_package() {  # NAME SPEC PKGDIR(installed, for imports) PROGRAM...
   echo "== $name: each Python import is a Requires"
   rpm -qp --requires "$rpm" | "$python" packaging/rpm_imports.py "$work/payload-$name$pkgdir" \
     || fail "$name lacks Requires"
+  echo "== $name: each Requires is in packaging/README.md's table of Fedora packages"
+  local req
+  while read -r req; do
+    grep -qF "| \`$req" packaging/README.md || fail "$name Requires $req: not in packaging/README.md (is it in Fedora?)"
+  done < <(rpm -qp --requires "$rpm" | sed -nE 's/^python3(\.[0-9]+)?dist\(([^)]+)\).*/python3dist(\2)/p')
+  echo "  all $(rpm -qp --requires "$rpm" | grep -c 'dist(') python3dist() Requires are listed with their Fedora package"
   echo "== $name: user()/group() (what rpm >= 4.19 generates)"
   "$python" "$shim/sysusers-deps.py" "$rpm" | sed 's/^/  /' | tee "$work/$name-users"
   if grep -q "NOT provided" "$work/$name-users"; then fail "$name requires a user it does not create"; fi
