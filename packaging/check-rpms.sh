@@ -20,6 +20,8 @@ shim=$(cd "${RPM_SHIM:-../shared/rpm-shim}" && pwd)
 python=$PWD/.venv/bin/python  # the shim's build Python: setuptools >= 77, pip, packaging
 top=$work/rpms
 mkdir -p "$top"
+pid=""  # the program under test, stopped whatever happens
+trap 'if [ -n "$pid" ]; then kill "$pid" 2> /dev/null || true; fi' EXIT
 
 fail() { echo "FAILED: $*" >&2; exit 1; }
 rpm_root() { rpm --root "$root" "$@" 2> >(grep -v -e "use Alien instead" -e "assuming you know" >&2); }
@@ -172,7 +174,7 @@ api=$(port); metrics=$(port)
 pid=$!
 printf '  /health: '
 wait_health "http://127.0.0.1:$api/health" "$pid" || { cat "$work/cortex-rpm.log"; fail "installed cortex"; }
-kill -TERM "$pid"; wait "$pid"
+kill -TERM "$pid"; wait "$pid"; pid=""
 upgrade_and_erase cortex /etc/cortex/cortex.toml
 grep -qx "systemd-update-helper mark-restart-system-units cortex.service" <<< "$upgraded_log" \
   || fail "cortex upgrade did not mark cortex.service for restart"
@@ -199,7 +201,7 @@ nport=$(port)
 pid=$!
 printf '  /health: '
 wait_health "http://127.0.0.1:$nport/health" "$pid" || { cat "$work/neuron-rpm.log"; fail "installed neuron"; }
-kill -TERM "$pid"; wait "$pid"
+kill -TERM "$pid"; wait "$pid"; pid=""
 upgrade_and_erase helexa-neuron /etc/neuron/neuron.toml
 if grep -q "mark-restart" <<< "$upgraded_log"; then fail "a neuron upgrade must not restart it"; fi
 echo "  upgrade did not restart neuron.service"

@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+cortex="" neuron=""
+trap 'kill $cortex $neuron 2> /dev/null || true; rm -rf "$work"' EXIT
 mkdir -p "$work/root"
 
 echo "== one version: pyproject.toml, __version__ and the specs (packaging/version.sh)"
@@ -111,13 +112,13 @@ CORTEX_GATEWAY__LISTEN="127.0.0.1:$api" CORTEX_GATEWAY__METRICS_LISTEN="127.0.0.
 cortex=$!
 printf '  cortex /health: '
 wait_health "http://127.0.0.1:$api/health" "$cortex" || { cat "$work/cortex.log"; exit 1; }
-kill -TERM "$cortex"; wait "$cortex"
+kill -TERM "$cortex"; wait "$cortex"; cortex=""
 nport=$(port)
 "$bin/neuron" --config neuron/neuron.example.toml --host 127.0.0.1 --port "$nport" 2> "$work/neuron.log" &
 neuron=$!
 printf '  neuron /health: '
 wait_health "http://127.0.0.1:$nport/health" "$neuron" || { cat "$work/neuron.log"; exit 1; }
 printf '  neuron /models: %s\n' "$(curl -fsS "http://127.0.0.1:$nport/models")"
-kill -TERM "$neuron"; wait "$neuron"
+kill -TERM "$neuron"; wait "$neuron"; neuron=""
 
 echo "packaging checks passed"
