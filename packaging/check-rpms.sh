@@ -18,6 +18,7 @@ work=$1
 unset PYTHONPATH PYTHONDONTWRITEBYTECODE PYTHONHOME
 shim=$(cd "${RPM_SHIM:-../shared/rpm-shim}" && pwd)
 python=$PWD/.venv/bin/python  # the shim's build Python: setuptools >= 77, pip, packaging
+sitelib=$(rpm --load "$shim/macros.shim" --eval '%python3_sitelib')  # where the shim installs
 top=$work/rpms
 mkdir -p "$top"
 pid=""  # the program under test, stopped whatever happens
@@ -156,7 +157,7 @@ upgrade_and_erase() {  # NAME CONFIG (a packaged config file, edited before the 
 }
 
 # ---- cortex ----
-check_package cortex packaging/cortex.spec /usr/lib/python3.11/site-packages/cortex
+check_package cortex packaging/cortex.spec "$sitelib/cortex"
 expect_log "systemd-update-helper install-system-units cortex.service"
 expect_log "firewall-cmd --reload --quiet"
 expect_mode /etc/cortex 750 root cortex
@@ -166,7 +167,7 @@ expect_mode /var/lib/cortex 750 cortex cortex
 expect_mode /usr/bin/cortex 755 root root
 echo "== cortex: the installed /usr/bin/cortex with its packaged config"
 api=$(port); metrics=$(port)
-(cd "$work" && PYTHONPATH="$root/usr/lib/python3.11/site-packages" \
+(cd "$work" && PYTHONPATH="$root$sitelib" \
   CORTEX_GATEWAY__LISTEN="127.0.0.1:$api" CORTEX_GATEWAY__METRICS_LISTEN="127.0.0.1:$metrics" \
   CORTEX_MODELS_CONFIG="$root/etc/cortex/models.toml" \
   exec "$work/venv-cortex/bin/python" -sP "$root/usr/bin/cortex" serve --config "$root/etc/cortex/cortex.toml") \
@@ -195,7 +196,7 @@ grep -qE '^video:[^:]*:[0-9]+:(.*,)?neuron(,|$)' "$root/etc/group" || fail "neur
 echo "  neuron is a member of video"
 echo "== helexa-neuron: the installed /usr/bin/neuron with its packaged config"
 nport=$(port)
-(cd "$work" && PYTHONPATH="$root/usr/lib/helexa-neuron:$root/usr/lib/python3.11/site-packages" \
+(cd "$work" && PYTHONPATH="$root/usr/lib/helexa-neuron:$root$sitelib" \
   exec "$work/venv-helexa-neuron/bin/python" -sP "$root/usr/bin/neuron" \
   --config "$root/etc/neuron/neuron.toml" --host 127.0.0.1 --port "$nport") 2> "$work/neuron-rpm.log" &
 pid=$!
