@@ -82,8 +82,8 @@ deps_venv() {  # RPM VENV MODULE: a venv holding the RPM's python3dist() Require
   echo "  a venv with only its Requires: ${reqs//$'\n'/ }"
 }
 
-check_package() {  # NAME SPEC PKGDIR(installed, for imports) PROGRAM...
-  local name=$1 spec=$2 pkgdir=$3 srpm rpm rpm2 spec2
+check_package() {  # NAME SPEC PKGDIR(installed, for imports) DIST(its Python distribution)
+  local name=$1 spec=$2 pkgdir=$3 dist=$4 srpm rpm rpm2 spec2
   srpm=$(ls "$work"/SRPMS/"$name"-[0-9]*.src.rpm)
   echo "== $name: rpmbuild --rebuild with the rpm shim (Fedora 43 macros)"
   # shellcheck disable=SC2046
@@ -111,6 +111,12 @@ check_package() {  # NAME SPEC PKGDIR(installed, for imports) PROGRAM...
     grep -qF "| \`$req" packaging/README.md || fail "$name Requires $req: not in packaging/README.md (is it in Fedora?)"
   done < <(rpm -qp --requires "$rpm" | sed -nE 's/^python3(\.[0-9]+)?dist\(([^)]+)\).*/python3dist(\2)/p')
   echo "  all $(rpm -qp --requires "$rpm" | grep -c 'dist(') python3dist() Requires are listed with their Fedora package"
+  echo "== $name: Provides"
+  rpm -qp --provides "$rpm" | sed 's/^/  /' | tee "$work/$name-provides"
+  grep -qE "^  python3(\.[0-9]+)?dist\($dist\) = " "$work/$name-provides" || fail "$name does not provide python3dist($dist)"
+  if [ -e "$work/payload-$name$sitelib/neuron" ]; then
+    fail "$name puts a top-level neuron module in site-packages (Fedora's NEURON owns that name)"
+  fi
   echo "== $name: user()/group() (what rpm >= 4.19 generates)"
   "$python" "$shim/sysusers-deps.py" "$rpm" | sed 's/^/  /' | tee "$work/$name-users"
   if grep -q "NOT provided" "$work/$name-users"; then fail "$name requires a user it does not create"; fi
@@ -157,7 +163,7 @@ upgrade_and_erase() {  # NAME CONFIG (a packaged config file, edited before the 
 }
 
 # ---- cortex ----
-check_package cortex packaging/cortex.spec "$sitelib/cortex"
+check_package cortex packaging/cortex.spec "$sitelib/cortex" helexa-cortex
 expect_log "systemd-update-helper install-system-units cortex.service"
 expect_log "firewall-cmd --reload --quiet"
 expect_mode /etc/cortex 750 root cortex
@@ -183,7 +189,7 @@ echo "  upgrade marked cortex.service for restart"
 expect_log "systemd-update-helper remove-system-units cortex.service"
 
 # ---- helexa-neuron ----
-check_package helexa-neuron packaging/neuron.spec /usr/lib/helexa-neuron/neuron
+check_package helexa-neuron packaging/neuron.spec /usr/lib/helexa-neuron/neuron helexa-neuron
 units="neuron.service helexa-neuron-nvidia-uvm.service"
 expect_log "systemd-update-helper install-system-units $units"
 expect_log "firewall-cmd --reload --quiet"
