@@ -29,7 +29,9 @@ lint: bootstrap
 	$(BIN)/mypy neuron/src cortex/src
 
 # Needs rpm, rpmlint, systemd and firewalld tools (Debian: apt-get install rpm rpmlint
-# python3-rpm systemd firewalld); .ci/run installs them when missing.
+# python3-rpm python3-packaging systemd firewalld cpio curl npm shellcheck); .ci/run installs
+# them when missing.
+# Builds and installs the binary RPMs with ../shared/rpm-shim (or $$RPM_SHIM); see packaging/README.md.
 check-packaging: bootstrap
 	@packaging/check.sh
 

@@ -26,7 +26,7 @@ if [ ! -f "$dev_stamp" ]; then
   echo "bootstrap: installing cortex, neuron and the dev tools"
   # compat: a plain path entry, so the repo's cortex/ and neuron/ folders never shadow the packages
   quiet "${pip[@]}" install -q --config-settings editable_mode=compat \
-    -e ./cortex -e ./neuron -r requirements-dev.txt
+    -e ./cortex -e './neuron[nvml]' -r requirements-dev.txt
   rm -f "$venv"/.stamp-dev-*
   touch "$dev_stamp"
 fi

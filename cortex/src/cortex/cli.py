@@ -20,6 +20,7 @@ from typing import Any
 
 from cortex import __version__
 from cortex.app import build, create_app, create_metrics_app
+from cortex.notify import notify_systemd
 from cortex.server import bind, serve
 from cortex.settings import ConfigError, CortexSettings, load_catalogue, load_settings
 from cortex.status import admin, fetch_fleet, render
@@ -126,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             sock.close()
         sys.stderr.write(f"cortex: cannot listen on {listen}: {exc.strerror or exc}\n")
         return 1
+    notify_systemd("READY=1")  # both listeners are bound (cortex.service: Type=notify)
     _run(_serve(settings, catalogue, *sockets))
     return 0
 
