@@ -225,6 +225,7 @@ def cortex(
     poll: dict[str, Any] | None = None,
     nofile: int = NOFILE,
     up: int | None = None,
+    auth_keys: list[str] | None = None,
 ) -> Iterator[CortexProcess]:
     """A real ``cortex serve`` in front of ``neurons``, ready when ``up`` of them (default:
     all) are up. ``gateway`` and ``poll`` are written to its TOML file as given."""
@@ -236,6 +237,8 @@ def cortex(
     lines.append(f'listen = "127.0.0.1:{api}"\nmetrics_listen = "127.0.0.1:{metrics}"')
     lines += [f"{k} = {_toml(v)}" for k, v in gateway.items()]
     lines += ["[poll]", *(f"{k} = {_toml(v)}" for k, v in poll.items())]
+    if auth_keys:
+        lines += ["[auth]", f"api_keys = {json.dumps(auth_keys)}"]
     for n in neurons:
         lines += ["[[neurons]]", f'name = "{n.name}"', f'endpoint = "{n.endpoint}"']
     config.write_text("\n".join(lines) + "\n")
