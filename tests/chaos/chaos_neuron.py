@@ -72,7 +72,7 @@ class Neuron:
 
     async def listen(self) -> None:
         self.server = await asyncio.start_server(
-            self.connection, "127.0.0.1", self.port, limit=1 << 20, reuse_address=True
+            self.connection, "127.0.0.1", self.port, limit=1 << 20, reuse_address=True, backlog=4096
         )
 
     async def down(self) -> None:

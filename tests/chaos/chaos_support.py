@@ -230,7 +230,7 @@ def cortex(
     """A real ``cortex serve`` in front of ``neurons``, ready when ``up`` of them (default:
     all) are up. ``gateway`` and ``poll`` are written to its TOML file as given."""
     api, metrics = free_port(), free_port()
-    gateway = {"connect_timeout": 1.0, "idle_timeout": 5.0, "drain_timeout": 2.0} | (gateway or {})
+    gateway = {"idle_timeout": 5.0, "drain_timeout": 2.0} | (gateway or {})
     poll = {"interval": 0.5, "timeout": 1.0, "down_after": 2} | (poll or {})
     config = tmp_path / "cortex.toml"
     lines = [f"models_config = {_toml(tmp_path / 'models.toml')}", "[gateway]"]
