@@ -132,7 +132,15 @@ def neuron(tmp_path: Path, name: str, **script: Any) -> Iterator[NeuronProcess]:
     running = NeuronProcess(name, port, proc, log_path)
     LOGS.append((f"neuron {name}", log_path))
     try:
-        _deadline_poll(f"neuron {name} listening", lambda: running.stats() is not None, 20)
+
+        def listening() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(
+                    f"neuron {name} exited with {proc.returncode}:\n{running.log()}"
+                )
+            return running.stats() is not None
+
+        _deadline_poll(f"neuron {name} listening", listening, 20, running.log)
         yield running
     finally:
         _stop(proc)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from pathlib import Path
 
@@ -27,7 +28,11 @@ async def _slow(port: int, head: bytes, *, first: bytes = b"") -> tuple[float, b
     try:
         if first:
             writer.write(first)
-            await reader.readuntil(b"\r\n\r\n")  # the answer's head; the rest stays unread
+            async with asyncio.timeout(10):
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+                assert length, head
+                await reader.readexactly(int(length.group(1)))
         began = time.monotonic()
 
         async def drip() -> None:
