@@ -78,11 +78,17 @@ async def _round(gw: CortexProcess, n1: NeuronProcess, hold: float) -> list[Held
     writers: list[asyncio.StreamWriter] = []
     tasks = [asyncio.create_task(_hold(gw.api_port, h, writers)) for h in held]
     try:
-        await asyncio.sleep(hold / 2)
-        # Every stream is open end to end: the counts that must come back to 0 are not 0.
+        # Every stream open end to end (bounded: 500 connections on a busy 2-core machine),
+        # so the counts that must come back to 0 afterwards are not 0 now.
+        async with asyncio.timeout(30):
+            while not all(h.events for h in held):
+                for task in tasks:
+                    if task.done():  # a client whose stream failed: show why
+                        task.result()
+                await asyncio.sleep(0.2)
         assert await gw.in_flight() == STREAMS
         assert (await n1.astats())["streams_open"] == STREAMS
-        await asyncio.sleep(hold / 2)
+        await asyncio.sleep(hold)
         for task in tasks:
             if task.done():  # a client whose stream failed: show why
                 task.result()
