@@ -19,7 +19,8 @@ a test can tell whether every client got its own answer. The script says how it 
 ``chunks``/``chunk_delay`` a stream's length and pace; ``chunks: 0`` streams until the
     client goes. ``crlf``: frame events with ``\\r\\n\\r\\n``. ``usage``: the token counts sent.
 ``models``, ``in_flight`` (reported per model; may be a bad value on purpose),
-``devices`` (``/health``'s list; may hold non-objects on purpose).
+``devices`` (``/health``'s list; may hold non-objects on purpose), ``models_body`` (when set,
+``/models`` answers these bytes as they are, JSON or not).
 ``flap``: ``[up_s, down_s]``: the listener alternates, and going down drops every connection.
 
 ``GET /-/stats`` answers what it saw (nonces per path, headers per nonce, streams open,
@@ -47,6 +48,7 @@ DEFAULT_SCRIPT: dict[str, Any] = {
     "crlf": False,
     "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6},
     "flap": None,
+    "models_body": None,
 }
 
 
@@ -155,6 +157,14 @@ class Neuron:
                 "in_flight": self.streams_open,
                 "devices": s["devices"],
             }
+        elif target == "/models" and s["models_body"] is not None:
+            body = str(s["models_body"]).encode()
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+            )
+            await writer.drain()
+            return True
         elif target == "/models":
             answer = [
                 {

@@ -1,6 +1,7 @@
-"""One malformed field in a neuron's ``/models`` or ``/health`` (issue 14, item 12): that
-neuron is marked down with a logged reason, the poller goes on (the fleet view keeps
-changing), and the neuron comes back once it answers well again."""
+"""One malformed field in a neuron's ``/models`` or ``/health``, or a ``/models`` that is not a
+JSON list at all (issue 14, item 12 and the typed contract): that neuron is marked down with
+a logged reason, the poller goes on (the fleet view keeps changing), and the neuron comes
+back once it answers well again."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ MALFORMED = {
     "in_flight_not_a_number": {"in_flight": "lots"},
     "device_not_an_object": {"devices": ["gpu0"]},
     "device_fields_of_wrong_types": {"devices": [{"index": "zero", "vram_free_mb": "lots"}]},
+    "models_not_json": {"models_body": "<html>502 Bad Gateway</html>"},
+    "models_an_object_not_a_list": {"models_body": '{"id": "m2", "status": "ready"}'},
 }
 
 
@@ -61,6 +64,6 @@ async def test_a_bad_neuron_answer_never_stops_the_poller(
             answer = await client.post("/v1/chat/completions", json=chat(mine, model="m3"))
         assert answer.status_code == 200 and answer.json()["id"] == mine
 
-        await bad_one.script(in_flight=0, devices=[])  # fixed: it comes back
+        await bad_one.script(in_flight=0, devices=[], models_body=None)  # fixed: it comes back
         await _until("bad back up", gw, lambda f: _node(f, "bad")["up"])
         assert gw.alive()
