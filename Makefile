@@ -20,7 +20,7 @@ test-e2e: engine
 	$(BIN)/python -m pytest tests/e2e $(PYTEST_ARGS)
 
 # A real cortex process in front of scripted bad neurons, hostile clients and thousands of
-# connections (tests/chaos/README.md); no vLLM. About 4 minutes on a 2-core machine.
+# connections (tests/chaos/README.md); no vLLM. Under 4 minutes on a 2-core machine.
 test-chaos: bootstrap
 	$(BIN)/python -m pytest tests/chaos $(PYTEST_ARGS)
 
