@@ -29,9 +29,9 @@ async def _slow(port: int, head: bytes, *, first: bytes = b"") -> tuple[float, b
         if first:
             writer.write(first)
             async with asyncio.timeout(10):
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
-                assert length, head
+                answer = await reader.readuntil(b"\r\n\r\n")
+                length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", answer)
+                assert length, answer
                 await reader.readexactly(int(length.group(1)))
         began = time.monotonic()
 
