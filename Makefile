@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TINY := var/tiny-model
 
-.PHONY: run test test-unit test-e2e test-lowest lint format check-packaging bootstrap engine tiny-model clean
+.PHONY: run test test-unit test-e2e test-chaos test-lowest lint format check-packaging bootstrap engine tiny-model clean
 
 run: engine tiny-model
 	@scripts/run-demo.sh
@@ -18,6 +18,11 @@ test-unit: bootstrap
 
 test-e2e: engine
 	$(BIN)/python -m pytest tests/e2e $(PYTEST_ARGS)
+
+# A real cortex process in front of scripted bad neurons, hostile clients and thousands of
+# connections (tests/chaos/README.md); no vLLM. Under 4 minutes on a 2-core machine.
+test-chaos: bootstrap
+	$(BIN)/python -m pytest tests/chaos $(PYTEST_ARGS)
 
 # cortex's and neuron's fast tests on the lowest version of each dependency they accept.
 test-lowest:
