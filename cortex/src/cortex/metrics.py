@@ -151,6 +151,11 @@ class CortexMetrics:
             ["model"],
             registry=r,
         )
+        self.client_connections = Gauge(
+            "cortex_client_connections",
+            "Client connections open on the API port.",
+            registry=r,
+        )
         self._loaded_series: dict[str, set[str]] = {}
 
     def observe_node(self, node: Node) -> None:
