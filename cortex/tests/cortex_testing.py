@@ -31,7 +31,8 @@ async def served(
     """Serve each ``(app, port)`` the way ``cortex serve`` does (cortex's server and settings).
 
     All of them stop together, so that the drains overlap. A third item holds more keyword
-    arguments for that app's :func:`cortex.server.serve` (``limits``, ``on_count``).
+    arguments for that app's :func:`cortex.server.serve` (``limits``, ``on_count``,
+    ``graceful``).
     """
     stop = asyncio.Event()
     tasks = [
@@ -40,9 +41,8 @@ async def served(
                 app[0],
                 bind(f"127.0.0.1:{app[1]}"),
                 stop=stop,
-                graceful=graceful,
                 lifespan=True,
-                **(app[2] if len(app) == 3 else {}),
+                **({"graceful": graceful} | (app[2] if len(app) == 3 else {})),
             )
         )
         for app in apps
@@ -104,7 +104,8 @@ async def cortex(
         stack.push_async_callback(gateway.session.close)
         await stack.enter_async_context(
             served(
-                *[(fake.app(), ports[fake.name]) for fake in fakes],
+                # The neurons drain for longer, so that the gateway's drain is the one seen.
+                *[(fake.app(), ports[fake.name], {"graceful": graceful + 0.5}) for fake in fakes],
                 (
                     create_app(gateway),
                     api_port,

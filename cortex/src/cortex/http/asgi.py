@@ -135,18 +135,22 @@ class AsgiExchange(Exchange):
 
     def _head(self, body: bytes, more: bool) -> bytes:
         status, headers = self._status, self._headers
-        self._bodiless = self.scope["method"] == "HEAD" or status < 200 or status in (204, 304)
+        no_body = status < 200 or status in (204, 304)
+        head_only = self.scope["method"] == "HEAD"
+        self._bodiless = no_body or head_only
         names = {name for name, _ in headers}
         extra = b""
         if b"transfer-encoding" in names:
-            self._chunked = any(
+            self._chunked = not head_only and any(
                 b"chunked" in value.lower()
                 for name, value in headers
                 if name == b"transfer-encoding"
             )
-        elif b"content-length" not in names and not self._bodiless:
-            if not more:
+        elif b"content-length" not in names and not no_body:
+            if not more:  # (for HEAD: the length a GET's body would have)
                 extra = b"content-length: %d\r\n" % len(body)
+            elif head_only:
+                pass
             elif self.scope["http_version"] == "1.1":
                 self._chunked = True
                 extra = b"transfer-encoding: chunked\r\n"

@@ -119,13 +119,14 @@ class Exchange:
                 closing = True
             elif name == b"date":
                 dated = True
+        parts.append(extra)
         if closing:
             self.keep_alive = False
         elif not self.keep_alive:
             parts.append(b"connection: close\r\n")
         if not dated:
             parts.append(CLOCK.date())
-        parts += (extra, b"\r\n")
+        parts.append(b"\r\n")
         return b"".join(parts)
 
     def finish(self) -> None:
