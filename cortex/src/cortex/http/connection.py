@@ -382,6 +382,8 @@ class Connection(asyncio.Protocol):
         """``exchange``'s answer has been written in full: on to the next request, or close."""
         if self.running is exchange:
             self.running = None
+        if self.lost:
+            return
         if not exchange.keep_alive or self.listener.stopping:
             self._linger()
             self.listener.settled()
