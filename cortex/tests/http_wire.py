@@ -15,7 +15,8 @@ from typing import Any
 
 from starlette.responses import Response, StreamingResponse
 
-from cortex.http.connection import Connection, Limits, Listener
+from cortex.http.connection import Connection
+from cortex.http.listener import Limits, Listener
 from cortex.routes.body import BodyReader
 
 DATE = re.compile(rb"date: [A-Z][a-z]{2}, \d\d [A-Z][a-z]{2} \d{4} \d\d:\d\d:\d\d GMT\r\n")

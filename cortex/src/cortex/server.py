@@ -27,9 +27,9 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from cortex.http.asgi import Lifespan
-from cortex.http.connection import Limits, Listener
 from cortex.http.direct import Direct, Pipe
+from cortex.http.lifespan import Lifespan
+from cortex.http.listener import Limits, Listener
 
 __all__ = ["LISTEN_BACKLOG", "Direct", "Limits", "Pipe", "bind", "serve"]
 
@@ -77,13 +77,18 @@ async def serve(
     host, port = sock.getsockname()[:2]
     life = Lifespan(app) if lifespan else None
     if life is not None:
-        await life.startup()
+        try:
+            await life.startup()
+        except BaseException:
+            sock.close()  # it is never served
+            raise
     listener = Listener(
         app, limits or Limits(), loop, state=life.state if life else {}, on_count=on_count
     )
     try:
         server = await loop.create_server(listener.protocol, sock=sock, backlog=LISTEN_BACKLOG)
     except BaseException:
+        sock.close()
         if life is not None:
             await life.shutdown()
         raise
