@@ -153,6 +153,21 @@ async def test_an_h2c_upgrade_offer_is_declined_and_its_body_kept() -> None:
     assert out.endswith(echoed("GET", "/x"))  # and the connection goes on as HTTP/1.1
 
 
+async def test_a_malformed_request_pipelined_behind_good_ones_is_answered_after_them() -> None:
+    app = Echo()
+    conn, wire, _ = connect(app)
+    conn.data_received(
+        b"GET /slow HTTP/1.1\r\n\r\nGET /second HTTP/1.1\r\n\r\nGET / HTTP/9\r\n\r\n"
+    )
+    await settle()
+    app.release.set()
+    await settle()
+    out = wire.take()
+    assert out.index(echoed("GET", "/slow")) < out.index(echoed("GET", "/second"))
+    assert out.index(echoed("GET", "/second")) < out.index(b"HTTP/1.1 400 Bad Request\r\n")
+    assert wire.eof
+
+
 async def test_a_malformed_request_is_400_and_closed() -> None:
     conn, wire, _ = connect(Echo())
     conn.data_received(b"GET / HTTP/1.1\r\nbad header\r\n\r\n")

@@ -9,6 +9,8 @@ import time
 import tracemalloc
 
 import pytest
+from cortex_testing import cortex
+from fake_neuron import FakeNeuron
 from http_wire import Echo, Wire, connect, settle
 
 
@@ -126,3 +128,19 @@ async def test_connections_over_max_connections_get_503_and_it_is_logged_once(
     first.data_received(b"GET / HTTP/1.1\r\n\r\n")
     await settle()
     assert wire.take().startswith(b"HTTP/1.1 200 ")
+
+
+async def test_the_gateway_settings_set_the_limits_of_the_api_port() -> None:
+    gateway = {"header_timeout": 0.3, "max_header_field_bytes": 1024}
+    async with cortex(FakeNeuron("n1"), gateway=gateway) as c:
+        port = c.client.base_url.port
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nhost: slo")  # and no more
+        answer = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 408 ")
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /health HTTP/1.1\r\nx-big: " + b"b" * 2000 + b"\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 431 ")

@@ -374,9 +374,7 @@ class Connection(asyncio.Protocol):
         log.info("refused a request from %s: %s", self.client, error.message)
         if self.running is None:
             self.say(error)
-        else:
-            self.running.keep_alive = False
-            self.waiting.clear()
+        else:  # the requests before it are answered first
             self.waiting.append(_Refusal(self, error))
 
     def say(self, error: CortexError) -> None:
