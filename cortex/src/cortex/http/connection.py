@@ -39,6 +39,8 @@ log = logging.getLogger("cortex.http")
 
 LINGER_S = 2.0
 """After its last answer, how long a closing connection waits for the client to close."""
+MAX_LINGERING_REFUSED = 1024
+"""Connections refused over ``max_connections`` that may linger at once; more close at once."""
 
 
 class _Refused(Exception):
@@ -418,7 +420,10 @@ class Connection(asyncio.Protocol):
             retry_after=self.limits.retry_after,
         )
         self.transport.write(error_answer(error))
-        self._linger()
+        if len(self.listener.refused) > MAX_LINGERING_REFUSED:
+            self.transport.close()  # a flood: descriptors matter more than a clean close
+        else:
+            self._linger()
 
     def _arm(self, seconds: float, then: Any) -> None:
         if self._timer is not None:
