@@ -9,7 +9,8 @@ load comes from wrk (C, one thread) and the upstream answers from bytes built in
 Targets: ``direct`` (wrk at the upstream); ``relay`` (the minimal relay of ``burst_floor.py``:
 what relaying costs in Python with nothing else done); ``cortex`` (this checkout);
 ``cortex@REV`` (cortex as of git revision REV, from a worktree under the cache folder, run by
-the same ``.venv`` with that revision's ``cortex/src`` first on ``PYTHONPATH``);
+the same ``.venv`` with that revision's ``cortex/src`` first on ``PYTHONPATH``; or REV is a
+folder holding a copy, e.g. from ``git archive REV cortex/src | tar -x -C DIR``);
 ``vllm-router``. Comparing two revisions of cortex in one run is the point of ``cortex@REV``:
 rounds alternate, so a slow minute on a shared machine lands on both.
 
@@ -149,7 +150,8 @@ def start(name: str, upstream: str, work: Path, root: Path) -> Running:
     if name == "cortex":
         return start_cortex(upstream, work, 1)
     if name.startswith("cortex@"):
-        tree = worktree(name.split("@", 1)[1], root)
+        rev = name.split("@", 1)[1]
+        tree = Path(rev) if Path(rev, "cortex", "src").is_dir() else worktree(rev, root)
         env = {"PYTHONPATH": str(tree / "cortex" / "src")}
         return start_cortex(upstream, work, 1, env=env)
     if name == "vllm-router":

@@ -13,6 +13,7 @@ import httpx
 from fake_neuron import FakeNeuron
 
 from cortex.app import Gateway, build, create_app, create_metrics_app
+from cortex.cli import limits
 from cortex.server import bind, serve
 from cortex.settings import Catalogue, CatalogueModel, CortexSettings
 
@@ -24,21 +25,30 @@ def free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def served(*apps: tuple[Any, int]) -> AsyncIterator[None]:
-    """Serve each ``(app, port)`` the way ``cortex serve`` does (uvicorn, cortex's settings).
+async def served(
+    *apps: tuple[Any, int] | tuple[Any, int, dict[str, Any]], graceful: float = 1.0
+) -> AsyncIterator[None]:
+    """Serve each ``(app, port)`` the way ``cortex serve`` does (cortex's server and settings).
 
-    All of them stop together: uvicorn takes a tenth of a second or two to notice and drain,
-    and stopping them one after the other would add that per server to every test.
+    All of them stop together, so that the drains overlap. A third item holds more keyword
+    arguments for that app's :func:`cortex.server.serve` (``limits``, ``on_count``,
+    ``graceful``).
     """
     stop = asyncio.Event()
     tasks = [
         asyncio.create_task(
-            serve(app, bind(f"127.0.0.1:{port}"), stop=stop, graceful=1.0, lifespan=True)
+            serve(
+                app[0],
+                bind(f"127.0.0.1:{app[1]}"),
+                stop=stop,
+                lifespan=True,
+                **({"graceful": graceful} | (app[2] if len(app) == 3 else {})),
+            )
         )
-        for app, port in apps
+        for app in apps
     ]
     try:
-        for _, port in apps:
+        for _, port, *_ in apps:
             # The socket listens before the app has started; an answer means it has.
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(b"GET /-/started HTTP/1.0\r\n\r\n")
@@ -74,6 +84,7 @@ async def cortex(
     *fakes: FakeNeuron,
     dead: tuple[str, ...] = (),
     catalogue: tuple[str | dict[str, Any], ...] = (),
+    graceful: float = 1.0,
     **settings: Any,
 ) -> AsyncIterator[Running]:
     """A cortex in front of ``fakes`` (served) and ``dead`` (names pointing at closed ports)."""
@@ -93,9 +104,18 @@ async def cortex(
         stack.push_async_callback(gateway.session.close)
         await stack.enter_async_context(
             served(
-                *[(fake.app(), ports[fake.name]) for fake in fakes],
-                (create_app(gateway), api_port),
+                # The neurons drain for longer, so that the gateway's drain is the one seen.
+                *[(fake.app(), ports[fake.name], {"graceful": graceful + 0.5}) for fake in fakes],
+                (
+                    create_app(gateway),
+                    api_port,
+                    {
+                        "limits": limits(gateway.settings),
+                        "on_count": gateway.metrics.client_connections.set,
+                    },
+                ),
                 (create_metrics_app(gateway), metrics_port),
+                graceful=graceful,
             )
         )
         client = await stack.enter_async_context(

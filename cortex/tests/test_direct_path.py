@@ -81,7 +81,7 @@ async def test_expect_100_continue_gets_its_interim_answer_before_the_body_is_se
         assert "expect" not in c.neurons["n1"].seen[0]["headers"]
 
 
-async def test_a_chunked_body_over_the_limit_is_413_and_the_connection_goes_on() -> None:
+async def test_a_chunked_body_over_the_limit_is_413_and_the_next_request_is_served() -> None:
     async def body() -> AsyncIterator[bytes]:  # no Content-Length: the size shows as it comes
         yield b'{"model": "m1", "prompt": "'
         for _ in range(10):
@@ -94,7 +94,9 @@ async def test_a_chunked_body_over_the_limit_is_413_and_the_connection_goes_on()
         assert response.json()["error"]["message"] == (
             "request body exceeds the limit of 500 bytes"
         )
-        # The same kept-alive connection serves the next request.
+        # The rest of the body was not read: the connection closes, and the next request
+        # goes on a new one.
+        assert response.headers["connection"] == "close"
         assert (await c.client.post(CHAT, json={"model": "m1"})).status_code == 200
         assert c.neurons["n1"].seen[-1]["body"] == {"model": "m1"}
         assert len(c.neurons["n1"].seen) == 1

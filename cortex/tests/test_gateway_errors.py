@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 from cortex_testing import cortex
@@ -92,7 +93,7 @@ async def test_unknown_routes_and_methods() -> None:
         assert messages.json()["type"] == "error"
 
 
-async def test_a_request_head_over_64_kib_is_400_and_the_server_goes_on() -> None:
+async def test_a_request_head_over_64_kib_is_431_and_the_server_goes_on() -> None:
     async with cortex(FakeNeuron("n1")) as c:
         port = c.client.base_url.port
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -100,6 +101,8 @@ async def test_a_request_head_over_64_kib_is_400_and_the_server_goes_on() -> Non
         writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nhost: cortex\r\n" + big + b"\r\n")
         answer = await asyncio.wait_for(reader.read(), 10)  # the server closes the connection
         writer.close()
-        assert answer.startswith(b"HTTP/1.1 400 ")
-        assert answer.endswith(b"request line and headers exceed 65536 bytes")
+        assert answer.startswith(b"HTTP/1.1 431 ")
+        error = json.loads(answer.partition(b"\r\n\r\n")[2])["error"]
+        assert error["message"] == "request line and headers exceed 65536 bytes"
+        assert error["code"] == "header_too_large"
         assert (await c.client.post(CHAT, json={"model": "m1"})).status_code == 200

@@ -18,7 +18,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from cortex.auth import Gatekeeper, Keyring
-from cortex.errors import CortexError, MethodNotAllowed, RouteNotFound
+from cortex.errors import CortexError, MethodNotAllowed, RouteNotFound, ShuttingDown, sse_error
 from cortex.fleet.loader import Loader
 from cortex.fleet.poller import Poller
 from cortex.fleet.state import Fleet, Node
@@ -202,6 +202,14 @@ class DirectRelay:
             return exc.response(path)
         except Exception as exc:
             return _internal("POST", path, exc)
+
+    def cut(self, scope: Scope) -> bytes:
+        """The event that ends a stream still running when the drain runs out."""
+        error = ShuttingDown(
+            "this gateway shut down before the answer was complete "
+            f"(gateway.drain_timeout = {self.gateway.settings.gateway.drain_timeout:g}s)"
+        )
+        return sse_error(error, scope["path"])
 
 
 def create_metrics_app(gateway: Gateway) -> Starlette:

@@ -21,7 +21,7 @@ from typing import Any
 from cortex import __version__
 from cortex.app import build, create_app, create_metrics_app
 from cortex.notify import notify_systemd
-from cortex.server import bind, serve
+from cortex.server import Limits, bind, serve
 from cortex.settings import ConfigError, CortexSettings, load_catalogue, load_settings
 from cortex.status import admin, fetch_fleet, render
 
@@ -161,6 +161,8 @@ async def _serve(
                 stop=stop,
                 graceful=settings.gateway.drain_timeout,
                 lifespan=True,
+                limits=limits(settings),
+                on_count=gateway.metrics.client_connections.set,
             )
         finally:
             api_done.set()
@@ -173,6 +175,19 @@ async def _serve(
         ),
     )
     log.info("cortex stopped")
+
+
+def limits(settings: CortexSettings) -> Limits:
+    """The API port's limits from ``[gateway]`` (the metrics port keeps the defaults)."""
+    g = settings.gateway
+    return Limits(
+        max_header_bytes=g.max_header_bytes,
+        max_header_field_bytes=g.max_header_field_bytes,
+        max_connections=g.max_connections,
+        header_timeout=g.header_timeout,
+        keep_alive_timeout=g.keep_alive_timeout,
+        retry_after=g.retry_after,
+    )
 
 
 def _tune_gc() -> None:

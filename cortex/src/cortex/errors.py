@@ -9,7 +9,9 @@
     │   └── Unplaceable         404 model_unplaceable (no neuron could ever hold it)
     ├── RouteNotFound           404 not_found_error
     ├── MethodNotAllowed        405 invalid_request_error
+    ├── RequestTimeout          408 invalid_request_error / request_timeout (head too slow)
     ├── PayloadTooLarge         413 invalid_request_error / payload_too_large
+    ├── HeadTooLarge            431 invalid_request_error / header_too_large
     ├── UpstreamError           502 api_error / upstream_error (no neuron could be reached)
     │   └── LoadFailed          502 load_failed (the neuron could not start the model)
     ├── UpstreamTimeout         504 api_error / upstream_timeout
@@ -17,6 +19,7 @@
         ├── ModelNotReady       503 model_not_ready (known, not ready anywhere)
         ├── NoCapacity          503 no_capacity (could fit, nothing can be evicted now)
         ├── StillLoading        503 model_loading (the cold start outlasted the wait)
+        ├── TooManyConnections  503 too_many_connections (gateway.max_connections)
         └── ShuttingDown        503 shutting_down
 
 OpenAI paths get ``{"error": {"message","type","param","code"}}``; Anthropic paths
@@ -112,6 +115,18 @@ class PayloadTooLarge(CortexError):
     code = "payload_too_large"
 
 
+class RequestTimeout(CortexError):
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+
+class HeadTooLarge(CortexError):
+    status = 431
+    type = "invalid_request_error"
+    code = "header_too_large"
+
+
 class UpstreamError(CortexError):
     status = 502
     type = "api_error"
@@ -148,6 +163,10 @@ class StillLoading(Unavailable):
 
 class ShuttingDown(Unavailable):
     code = "shutting_down"
+
+
+class TooManyConnections(Unavailable):
+    code = "too_many_connections"
 
 
 def upstream_message(body: bytes) -> str:

@@ -156,6 +156,11 @@ class CortexMetrics:
             ["model"],
             registry=r,
         )
+        self.client_connections = Gauge(
+            "cortex_client_connections",
+            "Client connections open on the API port.",
+            registry=r,
+        )
         self._loaded_series: dict[str, set[str]] = {}
         # process_cpu_seconds_total and memory: cortex relays on one event loop, so CPU near
         # one core means it is saturated (ops/prometheus/cortex-alerts.yml).

@@ -52,7 +52,19 @@ class Gateway(BaseModel):
     resolve_every: Annotated[float, Field(ge=0)] = 30.0
     """Seconds a neuron's host name stays looked up for new connections (0: every time)."""
     drain_timeout: Annotated[float, Field(ge=0)] = 60.0
+    """Seconds answers under way get to finish on shutdown; streams still running then end
+    with an in-band error event."""
     retry_after: Annotated[int, Field(ge=1)] = 5
+    max_header_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024
+    """A request line and all its headers; over it: 431 and the connection closes."""
+    max_header_field_bytes: Annotated[int, Field(ge=256)] = 16 * 1024
+    """One header name or value, or the URL; over it: 431 and the connection closes."""
+    max_connections: Annotated[int, Field(ge=1)] = 8192
+    """Client connections open at once on the API port; over it: 503 and Retry-After."""
+    header_timeout: Annotated[float, Field(gt=0)] = 10.0
+    """Seconds a connection has to send a whole request head (then 408, or a quiet close)."""
+    keep_alive_timeout: Annotated[float, Field(gt=0)] = 75.0
+    """Seconds an idle client connection stays open between requests."""
 
     _check_listen = field_validator("listen", "metrics_listen")(_listen)
 

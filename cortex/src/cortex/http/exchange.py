@@ -1,0 +1,136 @@
+"""One request on a client connection and its answer: what every kind of answer shares.
+
+The connection (:mod:`cortex.http.connection`) parses; an exchange holds one request's
+body as it arrives and writes that request's answer. Exactly one exchange of a connection
+is answered at a time (pipelined ones wait their turn); only that one is ever cancelled
+when the client goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from cortex.http.head import CLOCK, CONTINUE, status_line
+
+if TYPE_CHECKING:
+    from cortex.http.connection import Connection
+
+HIGH_WATER = 64 * 1024
+"""Unread request body above which the connection stops reading from the client."""
+
+
+class Exchange:
+    """A request's scope and body as they arrive, and the state of its answer."""
+
+    def __init__(
+        self, conn: Connection, scope: dict[str, Any], keep_alive: bool, expect_continue: bool
+    ) -> None:
+        self.conn = conn
+        self.scope = scope
+        self.keep_alive = keep_alive
+        self.expect_continue = expect_continue
+        self.body = bytearray()
+        self.body_done = False
+        self.started = False
+        """The answer's head has been written."""
+        self.complete = False
+        """The whole answer has been written."""
+        self.gone = False
+        """The client's connection has closed (or was cut by the drain)."""
+        self.task: asyncio.Task[None] | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    # The connection's side.
+
+    def start(self) -> None:
+        """Begin answering (the connection's turn has come to this exchange)."""
+        self.task = self.conn.loop.create_task(self.run())
+
+    async def run(self) -> None:
+        raise NotImplementedError
+
+    def received(self) -> None:
+        """More of the body came, or all of it, or the client went away."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def lost(self) -> None:
+        """The client's connection closed while this exchange was being answered."""
+        self.gone = True
+        self.received()
+
+    def cut(self) -> None:
+        """The drain ran out of time: end the answer now (the connection closes after)."""
+        self.gone = True
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+
+    # The answer's side.
+
+    async def wait_body(self) -> None:
+        """Until more of the body comes (or all of it, or the client goes)."""
+        self.conn.want_body()
+        self._waiter = waiter = self.conn.loop.create_future()
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+
+    def send_continue(self) -> None:
+        """``100 Continue``, once, if the client waits for it before sending the body."""
+        if self.expect_continue:
+            self.expect_continue = False
+            if not self.gone and not self.started:
+                self.conn.write(CONTINUE)
+
+    async def read(self, limit: int) -> bytes | None:
+        """The whole body, or None as soon as it is longer than ``limit`` bytes."""
+        self.send_continue()
+        while not self.body_done:
+            if len(self.body) > limit:
+                return None
+            if self.gone:
+                raise asyncio.CancelledError  # the task is being cancelled anyway
+            await self.wait_body()
+        if len(self.body) > limit:
+            return None
+        body = bytes(self.body)
+        self.body.clear()
+        return body
+
+    def head(self, status: int, headers: list[tuple[bytes, bytes]], extra: bytes = b"") -> bytes:
+        """The answer's head; closes the connection after it where the request asks for that.
+
+        An answer written before the request's body was all read (an early 413 or 401) closes
+        the connection: the rest of that body must not be taken for the next request, nor
+        read and thrown away at the client's pace.
+        """
+        self.started = True
+        self.expect_continue = False
+        if not self.body_done:
+            self.keep_alive = False
+        parts = [status_line(status)]
+        closing = dated = False
+        for name, value in headers:
+            parts += (name, b": ", value, b"\r\n")
+            if name == b"connection" and b"close" in value.lower():
+                closing = True
+            elif name == b"date":
+                dated = True
+        parts.append(extra)
+        if closing:
+            self.keep_alive = False
+        elif not self.keep_alive:
+            parts.append(b"connection: close\r\n")
+        if not dated:
+            parts.append(CLOCK.date())
+        parts.append(b"\r\n")
+        return b"".join(parts)
+
+    def finish(self) -> None:
+        """The whole answer is written: the connection goes on to what comes next."""
+        if not self.complete:
+            self.complete = True
+            self.conn.finished(self)
