@@ -374,6 +374,19 @@ class Connection(asyncio.Protocol):
         self.refusal = error
         self._pause()
         log.info("refused a request from %s: %s", self.client, error.message)
+        broken = self.parsing
+        if broken is not None and not broken.body_done:
+            # The request whose body broke off can never be read in full: the refusal is its
+            # answer, and whatever was waiting for that body stops.
+            self.parsing = None
+            broken.abandon()
+            if broken is self.running:
+                self.running = None
+                if broken.started:  # its answer is under way: no room for a second one
+                    self.close()
+                    return
+            elif broken in self.waiting:
+                self.waiting.remove(broken)
         if self.running is None:
             self.say(error)
         else:  # the requests before it are answered first

@@ -63,6 +63,10 @@ class Exchange:
 
     def cut(self) -> None:
         """The drain ran out of time: end the answer now (the connection closes after)."""
+        self.abandon()
+
+    def abandon(self) -> None:
+        """Stop answering: nothing more of this exchange is written (the connection says why)."""
         self.gone = True
         if self.task is not None and not self.task.done():
             self.task.cancel()
