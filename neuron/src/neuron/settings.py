@@ -121,15 +121,12 @@ class VllmHarness(BaseModel):
     @classmethod
     def _checkable(cls, flags: list[str]) -> list[str]:
         # Imported here: neuron.engine imports this module.
-        from neuron.engine.policy import check_flag_names
+        from neuron.engine.policy import check_flag_names, normal
 
-        never = check_flag_names(flags)
-        if never:
-            raise ValueError(
-                f"{never} can never be allowed: their values name files the neuron cannot "
-                "check (or options the neuron sets itself)"
-            )
-        return flags
+        problems = check_flag_names(flags)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return [normal(flag) for flag in flags]
 
     @field_validator("env")
     @classmethod
