@@ -5,7 +5,8 @@ FAKE_ENGINE_SPAM_LINES (that many long lines on stderr before serving), FAKE_ENG
 (requests beyond it are reported waiting), FAKE_ENGINE_METRICS_DELAY (``/metrics`` answers
 that late), FAKE_ENGINE_METRICS_BROKEN (``/metrics`` is not Prometheus text), FAKE_ENGINE_KV_GAUGE (the KV-cache gauge's name: older vLLM says
 ``vllm:gpu_cache_usage_perc``), FAKE_ENGINE_RUNNING_VALUE (what the running gauge says instead,
-e.g. ``NaN``, ``+Inf``, ``-3``), FAKE_ENGINE_METRICS_PADDING (that many more ``vllm:`` samples).
+e.g. ``NaN``, ``+Inf``, ``-3``), FAKE_ENGINE_METRICS_PADDING (that many more ``vllm:`` samples), FAKE_ENGINE_COUNT_SCRAPES
+(``vllm:fake_scrapes_total``: how often ``/metrics`` was read, this time included).
 A request body ``"fake_sleep": S`` delays a non-streamed reply by S seconds; as in vLLM, a client
 that disconnects meanwhile cancels it.
 """
@@ -39,6 +40,7 @@ METRICS_DELAY = float(os.environ.get("FAKE_ENGINE_METRICS_DELAY", "0"))
 KV_GAUGE = os.environ.get("FAKE_ENGINE_KV_GAUGE", "vllm:kv_cache_usage_perc")
 RUNNING_VALUE = os.environ.get("FAKE_ENGINE_RUNNING_VALUE")
 PADDING = int(os.environ.get("FAKE_ENGINE_METRICS_PADDING", "0"))
+SCRAPES = 0
 KV_PER_REQUEST = 0.125
 
 
@@ -80,6 +82,11 @@ def vllm_metrics(model: str) -> str:
         f"vllm:time_to_first_token_seconds_count{{{labels}}} 4.0\n"
         f"vllm:time_to_first_token_seconds_sum{{{labels}}} 0.5\n"
         + ("# TYPE vllm:fake_padding gauge\n" + padding if PADDING else "")
+        + (
+            f"# TYPE vllm:fake_scrapes counter\nvllm:fake_scrapes_total{{{labels}}} {SCRAPES}\n"
+            if os.environ.get("FAKE_ENGINE_COUNT_SCRAPES")
+            else ""
+        )
     )
 
 
@@ -239,6 +246,8 @@ def build_app(names: list[str]) -> ASGIApp:
         return JSONResponse({"object": "list", "data": data})
 
     async def metrics(_: Request) -> Response:
+        global SCRAPES
+        SCRAPES += 1
         await asyncio.sleep(METRICS_DELAY)
         if os.environ.get("FAKE_ENGINE_METRICS_BROKEN"):
             text = 'vllm:num_requests_running{model_name="x" 1\nnot prometheus at all {{{\n'

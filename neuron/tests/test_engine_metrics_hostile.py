@@ -16,6 +16,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from neuron.settings import Harnesses
 
 
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
 @pytest.mark.parametrize("value", ["NaN", "+Inf", "-Inf", "-3.0"])
 async def test_a_gauge_that_is_not_a_count_is_unknown(value: str) -> None:
     harness = fake_harness(FAKE_ENGINE_RUNNING_VALUE=value)
@@ -71,3 +79,20 @@ async def test_a_large_exposition_does_not_stall_the_neuron() -> None:
         families = {f.name for f in text_string_to_metric_families(response.text)}
         assert "vllm:fake_padding" in families
         assert max(stalls) < 0.5, f"the event loop stalled for {max(stalls):.2f} s"
+
+
+async def test_the_load_refresh_reuses_a_scrape_just_made() -> None:
+    """While Prometheus scrapes the neuron more often than ``health_interval``, those scrapes
+    also refresh ``/models``: the engines are not read a second time for it."""
+    harness = fake_harness(FAKE_ENGINE_COUNT_SCRAPES="1")
+    async with running(settings_for(harness=Harnesses(vllm=harness), health_interval=0.5)) as n:
+        await n.load("m1")
+        labels = (("engine", "0"), ("model", "m1"), ("model_name", "m1"))
+        reads = []
+        for _ in range(30):
+            s = samples((await n.client.get("/metrics")).text)
+            reads.append(s["vllm:fake_scrapes_total", labels])
+            await asyncio.sleep(0.1)
+        # Of the engine's reads after our first scrape, all but one (a refresh racing in)
+        # were our scrapes; without the reuse, one more every 0.5 s (about 7).
+        assert reads[-1] - reads[0] <= len(reads), reads
