@@ -76,6 +76,29 @@ async def test_the_engine_load_fields_are_optional_and_checked() -> None:
         await c.poll()
         info = c.gateway.fleet.node("n1").models["m1"]
         assert (info["running"], info["waiting"], info["kv_cache_usage"]) == (2, 1, 0.5)
-        fake.broken["/models"] = b'[{"id": "m1", "status": "ready", "kv_cache_usage": 7}]'
+
+
+@pytest.mark.parametrize(
+    ("load", "read"),
+    [
+        (b'"running": -1, "waiting": 1, "kv_cache_usage": 0.5', (None, 1, 0.5)),
+        (b'"running": 2, "waiting": "many", "kv_cache_usage": 0.5', (2, None, 0.5)),
+        (b'"running": 2, "waiting": 1, "kv_cache_usage": 7', (2, 1, None)),
+        (b'"running": 2, "waiting": 1, "kv_cache_usage": NaN', (2, 1, None)),
+        (b'"running": 2.5, "waiting": 1, "kv_cache_usage": Infinity', (None, 1, None)),
+    ],
+)
+async def test_an_invalid_engine_load_is_unknown_and_the_poll_goes_on(
+    load: bytes, read: tuple[int | None, int | None, float | None]
+) -> None:
+    """The load fields are optional: a bad one is ``None``; the model, its neuron and the
+    other fields are kept (the required fields stay strict, as above)."""
+    fake = FakeNeuron("n1")
+    async with cortex(fake) as c:
+        fake.broken["/models"] = b'[{"id": "m1", "status": "ready", ' + load + b"}]"
         await c.poll()
-        assert "kv_cache_usage" in (c.gateway.fleet.node("n1").last_error or "")
+        node = c.gateway.fleet.node("n1")
+        assert node.up and node.last_error is None
+        info = node.models["m1"]
+        assert info["status"] == "ready"
+        assert (info["running"], info["waiting"], info["kv_cache_usage"]) == read

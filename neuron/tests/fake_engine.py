@@ -4,7 +4,9 @@ Env: FAKE_ENGINE_STARTUP_DELAY, FAKE_ENGINE_FAIL, FAKE_ENGINE_CHUNK_DELAY, FAKE_
 FAKE_ENGINE_SPAM_LINES (that many long lines on stderr before serving), FAKE_ENGINE_MAX_RUNNING
 (requests beyond it are reported waiting), FAKE_ENGINE_METRICS_DELAY (``/metrics`` answers
 that late), FAKE_ENGINE_METRICS_BROKEN (``/metrics`` is not Prometheus text), FAKE_ENGINE_KV_GAUGE (the KV-cache gauge's name: older vLLM says
-``vllm:gpu_cache_usage_perc``).
+``vllm:gpu_cache_usage_perc``), FAKE_ENGINE_RUNNING_VALUE (what the running gauge says instead,
+e.g. ``NaN``, ``+Inf``, ``-3``), FAKE_ENGINE_METRICS_PADDING (that many more ``vllm:`` samples), FAKE_ENGINE_COUNT_SCRAPES
+(``vllm:fake_scrapes_total``: how often ``/metrics`` was read, this time included).
 A request body ``"fake_sleep": S`` delays a non-streamed reply by S seconds; as in vLLM, a client
 that disconnects meanwhile cancels it.
 """
@@ -36,6 +38,9 @@ RUNNING = 0  # generation requests in flight, exported as vllm:num_requests_runn
 MAX_RUNNING = int(os.environ.get("FAKE_ENGINE_MAX_RUNNING", "256"))
 METRICS_DELAY = float(os.environ.get("FAKE_ENGINE_METRICS_DELAY", "0"))
 KV_GAUGE = os.environ.get("FAKE_ENGINE_KV_GAUGE", "vllm:kv_cache_usage_perc")
+RUNNING_VALUE = os.environ.get("FAKE_ENGINE_RUNNING_VALUE")
+PADDING = int(os.environ.get("FAKE_ENGINE_METRICS_PADDING", "0"))
+SCRAPES = 0
 KV_PER_REQUEST = 0.125
 
 
@@ -50,13 +55,14 @@ def vllm_metrics(model: str) -> str:
     running, waiting = min(RUNNING, MAX_RUNNING), max(0, RUNNING - MAX_RUNNING)
     kv = min(1.0, running * KV_PER_REQUEST)
     labels = f'engine="0",model_name="{model}"'
+    padding = "".join(f'vllm:fake_padding{{{labels},n="{i}"}} {i}.0\n' for i in range(PADDING))
     return (
         "# HELP python_gc_objects_collected_total Objects collected during gc\n"
         "# TYPE python_gc_objects_collected_total counter\n"
         'python_gc_objects_collected_total{generation="0"} 42.0\n'
         "# HELP vllm:num_requests_running Number of requests in model execution batches.\n"
         "# TYPE vllm:num_requests_running gauge\n"
-        f"vllm:num_requests_running{{{labels}}} {float(running)}\n"
+        f"vllm:num_requests_running{{{labels}}} {RUNNING_VALUE or float(running)}\n"
         "# HELP vllm:num_requests_waiting Number of requests waiting to be processed.\n"
         "# TYPE vllm:num_requests_waiting gauge\n"
         f"vllm:num_requests_waiting{{{labels}}} {float(waiting)}\n"
@@ -75,6 +81,12 @@ def vllm_metrics(model: str) -> str:
         f'vllm:time_to_first_token_seconds_bucket{{{labels},le="+Inf"}} 4.0\n'
         f"vllm:time_to_first_token_seconds_count{{{labels}}} 4.0\n"
         f"vllm:time_to_first_token_seconds_sum{{{labels}}} 0.5\n"
+        + ("# TYPE vllm:fake_padding gauge\n" + padding if PADDING else "")
+        + (
+            f"# TYPE vllm:fake_scrapes counter\nvllm:fake_scrapes_total{{{labels}}} {SCRAPES}\n"
+            if os.environ.get("FAKE_ENGINE_COUNT_SCRAPES")
+            else ""
+        )
     )
 
 
@@ -234,6 +246,8 @@ def build_app(names: list[str]) -> ASGIApp:
         return JSONResponse({"object": "list", "data": data})
 
     async def metrics(_: Request) -> Response:
+        global SCRAPES
+        SCRAPES += 1
         await asyncio.sleep(METRICS_DELAY)
         if os.environ.get("FAKE_ENGINE_METRICS_BROKEN"):
             text = 'vllm:num_requests_running{model_name="x" 1\nnot prometheus at all {{{\n'

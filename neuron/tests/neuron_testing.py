@@ -132,13 +132,15 @@ class NeuronProcess:
         self.log = tmp / "neuron.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> subprocess.Popen[bytes]:
+    def start(self, group: int | None = None) -> subprocess.Popen[bytes]:
+        """Start it (with ``group`` as its group, when given: the tests must run as root)."""
         neuron = Path(sys.executable).with_name("neuron")
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(
                 [str(neuron), "--config", str(self.config), "--port", str(self.port)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                group=group,
             )
         return self.proc
 

@@ -20,7 +20,6 @@ ALLOWED = [
     "--chat-template",
     "--generation-config",
     "--tokenizer",
-    "--tool-parser-plugin",
     "--ssl-keyfile",
 ]
 

@@ -166,6 +166,7 @@ def build(
             client,
             interval=settings.health_interval,
             timeout=settings.engine_metrics_timeout,
+            max_bytes=settings.engine_metrics_max_bytes,
         ),
     )
 

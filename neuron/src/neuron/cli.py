@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import gc
 import ipaddress
 import logging
+import os
 import signal
 import sys
 from collections.abc import Coroutine
@@ -25,6 +27,7 @@ log = logging.getLogger("neuron")
 # systemd's TimeoutStopSec is 120 s: drain, listener close and unload must fit inside it.
 LISTENER_GRACE = 5.0
 UNLOAD_BUDGET = 100.0
+PR_SET_DUMPABLE = 4
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -37,6 +40,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    _not_dumpable()
     args = parse_args(argv)
     try:
         settings = load_settings(args.config)
@@ -90,6 +94,26 @@ async def _serve(settings: NeuronSettings) -> None:
     log.info("neuron %s listening on %s:%d", __version__, settings.host, settings.port)
     await serve(app, config, shutdown_trigger=lifecycle.drained.wait)  # type: ignore[arg-type]
     log.info("neuron stopped")
+
+
+def _not_dumpable() -> None:
+    """Keep other processes of this user out of the neuron's memory and environment.
+
+    A non-dumpable process's ``/proc/PID/environ``, ``mem`` and ``fd`` belong to root, and
+    it cannot be ptrace-attached without ``CAP_SYS_PTRACE``; so the token (in
+    ``NEURON_AUTH_TOKEN`` or read from the config) cannot be read from it by a same-user
+    process, an engine among them. It also means no core dumps. Engines are not affected:
+    the flag is reset when a process executes a new program. No-op off Linux.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+            err = ctypes.get_errno()
+            log.warning("prctl(PR_SET_DUMPABLE, 0) failed: %s", os.strerror(err))
+    except (OSError, AttributeError):
+        log.warning("prctl is not available: the neuron stays dumpable")
 
 
 def _on_signal(sig: signal.Signals, begin_drain: Any) -> None:

@@ -121,15 +121,12 @@ class VllmHarness(BaseModel):
     @classmethod
     def _checkable(cls, flags: list[str]) -> list[str]:
         # Imported here: neuron.engine imports this module.
-        from neuron.engine.policy import check_flag_names
+        from neuron.engine.policy import check_flag_names, normal
 
-        never = check_flag_names(flags)
-        if never:
-            raise ValueError(
-                f"{never} can never be allowed: their values name files the neuron cannot "
-                "check (or options the neuron sets itself)"
-            )
-        return flags
+        problems = check_flag_names(flags)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return [normal(flag) for flag in flags]
 
     @field_validator("env")
     @classmethod
@@ -181,6 +178,9 @@ class NeuronSettings(BaseSettings):
     """Longest one engine's ``/metrics`` is waited for (engines are read concurrently, for
     the neuron's ``/metrics`` and every ``health_interval`` for ``/models``); an engine that
     does not answer in time contributes nothing."""
+    engine_metrics_max_bytes: Annotated[int, Field(gt=0)] = 4 * 1024 * 1024
+    """Most of one engine's ``/metrics`` body the neuron reads (vLLM's is about 126 KB); an
+    engine whose body is larger contributes nothing, which is logged once."""
     max_body_bytes: Annotated[int, Field(gt=0)] = 32 * 1024 * 1024
     engine_read_timeout: Annotated[float, Field(gt=0)] = 600.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"

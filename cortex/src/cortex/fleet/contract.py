@@ -10,14 +10,25 @@ here.
 
 Fields a newer neuron adds are kept (``extra="allow"``); fields cortex relies on are
 checked. ``running``, ``waiting`` and ``kv_cache_usage`` are optional: the engine's load,
-which neurons report from issue 17 on.
+which neurons report from issue 17 on. Being optional, a value of theirs that breaks the
+contract (a negative count, a usage over 1, NaN, words) is read as ``None`` (not known)
+instead of failing the poll: one engine's odd gauge must not hide the neuron's models.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+)
 
 Count = Annotated[int, Field(ge=0)]
 Amount = Annotated[float, Field(ge=0)]
@@ -41,6 +52,17 @@ class ModelInfo(Contract):
     running: Count | None = None
     waiting: Count | None = None
     kv_cache_usage: Annotated[float, Field(ge=0, le=1)] | None = None
+
+    @field_validator("running", "waiting", "kv_cache_usage", mode="wrap")
+    @classmethod
+    def _unknown_if_invalid(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        try:
+            checked = handler(value)
+        except ValidationError:
+            return None
+        if isinstance(checked, float) and not math.isfinite(checked):
+            return None
+        return checked
 
 
 class DeviceSample(Contract):

@@ -11,10 +11,12 @@ of the flag before it, which must be one known to take a value (:data:`VALUE_FLA
 Default models from the operator's own file are not checked (the operator could change
 these lists anyway).
 
-Flags that take a file, by vLLM's ``--help`` (0.11 to 0.32): :data:`PATH_FLAGS` are
-checked like paths, :data:`MODEL_FLAGS` like sources; :data:`NEVER_ALLOWED` cannot be put on
-the allow-list at all, because their values carry file names inside JSON, YAML or
-``name=path`` pairs (or set options the neuron itself owns) and cannot be checked here.
+Flags are checked as vLLM 0.32's parser reads them (``_`` is ``-``; ``-X.key`` writes into
+the JSON option ``X``; ``--config`` is looked for anywhere). Only flags in the vetted
+:data:`CATALOGUE` can be allowed, each with its kind: :data:`PATH_FLAGS` are checked like
+paths, :data:`MODEL_FLAGS` like sources. :data:`NEVER_ALLOWED` cannot be put on the
+allow-list at all, because their values carry file names inside JSON, YAML or ``name=path``
+pairs, import or construct code, or set options the neuron itself owns.
 """
 
 from __future__ import annotations
@@ -24,27 +26,96 @@ import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Literal
 
 from neuron.errors import BadRequest
 
-PATH_FLAGS = frozenset(
-    {
-        "--chat-template",  # opened first, even when the value is meant as an inline template
-        "--generation-config",  # a folder with generation_config.json ("auto", "vllm": words)
-        "--hf-config-path",
-        "--tool-parser-plugin",  # a Python file, imported
-        "--reasoning-parser-plugin",  # a Python file, imported
-        "--log-config-file",  # logging.config.dictConfig: can construct any class
-        "--allowed-local-media-path",  # lets requests read files under it
-        "--ssl-keyfile",
-        "--ssl-certfile",
-        "--ssl-ca-certs",
-        "--mm-encoder-fp8-scale-path",
-        "--mm-encoder-fp8-scale-save-path",  # written
-    }
-)
-MODEL_FLAGS = frozenset({"--tokenizer", "--spec-model"})
-"""Hub repo id or local directory, like ``source``."""
+Kind = Literal["switch", "value", "path", "model"]
+"""How a flag is checked: a ``switch`` takes no value (a loose item after it would be vLLM's
+positional ``model_tag``, which replaces the model); a ``value`` takes one, which may come as
+the next item; a ``path`` names a file (checked against ``allowed_paths``); a ``model`` is a
+hub repo id or a local directory, like ``source``."""
+
+CATALOGUE: dict[str, Kind] = {
+    # Switches (vLLM's BooleanOptionalAction also has the --no- form).
+    "--enforce-eager": "switch",
+    "--no-enforce-eager": "switch",
+    "--enable-prefix-caching": "switch",
+    "--no-enable-prefix-caching": "switch",
+    "--enable-chunked-prefill": "switch",
+    "--no-enable-chunked-prefill": "switch",
+    "--enable-auto-tool-choice": "switch",
+    "--trust-remote-code": "switch",  # off the default list: runs the repo's Python
+    "--no-trust-remote-code": "switch",
+    "--async-scheduling": "switch",
+    "--disable-log-stats": "switch",
+    "--enable-log-requests": "switch",
+    "--disable-sliding-window": "switch",
+    "--disable-cascade-attn": "switch",
+    "--disable-custom-all-reduce": "switch",
+    "--enable-expert-parallel": "switch",
+    "--enable-lora": "switch",
+    "--enable-prompt-tokens-details": "switch",
+    "--enable-force-include-usage": "switch",
+    "--return-tokens-as-token-ids": "switch",
+    "--language-model-only": "switch",
+    # One plain value each: numbers, names from a fixed set, revisions.
+    "--max-num-seqs": "value",
+    "--max-num-batched-tokens": "value",
+    "--max-model-len": "value",
+    "--kv-cache-dtype": "value",
+    "--tool-call-parser": "value",  # a registered name (the plugin file is never allowed)
+    "--reasoning-parser": "value",
+    "--seed": "value",
+    "--dtype": "value",
+    "--quantization": "value",
+    "--tensor-parallel-size": "value",
+    "--pipeline-parallel-size": "value",
+    "--data-parallel-size": "value",
+    "--gpu-memory-utilization": "value",
+    "--block-size": "value",
+    "--cpu-offload-gb": "value",
+    "--kv-cache-memory-bytes": "value",
+    "--max-logprobs": "value",
+    "--logprobs-mode": "value",
+    "--revision": "value",
+    "--code-revision": "value",
+    "--tokenizer-mode": "value",
+    "--tokenizer-revision": "value",
+    "--load-format": "value",
+    "--model-impl": "value",
+    "--chat-template-content-format": "value",
+    "--response-role": "value",
+    "--scheduling-policy": "value",
+    "--long-prefill-token-threshold": "value",
+    "--max-log-len": "value",
+    "--uvicorn-log-level": "value",
+    "--max-loras": "value",
+    "--max-lora-rank": "value",
+    "--max-cpu-loras": "value",
+    "--lora-dtype": "value",
+    # Files, checked against allowed_paths.
+    "--chat-template": "path",  # opened first, even when the value is meant as a template
+    "--generation-config": "path",  # a folder with generation_config.json ("auto", "vllm")
+    "--hf-config-path": "path",
+    "--allowed-local-media-path": "path",  # lets requests read files under it
+    "--ssl-keyfile": "path",
+    "--ssl-certfile": "path",
+    "--ssl-ca-certs": "path",
+    "--mm-encoder-fp8-scale-path": "path",
+    "--mm-encoder-fp8-scale-save-path": "path",  # written
+    # Hub repo ids or local folders, checked like source.
+    "--tokenizer": "model",
+    "--spec-model": "model",
+}
+"""The vetted vLLM flags (0.32's names, each checked against its parser by the tests) an
+``allowed_engine_args`` list may name, with how each is checked. A flag not here cannot be
+allowed: the policy would not know whether it takes a value, nor what that value reaches."""
+
+PATH_FLAGS = frozenset(f for f, kind in CATALOGUE.items() if kind == "path")
+MODEL_FLAGS = frozenset(f for f, kind in CATALOGUE.items() if kind == "model")
+VALUE_FLAGS = frozenset(f for f, kind in CATALOGUE.items() if kind != "switch")
+"""Flags that take one value, which may come as the next item."""
 WORDS = {"--generation-config": frozenset({"auto", "vllm"})}
 """Values of a path flag that vLLM takes as keywords, not as file names."""
 NEVER_ALLOWED = frozenset(
@@ -57,8 +128,14 @@ NEVER_ALLOWED = frozenset(
         "--uds",
         "--download-dir",  # [harness.vllm] hf_cache sets it
         "--api-key",
-        "--lora-modules",  # name=path pairs or JSON
-        "--default-mm-loras",  # JSON of paths
+        "--headless",
+        "--grpc",
+        "--grpc-port",
+        "--api-server-count",
+        "-asc",
+        # Values that carry file names inside JSON, YAML or name=path pairs.
+        "--lora-modules",
+        "--default-mm-loras",
         "--speculative-config",  # JSON whose "model" is a path
         "-sc",
         "--model-loader-extra-config",
@@ -68,42 +145,46 @@ NEVER_ALLOWED = frozenset(
         "--kv-transfer-config",
         "--ec-transfer-config",
         "--profiler-config",
+        # Values that import, construct or fetch code, or write where they like.
+        "--tool-parser-plugin",  # a Python file, imported
+        "--reasoning-parser-plugin",  # a Python file, imported
+        "--io-processor-plugin",
+        "--log-config-file",  # logging.config.dictConfig: can construct any class
+        "--middleware",  # a qualified name, imported and added to the app
+        "--worker-cls",
+        "--worker-extension-cls",
+        "--scheduler-cls",
+        "--logits-processors",  # qualified names, imported
+        "--model-class-overrides",
+        "--distributed-executor-backend",  # or a qualified class name
+        "--hf-token",  # which hub credential the engine uses
+        "-O",  # parse_args rewrites -O<x>; -O.key sets compilation-config keys
+        "--compilation-config",  # debug_dump_path, custom ops, passes
+        "-cc",
+        "--attention-config",
+        "-ac",
+        "--kernel-config",
+        "--additional-config",
+        "--quantization-config",
+        "--structured-outputs-config",
+        "--reasoning-config",
+        "--kv-events-config",  # publishes to an endpoint it names
+        "--ec-manager-config",
+        "--weight-transfer-config",
+        "--fault-tolerance-config",
+        "--eplb-config",
+        "--diffusion-config",
+        "-dc",
+        "--engram-config",
+        "--aux-output-config",
+        "--watermark-config",
+        "--tool-server",  # addresses the engine would call
+        "--otlp-traces-endpoint",
     }
 )
-VALUE_FLAGS = (
-    PATH_FLAGS
-    | MODEL_FLAGS
-    | frozenset(
-        {
-            "--max-num-seqs",
-            "--max-num-batched-tokens",
-            "--kv-cache-dtype",
-            "--tool-call-parser",
-            "--reasoning-parser",
-            "--seed",
-            "--max-model-len",
-            "--dtype",
-            "--quantization",
-            "--tensor-parallel-size",
-            "--pipeline-parallel-size",
-            "--gpu-memory-utilization",
-            "--block-size",
-            "--swap-space",
-            "--cpu-offload-gb",
-            "--max-logprobs",
-            "--revision",
-            "--tokenizer-mode",
-            "--tokenizer-revision",
-            "--load-format",
-            "--chat-template-content-format",
-            "--max-loras",
-            "--max-lora-rank",
-        }
-    )
-)
-"""Flags known to take one value, which may come as the next item. Any other flag on the
-allow-list is taken as a switch: a value for it must be written ``--flag=value``, because a
-loose item after a switch would be vLLM's positional ``model_tag`` (which replaces the model)."""
+KNOWN = frozenset(CATALOGUE) | NEVER_ALLOWED
+NUMBER = re.compile(r"^-\d+(\.\d+)?$")
+"""The only values that may start with ``-``: anything else that does is a flag to vLLM."""
 
 SECRET_NAMES = frozenset({"token", "stored_tokens"})
 """Where ``huggingface-cli login`` keeps hub tokens, at the top of the Hugging Face cache,
@@ -114,9 +195,29 @@ INLINE_TEMPLATE = ("{", "}", "\n")
 """vLLM takes a ``--chat-template`` value with one of these as the template itself."""
 
 
+def normal(flag: str) -> str:
+    """A flag as vLLM reads it: ``_`` and ``-`` are the same in its names."""
+    return flag.replace("_", "-")
+
+
 def check_flag_names(allowed: Iterable[str]) -> list[str]:
-    """The entries of an ``allowed_engine_args`` list that can never be allowed."""
-    return sorted(set(allowed) & NEVER_ALLOWED)
+    """Why each entry of an ``allowed_engine_args`` list cannot be allowed (none: all can)."""
+    problems = []
+    for entry in allowed:
+        flag = normal(entry)
+        if flag in NEVER_ALLOWED:
+            problems.append(
+                f"{entry} can never be allowed: its value names files the neuron cannot check, "
+                "imports or constructs code, or sets an option the neuron sets itself"
+            )
+        elif flag not in CATALOGUE:
+            longer = sorted(f for f in KNOWN if f.startswith(flag))
+            also = f" (an abbreviation of {', '.join(longer)})" if longer else ""
+            problems.append(
+                f"{entry} is not a vLLM flag this neuron knows{also}: only these can be "
+                f"allowed: {sorted(CATALOGUE)}"
+            )
+    return problems
 
 
 class LaunchPolicy:
@@ -133,7 +234,7 @@ class LaunchPolicy:
         allowed_paths: Iterable[str],
         allowed_sources: Iterable[str],
     ) -> None:
-        self.flags = frozenset(allowed_engine_args) - NEVER_ALLOWED
+        self.flags = frozenset(normal(f) for f in allowed_engine_args) & frozenset(CATALOGUE)
         self.roots = [Path(os.path.realpath(p)) for p in allowed_paths]
         self.sources = list(allowed_sources)
 
@@ -160,10 +261,25 @@ class LaunchPolicy:
             )
 
     def check_engine_args(self, args: list[str]) -> None:
-        """Every item is a flag on the allow-list or the value of the flag just before it."""
+        """Every item is a flag on the allow-list or the value of the flag just before it.
+
+        As vLLM's parser reads them: ``_`` in a flag is ``-``; an abbreviation is refused
+        (argparse would take it for the flag it abbreviates); a flag with a ``.`` is refused
+        (``-X.key value`` sets key of the JSON option X); a value may start with ``-`` only
+        if it is a number (else vLLM takes it as a flag); ``--config`` is refused wherever
+        it stands (vLLM looks for it anywhere in argv, values included).
+        """
+        if "--config" in args:
+            raise BadRequest("engine_args may not contain --config", param="engine_args")
         expecting: str | None = None  # a flag that takes the next item as its value
         for item in args:
             if expecting is not None:
+                if item.startswith("-") and not NUMBER.match(item):
+                    raise BadRequest(
+                        f"engine_args: {expecting} needs a value, not {item!r}; a value may "
+                        "start with '-' only if it is a number",
+                        param="engine_args",
+                    )
                 self._value(expecting, item)
                 expecting = None
                 continue
@@ -173,11 +289,20 @@ class LaunchPolicy:
                     "a value; write values as --flag=value",
                     param="engine_args",
                 )
-            flag, eq, value = item.partition("=")
+            name, eq, value = item.partition("=")
+            if "." in name:
+                raise BadRequest(
+                    f"engine_args item {item!r}: vLLM reads a flag with '.' as a key of a "
+                    "JSON option, which is never allowed",
+                    param="engine_args",
+                )
+            flag = normal(name)
             if flag not in self.flags:
                 allowed = sorted(self.flags)
+                longer = sorted(f for f in KNOWN if f.startswith(flag) and f != flag)
+                also = f" (an abbreviation of {', '.join(longer)})" if longer else ""
                 raise BadRequest(
-                    f"engine_args not allowed on this neuron: [{item!r}]; allowed: {allowed}",
+                    f"engine_args not allowed on this neuron: [{item!r}]{also}; allowed: {allowed}",
                     param="engine_args",
                 )
             if eq:

@@ -9,7 +9,11 @@ Two uses, one reading:
   (:func:`load_of`), which cortex routes by.
 
 A scrape that fails, times out or is not Prometheus text gives nothing (:func:`scrape`
-returns ``[]``): a dead or stuck engine never fails or holds up the neuron's own answer.
+returns ``[]``): a dead or stuck engine never fails or holds up the neuron's own answer. A
+body over ``max_bytes`` is not read past the cap (:class:`Oversize`), and the text is parsed
+in a worker thread (prometheus_client's parser is pure Python: about 70 ms for vLLM's usual
+126 KB), so neither size nor parsing holds up the event loop. A gauge that is not a count
+(NaN, an infinity, a negative number) is reported as unknown (``None``).
 
 vLLM renamed the KV-cache gauge: ``vllm:kv_cache_usage_perc`` (0.10 on) was
 ``vllm:gpu_cache_usage_perc`` before; both are read, and both are a fraction (0-1) despite
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -56,17 +61,52 @@ class EngineLoad:
 UNKNOWN = EngineLoad()
 
 
-async def scrape(client: httpx.AsyncClient, url: str, within: float) -> list[Metric]:
-    """The ``vllm:`` families on ``url``/metrics, or ``[]`` if not had ``within`` seconds."""
+class Oversize(Exception):
+    """The engine's ``/metrics`` is larger than the neuron reads."""
+
+
+async def scrape(
+    client: httpx.AsyncClient, url: str, within: float, max_bytes: int
+) -> list[Metric]:
+    """The ``vllm:`` families on ``url``/metrics, or ``[]`` if not had ``within`` seconds.
+
+    Raises :class:`Oversize` when the body is over ``max_bytes`` (read no further than that).
+    The parse runs in a worker thread.
+    """
+    body = await _fetch(client, url, within, max_bytes)
+    if body is None:
+        return []
+    return await asyncio.to_thread(parse, body, url)
+
+
+async def _fetch(
+    client: httpx.AsyncClient, url: str, within: float, max_bytes: int
+) -> bytes | None:
     try:
-        async with asyncio.timeout(within):
-            response = await client.get(f"{url}/metrics", timeout=within)
-        response.raise_for_status()
+        async with (
+            asyncio.timeout(within),
+            client.stream("GET", f"{url}/metrics", timeout=within) as response,
+        ):
+            response.raise_for_status()
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > max_bytes:
+                raise Oversize(f"{declared} bytes")
+            body = bytearray()
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > max_bytes:
+                    raise Oversize(f"over {max_bytes} bytes")
+            return bytes(body)
     except (httpx.HTTPError, TimeoutError) as exc:
         log.debug("engine metrics from %s unavailable: %r", url, exc)
-        return []
+        return None
+
+
+def parse(body: bytes, url: str) -> list[Metric]:
+    """The ``vllm:`` families in ``body``; ``[]`` if it is not Prometheus text. Blocking."""
     try:
-        return [f for f in text_string_to_metric_families(response.text) if _ours(f)]
+        text = body.decode("utf-8", errors="replace")
+        return [f for f in text_string_to_metric_families(text) if _ours(f)]
     except Exception as exc:  # whatever the engine wrote, the neuron's own scrape goes on
         log.warning("engine metrics from %s are not Prometheus text: %r", url, exc)
         return []
@@ -77,21 +117,31 @@ def _ours(family: Metric) -> bool:
 
 
 def load_of(families: Iterable[Metric]) -> EngineLoad:
-    """``running``, ``waiting`` and ``kv_cache_usage`` from one engine's scrape."""
+    """``running``, ``waiting`` and ``kv_cache_usage`` from one engine's scrape; a value that
+    is NaN, infinite or negative is ``None``."""
     by_name = {f.name: f for f in families}
     kv = next((by_name[n] for n in KV_USAGE if n in by_name), None)
-    running, waiting = by_name.get(RUNNING), by_name.get(WAITING)
+    kv_values = [s.value for s in kv.samples] if kv else []
     return EngineLoad(
-        running=int(_sum(running)) if running and running.samples else None,
-        waiting=int(_sum(waiting)) if waiting and waiting.samples else None,
-        kv_cache_usage=(
-            min(1.0, max(0.0, max(s.value for s in kv.samples))) if kv and kv.samples else None
-        ),
+        running=_count(by_name.get(RUNNING)),
+        waiting=_count(by_name.get(WAITING)),
+        kv_cache_usage=min(1.0, max(kv_values))
+        if kv_values and all(map(_sound, kv_values))
+        else None,
     )
 
 
-def _sum(family: Metric) -> float:
-    return sum(s.value for s in family.samples if s.name == family.name)
+def _sound(value: float) -> bool:
+    return math.isfinite(value) and value >= 0
+
+
+def _count(family: Metric | None) -> int | None:
+    if family is None:
+        return None
+    values = [s.value for s in family.samples if s.name == family.name]
+    if not values or not all(map(_sound, values)):
+        return None
+    return int(sum(values))
 
 
 def merged(scrapes: dict[str, list[Metric]]) -> Iterator[Metric]:
