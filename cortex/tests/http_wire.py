@@ -31,6 +31,9 @@ class Wire(asyncio.Transport):
         self.closed = False
         self.eof = False
         self.reading = True
+        self.aborted = False
+        self.buffered = 0
+        """What the test says is still unsent (``get_write_buffer_size``)."""
         self.protocol: Connection | None = None
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
@@ -44,7 +47,11 @@ class Wire(asyncio.Transport):
                 asyncio.get_running_loop().call_soon(self.protocol.connection_lost, None)
 
     def abort(self) -> None:
+        self.aborted = True
         self.close()
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
 
     def is_closing(self) -> bool:
         return self.closed

@@ -12,6 +12,9 @@ through the transport, no I/O of its own, so tests drive it with an in-memory tr
 - Requests are answered one at a time, in order. A request pipelined behind one still being
   answered waits, and reading from the client pauses meanwhile. When the client goes away,
   the request being answered is the one cancelled; those waiting are dropped.
+- A chunked request body may not end with trailers: 400, and the connection closes. They
+  would come after the app has the request's headers, and no more than ``max_header_bytes``
+  of them is read.
 - An offer to upgrade (``Upgrade: h2c`` from ``curl --http2``) is declined by ignoring it:
   the request, body and all, is answered over HTTP/1.1.
 """
@@ -75,6 +78,8 @@ class Connection(asyncio.Protocol):
         self.in_head = True
         self.head_began = False
         self.head_fed = 0
+        self.trailer_fed: int | None = None
+        """Bytes fed since the last chunk's size line, while that chunk may be the last one."""
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.upgrading = False
@@ -147,6 +152,15 @@ class Connection(asyncio.Protocol):
                 else:
                     piece, data = data, b""
                 self.head_fed += len(piece)
+            elif self.trailer_fed is not None:
+                # What follows a chunk's size line with no data yet may be trailers, which
+                # httptools would buffer without bound: fed no further than a head would be.
+                room = max_head - self.trailer_fed
+                if room <= 0:
+                    self._refuse(BadRequest("a request may not carry trailers"))
+                    return
+                piece, data = data[:room], data[room:]
+                self.trailer_fed += len(piece)
             else:
                 piece, data = data, b""
             try:
@@ -184,6 +198,9 @@ class Connection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.resuming:
             return
+        if not self.in_head:  # a trailer: the app has its headers already
+            self.refusal = BadRequest("a request may not carry trailers")
+            raise _Refused
         limit = self.limits.max_header_field_bytes
         if len(name) > limit or len(value) > limit:
             self.refusal = HeadTooLarge(
@@ -244,7 +261,14 @@ class Connection(asyncio.Protocol):
         exchange.app = self.listener.app
         self._enqueue(exchange)
 
+    def on_chunk_header(self) -> None:
+        self.trailer_fed = 0
+
+    def on_chunk_complete(self) -> None:
+        self.trailer_fed = None
+
     def on_body(self, body: bytes) -> None:
+        self.trailer_fed = None
         exchange = self.parsing
         if exchange is None:
             return
@@ -258,6 +282,7 @@ class Connection(asyncio.Protocol):
             return
         self.in_head = True
         self.head_fed = 0
+        self.trailer_fed = None
         exchange = self.parsing
         if exchange is not None:
             exchange.body_done = True
