@@ -177,3 +177,11 @@ async def test_a_malformed_request_is_400_and_closed() -> None:
     assert b"connection: close\r\n" in out and b"date: X\r\n" in out
     assert json.loads(out.partition(b"\r\n\r\n")[2])["error"]["type"] == "invalid_request_error"
     assert wire.eof
+
+
+async def test_an_absolute_form_target_without_a_path_is_the_root() -> None:
+    app = Echo()
+    conn, wire, _ = connect(app)
+    conn.data_received(b"GET http://cortex HTTP/1.1\r\nhost: cortex\r\n\r\n")
+    await settle()
+    assert wire.take() == whole(echoed("GET", "/"))

@@ -227,7 +227,7 @@ class Connection(asyncio.Protocol):
             raise _Refused from None
         method = parser.get_method().decode("ascii")
         version = parser.get_http_version()
-        raw_path: bytes = url.path
+        raw_path: bytes = url.path or b"/"  # ``GET http://host HTTP/1.1`` has none
         keep_alive = version != "1.0" and parser.should_keep_alive() and not self.listener.stopping
         expect_continue = version == "1.1" and any(
             name == b"expect" and value.lower() == b"100-continue" for name, value in self.headers
