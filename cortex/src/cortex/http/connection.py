@@ -165,13 +165,16 @@ class Connection(asyncio.Protocol):
                 piece, data = data, b""
             try:
                 self.parser.feed_data(piece)
+                continue
             except httptools.HttpParserUpgrade as upgrade:
                 data = piece[upgrade.args[0] :] + data
+            except httptools.HttpParserError as exc:
+                self._refuse(self.refusal or BadRequest(f"invalid HTTP request: {exc}"))
+                return
+            try:
                 self._decline_upgrade()
             except httptools.HttpParserError as exc:
-                if self.refusal is None:
-                    self.refusal = BadRequest(f"invalid HTTP request: {exc}")
-                self._refuse(self.refusal)
+                self._refuse(self.refusal or BadRequest(f"invalid HTTP request: {exc}"))
                 return
 
     # httptools' callbacks
@@ -384,15 +387,13 @@ class Connection(asyncio.Protocol):
         """
         self.upgrading = False
         self.parser = httptools.HttpRequestParser(self)
-        framing = b"content-length: 0"
-        for name, value in self.headers:
-            if name == b"transfer-encoding":
-                framing = b"transfer-encoding: " + value
-                break
-            if name == b"content-length":
-                framing = b"content-length: " + value
+        framing = b"".join(  # every line as sent, so llhttp frames (or refuses) it the same
+            b"%s: %s\r\n" % (name, value)
+            for name, value in self.headers
+            if name in (b"transfer-encoding", b"content-length")
+        )
         self.resuming = True
-        self.parser.feed_data(b"POST / HTTP/1.1\r\n" + framing + b"\r\n\r\n")
+        self.parser.feed_data(b"POST / HTTP/1.1\r\n" + framing + b"\r\n")
 
     def _refuse(self, error: CortexError) -> None:
         """Answer ``error`` after any answer under way, then close; read nothing more."""
