@@ -144,3 +144,17 @@ async def test_the_gateway_settings_set_the_limits_of_the_api_port() -> None:
         answer = await asyncio.wait_for(reader.read(), 5)
         writer.close()
         assert answer.startswith(b"HTTP/1.1 431 ")
+
+
+async def test_a_head_pipelined_in_the_same_read_as_a_body_is_bounded_too() -> None:
+    app = Echo()
+    conn, wire, _ = connect(app, max_header_bytes=1024)
+    conn.data_received(b"POST /x HTTP/1.1\r\ncontent-length: 5\r\n\r\nhel")
+    await settle()
+    big = b"GET /y HTTP/1.1\r\n" + b"".join(b"h%d: v\r\n" % i for i in range(2000)) + b"\r\n"
+    conn.data_received(b"lo" + big)
+    await settle()
+    out = wire.take()
+    assert out.count(b"HTTP/1.1 200 OK\r\n") == 1
+    assert b"HTTP/1.1 431 " in out
+    assert [scope["path"] for scope in app.scopes] == ["/x"]

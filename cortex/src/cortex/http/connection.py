@@ -80,6 +80,8 @@ class Connection(asyncio.Protocol):
         self.head_fed = 0
         self.trailer_fed: int | None = None
         """Bytes fed since the last chunk's size line, while that chunk may be the last one."""
+        self.head_parsed = 0
+        """The head's URL and headers as parsed: bounds a head fed along with a body's end."""
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.upgrading = False
@@ -183,6 +185,7 @@ class Connection(asyncio.Protocol):
         if self.resuming:
             return
         self.head_began = True
+        self.head_parsed = 0
         self.url = b""
         self.headers = []
         if self.running is None:
@@ -192,6 +195,7 @@ class Connection(asyncio.Protocol):
         if self.resuming:
             return
         self.url += url
+        self._parsed(len(url))
         if len(self.url) > self.limits.max_header_field_bytes:
             self.refusal = HeadTooLarge(
                 f"the URL exceeds {self.limits.max_header_field_bytes} bytes"
@@ -210,7 +214,17 @@ class Connection(asyncio.Protocol):
                 f"a header name or value exceeds {limit} bytes ({name[:64].decode('latin-1')!r})"
             )
             raise _Refused
+        self._parsed(len(name) + len(value) + 4)
         self.headers.append((name.lower(), value))
+
+    def _parsed(self, size: int) -> None:
+        # A head that follows the end of a body in one read was fed whole, in body state.
+        self.head_parsed += size
+        if self.head_parsed > self.limits.max_header_bytes:
+            self.refusal = HeadTooLarge(
+                f"request line and headers exceed {self.limits.max_header_bytes} bytes"
+            )
+            raise _Refused
 
     def on_headers_complete(self) -> None:
         if self.resuming:  # the head made up to read an upgrade offer's body
