@@ -49,3 +49,19 @@ async def test_a_client_gone_with_a_request_pipelined_behind_a_stream_stops_the_
         assert fake.sent < 100
         assert len(fake.seen) == 1  # the pipelined request never reached the neuron
         assert c.gateway.fleet.nodes[0].in_flight == 0
+
+
+async def test_a_client_leaving_after_a_large_body_is_seen_while_the_answer_is_worked_on() -> None:
+    """Reading paused for a body over 64 KiB resumes once the body is in, so a hang-up is seen."""
+    app = Echo()
+    conn, wire, _ = connect(app)
+    body = b"x" * 100_000
+    data = b"POST /direct-slow HTTP/1.1\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+    for i in range(0, len(data), 16384):
+        conn.data_received(data[i : i + 16384])
+        await settle()
+    assert app.direct.started == ["/direct-slow"]
+    assert wire.reading
+    conn.connection_lost(None)
+    await settle()
+    assert app.direct.cancelled == ["/direct-slow"]

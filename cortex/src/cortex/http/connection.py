@@ -304,6 +304,10 @@ class Connection(asyncio.Protocol):
         if exchange is not None:
             exchange.body_done = True
             exchange.received()
+            if exchange is self.running:
+                # Paused for a large body, reading resumes once it is in, so that a client
+                # who leaves while its answer is worked on is seen (and the work stops).
+                self._resume()
 
     # What the exchanges use.
 
