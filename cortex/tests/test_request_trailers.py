@@ -24,9 +24,7 @@ async def test_a_trailer_is_400_and_never_reaches_the_app() -> None:
     assert out.startswith(b"HTTP/1.1 400 Bad Request\r\n")
     assert b"connection: close\r\n" in out
     assert error_of(out)["message"] == "a request may not carry trailers"
-    assert all(
-        name != b"authorization" for scope in app.scopes for name, _ in scope["headers"]
-    )
+    assert all(name != b"authorization" for scope in app.scopes for name, _ in scope["headers"])
     assert wire.eof
 
 
