@@ -41,14 +41,23 @@ class Wire(asyncio.Transport):
         self.out += data
 
     def close(self) -> None:
+        """As asyncio's: the connection is lost once what is still buffered has been sent."""
         if not self.closed:
             self.closed = True
-            if self.protocol is not None:
-                asyncio.get_running_loop().call_soon(self.protocol.connection_lost, None)
+            if not self.buffered:
+                self._lose()
 
     def abort(self) -> None:
-        self.aborted = True
-        self.close()
+        """As asyncio's: lost at once, whatever is still buffered."""
+        if not self.aborted:
+            self.aborted = True
+            if not self.closed or self.buffered:
+                self.closed = True
+                self._lose()
+
+    def _lose(self) -> None:
+        if self.protocol is not None:
+            asyncio.get_running_loop().call_soon(self.protocol.connection_lost, None)
 
     def get_write_buffer_size(self) -> int:
         return self.buffered

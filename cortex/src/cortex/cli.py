@@ -186,6 +186,7 @@ def limits(settings: CortexSettings) -> Limits:
         max_connections=g.max_connections,
         header_timeout=g.header_timeout,
         keep_alive_timeout=g.keep_alive_timeout,
+        send_timeout=g.send_timeout,
         retry_after=g.retry_after,
     )
 

@@ -65,6 +65,8 @@ class Gateway(BaseModel):
     """Seconds a connection has to send a whole request head (then 408, or a quiet close)."""
     keep_alive_timeout: Annotated[float, Field(gt=0)] = 75.0
     """Seconds an idle client connection stays open between requests."""
+    send_timeout: Annotated[float, Field(gt=0)] = 120.0
+    """Seconds a client may take none of its answer (its socket full) before it is cut off."""
 
     _check_listen = field_validator("listen", "metrics_listen")(_listen)
 

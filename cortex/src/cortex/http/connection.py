@@ -9,6 +9,9 @@ through the transport, no I/O of its own, so tests drive it with an in-memory tr
 - A connection has ``header_timeout`` seconds from its first byte of a head (or from being
   opened) to its last; then it is closed, with 408 if part of a head came. Between requests
   it may stay idle ``keep_alive_timeout`` seconds.
+- A client that takes none of its answer for ``send_timeout`` seconds (its socket full), or
+  none of what is left of it once cortex closes, is cut off: the connection is aborted, the
+  request being answered stops, and the connection no longer counts.
 - Requests are answered one at a time, in order. A request pipelined behind one still being
   answered waits, and reading from the client pauses meanwhile. When the client goes away,
   the request being answered is the one cancelled; those waiting are dropped.
@@ -74,6 +77,10 @@ class Connection(asyncio.Protocol):
         self.accepted = False
         self._drained: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._stalled: asyncio.TimerHandle | None = None
+        """Armed while the client takes none of what is written (``send_timeout``)."""
+        self._flushing = False
+        """Closed with bytes unsent: the ``send_timeout`` runs on, whatever the client takes."""
         # The head being parsed.
         self.in_head = True
         self.head_began = False
@@ -105,6 +112,9 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self._disarm()
+        if self._stalled is not None:
+            self._stalled.cancel()
+            self._stalled = None
         self.listener.closed(self)
         if self.running is not None:
             self.running.lost()
@@ -118,9 +128,13 @@ class Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        self._stall()
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        if self._stalled is not None and not self._flushing:
+            self._stalled.cancel()
+            self._stalled = None
         drained, self._drained = self._drained, None
         if drained is not None and not drained.done():
             drained.set_result(None)
@@ -318,8 +332,18 @@ class Connection(asyncio.Protocol):
         return self.lost or self.transport.is_closing()
 
     def close(self) -> None:
-        if not self.transport.is_closing():
-            self.transport.close()
+        """Close once what is written has been sent, or abort after ``send_timeout``.
+
+        A transport that closes waits for its unsent bytes, and so would wait for ever on a
+        client that reads nothing more, the connection still counted.
+        """
+        transport = self.transport
+        if transport.is_closing():
+            return
+        transport.close()
+        if not self.lost and transport.get_write_buffer_size():
+            self._flushing = True
+            self._stall()
 
     async def drain(self) -> None:
         """Until the client's socket takes more (at once if it does, or the client is gone)."""
@@ -453,7 +477,7 @@ class Connection(asyncio.Protocol):
         if transport.is_closing():
             return
         if self.lost or not transport.can_write_eof():
-            transport.close()
+            self.close()
             return
         self.lingering = True
         transport.write_eof()
@@ -481,6 +505,20 @@ class Connection(asyncio.Protocol):
             self.transport.close()  # a flood: descriptors matter more than a clean close
         else:
             self._linger()
+
+    def _stall(self) -> None:
+        if self._stalled is None and not self.lost:
+            self._stalled = self.loop.call_later(self.limits.send_timeout, self._send_late)
+
+    def _send_late(self) -> None:
+        """The client took nothing of its answer for ``send_timeout``: drop the connection."""
+        self._stalled = None
+        log.info(
+            "cut off %s: it took nothing of its answer for %gs",
+            self.client,
+            self.limits.send_timeout,
+        )
+        self.transport.abort()
 
     def _arm(self, seconds: float, then: Any) -> None:
         if self._timer is not None:

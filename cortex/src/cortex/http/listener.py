@@ -22,6 +22,7 @@ class Limits:
     max_connections: int = 8192
     header_timeout: float = 10.0
     keep_alive_timeout: float = 75.0
+    send_timeout: float = 120.0
     retry_after: int = 5
 
 
