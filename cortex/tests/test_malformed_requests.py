@@ -24,6 +24,13 @@ CORPUS = [
     b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
     b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
     b"\r\n\r\n\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+    b"GET http://a HTTP/1.1\r\n\r\n",
+    b"POST /direct HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: h2c\r\nTransfer-Encoding: gzip\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    b"POST /direct HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: h2c\r\nContent-Length: 2\r\n"
+    b"Content-Length: 3\r\n\r\nabc",
+    b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\nX-T: 1\r\n\r\n",
+    b"POST /direct HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nAuthorization: x\r\n\r\n",
 ]
 
 
@@ -47,5 +54,27 @@ async def test_bad_bytes_get_a_definite_answer_or_none(data: bytes) -> None:
         status = int(out.split(b" ", 2)[1])
         assert out.startswith(b"HTTP/1.1 ")
         assert 200 <= status < 300 or status in (400, 431)
+    conn.connection_lost(None)
+    await settle()
+
+
+@pytest.mark.parametrize("seed", range(200))
+async def test_no_exception_leaves_the_protocol_whatever_comes_and_however_split(
+    seed: int,
+) -> None:
+    rng = random.Random(seed)
+    data = mutated(seed + 1000) + rng.choice(CORPUS)
+    conn, wire, _ = connect(Echo(), max_header_bytes=1024, max_header_field_bytes=256)
+    i = 0
+    while i < len(data):
+        step = rng.randint(1, 40)
+        conn.data_received(data[i : i + step])  # the test fails on anything it raises
+        i += step
+        if rng.random() < 0.2:
+            conn.pause_writing() if rng.random() < 0.5 else conn.resume_writing()
+            await settle()
+    await settle()
+    out = wire.take()
+    assert not out or out.startswith(b"HTTP/1.1 ")
     conn.connection_lost(None)
     await settle()

@@ -151,7 +151,11 @@ class Connection(asyncio.Protocol):
             if len(self.held) > HIGH_WATER:
                 self._pause()
             return
-        self._feed(data)
+        try:
+            self._feed(data)
+        except Exception as exc:  # a bug of cortex's own: never out of a protocol callback
+            log.error("error reading a request from %s", self.client, exc_info=exc)
+            self.transport.abort()
 
     def _feed(self, data: bytes) -> None:
         max_head = self.limits.max_header_bytes
@@ -185,13 +189,20 @@ class Connection(asyncio.Protocol):
             except httptools.HttpParserUpgrade as upgrade:
                 data = piece[upgrade.args[0] :] + data
             except httptools.HttpParserError as exc:
-                self._refuse(self.refusal or BadRequest(f"invalid HTTP request: {exc}"))
+                self._invalid(exc)
                 return
             try:
                 self._decline_upgrade()
             except httptools.HttpParserError as exc:
-                self._refuse(self.refusal or BadRequest(f"invalid HTTP request: {exc}"))
+                self._invalid(exc)
                 return
+
+    def _invalid(self, exc: httptools.HttpParserError) -> None:
+        """llhttp refused the bytes, or a callback raised: 400 (or the callback's refusal)."""
+        cause = exc.__cause__
+        if cause is not None and not isinstance(cause, _Refused):
+            log.error("error parsing a request from %s", self.client, exc_info=cause)
+        self._refuse(self.refusal or BadRequest(f"invalid HTTP request: {exc}"))
 
     # httptools' callbacks
 
