@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -158,7 +158,7 @@ class FakeNeuron:
             }
         )
 
-    async def infer(self, request: Request) -> Response:
+    async def infer(self, request: Request) -> Response | _Closing:
         body = await request.json()
         if self.models.get(body.get("model")) != "ready":
             error = {"message": f"model {body.get('model')!r} is not loaded", "type": "x"}
@@ -197,9 +197,9 @@ class FakeNeuron:
             _crlf(events) if self.crlf else events, media_type="text/event-stream"
         )
         stream.raw_headers.extend((n.encode(), v.encode()) for n, v in self.answer_headers)
-        return stream
+        return _Closing(stream, events)
 
-    async def events(self, anthropic: bool, usage: bool) -> AsyncIterator[bytes]:
+    async def events(self, anthropic: bool, usage: bool) -> AsyncGenerator[bytes, None]:
         self.streaming += 1
         try:
             if anthropic:
@@ -231,6 +231,21 @@ class FakeNeuron:
             raise
         finally:
             self.streaming -= 1
+
+
+class _Closing:
+    """A streamed answer that closes its events however it ends, so ``streaming`` counts
+    down when cortex drops the stream. (Starlette 0.37 cancels a stream whose client left
+    without closing its generator, which then waits for the garbage collector.)"""
+
+    def __init__(self, response: StreamingResponse, events: AsyncGenerator[bytes, None]) -> None:
+        self.response, self.events = response, events
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self.response(scope, receive, send)
+        finally:
+            await self.events.aclose()
 
 
 async def _crlf(events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
