@@ -1,6 +1,6 @@
 """One request on a client connection and its answer: what every kind of answer shares.
 
-The connection (:mod:`cortex.http.connection`) parses; an exchange holds one request's
+The connection parses (:mod:`cortex.http.reader`); an exchange holds one request's
 body as it arrives and writes that request's answer. Exactly one exchange of a connection
 is answered at a time (pipelined ones wait their turn); only that one is ever cancelled
 when the client goes away.
