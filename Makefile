@@ -21,6 +21,7 @@ test-e2e: engine
 
 # A real cortex process in front of scripted bad neurons, hostile clients and thousands of
 # connections (tests/chaos/README.md); no vLLM. Under 4 minutes on a 2-core machine.
+# `make test` runs it too; this target runs it alone.
 test-chaos: bootstrap
 	$(BIN)/python -m pytest tests/chaos $(PYTEST_ARGS)
 
