@@ -31,15 +31,8 @@ macros() {  # SPEC: the shim's macros, and firewalld's only where the spec Build
     --load "$PWD/packaging/shim-extra.macros"
   if grep -q '^BuildRequires: *firewalld-filesystem' "$1"; then echo --load "$shim/macros.firewalld"; fi
 }
-port() { "$python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-wait_health() {  # URL PID
-  for _ in $(seq 150); do
-    if curl -fsS "$1" 2>/dev/null; then echo; return 0; fi
-    kill -0 "$2" 2>/dev/null || return 1
-    sleep 0.1
-  done
-  return 1
-}
+# shellcheck source=packaging/procs.sh
+. packaging/procs.sh
 ids() { awk -F: -v n="$2" '$1 == n { print $3 }' "$root/etc/$1"; }  # passwd|group NAME -> id
 expect_mode() {  # PATH MODE USER GROUP (names as in the root's /etc/passwd and /etc/group)
   local uid=0 gid=0 got
@@ -180,7 +173,7 @@ api=$(port); metrics=$(port)
   2> "$work/cortex-rpm.log" &
 pid=$!
 printf '  /health: '
-wait_health "http://127.0.0.1:$api/health" "$pid" || { cat "$work/cortex-rpm.log"; fail "installed cortex"; }
+wait_health "http://127.0.0.1:$api/health" "$pid" 150 || { cat "$work/cortex-rpm.log"; fail "installed cortex"; }
 kill -TERM "$pid"; wait "$pid"; pid=""
 upgrade_and_erase cortex /etc/cortex/cortex.toml
 grep -qx "systemd-update-helper mark-restart-system-units cortex.service" <<< "$upgraded_log" \
@@ -207,7 +200,7 @@ nport=$(port)
   --config "$root/etc/neuron/neuron.toml" --host 127.0.0.1 --port "$nport") 2> "$work/neuron-rpm.log" &
 pid=$!
 printf '  /health: '
-wait_health "http://127.0.0.1:$nport/health" "$pid" || { cat "$work/neuron-rpm.log"; fail "installed neuron"; }
+wait_health "http://127.0.0.1:$nport/health" "$pid" 150 || { cat "$work/neuron-rpm.log"; fail "installed neuron"; }
 kill -TERM "$pid"; wait "$pid"; pid=""
 upgrade_and_erase helexa-neuron /etc/neuron/neuron.toml
 if grep -q "mark-restart" <<< "$upgraded_log"; then fail "a neuron upgrade must not restart it"; fi

@@ -96,15 +96,8 @@ for pkg in cortex neuron; do
 done
 "${pip[@]}" install "$work"/dist/*.whl 2> >(grep -v "is ignored" >&2)
 bin="$work/wheels-venv/bin"
-port() { "$python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-wait_health() {  # URL PID
-  for _ in $(seq 100); do
-    if curl -fsS "$1" 2>/dev/null; then echo; return 0; fi
-    kill -0 "$2" 2>/dev/null || return 1
-    sleep 0.1
-  done
-  return 1
-}
+# shellcheck source=packaging/procs.sh
+. packaging/procs.sh
 api=$(port); metrics=$(port)
 CORTEX_GATEWAY__LISTEN="127.0.0.1:$api" CORTEX_GATEWAY__METRICS_LISTEN="127.0.0.1:$metrics" \
   CORTEX_MODELS_CONFIG=cortex/models.example.toml \
