@@ -24,7 +24,6 @@ import logging
 from typing import TYPE_CHECKING, Any, cast
 
 from cortex.errors import CortexError, RequestTimeout, TooManyConnections
-from cortex.http.exchange import HIGH_WATER
 from cortex.http.head import error_answer
 from cortex.http.pipeline import Pipeline
 
@@ -112,11 +111,7 @@ class Connection(Pipeline, asyncio.Protocol):
         if self.refusal is not None or self.transport.is_closing():
             return
         if self.waiting:
-            # Requests are queued already: hold these bytes unparsed, and go on reading so
-            # that a client who leaves is seen at once (the request being answered stops).
-            self.held += data
-            if len(self.held) > HIGH_WATER:
-                self._pause()
+            self._hold(data)
             return
         try:
             self._feed(data)

@@ -23,7 +23,7 @@ from collections import deque
 from typing import TYPE_CHECKING, cast
 
 from cortex.errors import CortexError
-from cortex.http.exchange import Exchange
+from cortex.http.exchange import HIGH_WATER, Exchange
 from cortex.http.reader import RequestReader
 
 if TYPE_CHECKING:
@@ -74,6 +74,16 @@ class Pipeline(RequestReader):
             self._arm(self.limits.header_timeout, self._head_late)
         else:
             self._arm(self.limits.keep_alive_timeout, self.close)
+
+    def _hold(self, data: bytes) -> None:
+        """A request is queued already: hold ``data`` unparsed until its turn comes.
+
+        Reading goes on until ``HIGH_WATER`` is held, so that a client who leaves is seen at
+        once (and the request being answered stops); then it pauses.
+        """
+        self.held += data
+        if len(self.held) > HIGH_WATER:
+            self._pause()
 
     def shutdown(self) -> None:
         """The server is stopping: close now if idle, else after the answer under way."""

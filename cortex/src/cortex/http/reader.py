@@ -32,6 +32,8 @@ from cortex.http.direct import DirectExchange
 from cortex.http.exchange import HIGH_WATER, Exchange
 
 if TYPE_CHECKING:
+    from collections import deque
+
     from cortex.http.connection import Connection
     from cortex.http.listener import Limits, Listener
 
@@ -53,7 +55,10 @@ class RequestReader:
         running: Exchange | None
         parsing: Exchange | None
 
+        waiting: deque[Exchange]
+
         def _enqueue(self, exchange: Exchange) -> None: ...
+        def _hold(self, data: bytes) -> None: ...
         def _refuse(self, error: CortexError) -> None: ...
         def _pause(self) -> None: ...
         def _resume(self) -> None: ...
@@ -76,10 +81,22 @@ class RequestReader:
         self.headers: list[tuple[bytes, bytes]] = []
         self.upgrading = False
         self.resuming = False
+        self.fed_tail = b""
+        """The last 3 bytes fed, to see a head's end split between two reads."""
 
     def _feed(self, data: bytes) -> None:
+        """Parse ``data``, stopping once a request waits behind the one being answered.
+
+        Each piece fed to the parser ends at the first end of a head (``CRLF CRLF``) in it,
+        so at most one request completes per piece: once one is queued, the rest is held
+        unparsed (and reading pauses past ``HIGH_WATER``) until its turn comes. Without
+        this, one read of pipelined requests became thousands of queued exchanges.
+        """
         max_head = self.limits.max_header_bytes
         while data:
+            if self.waiting:
+                self._hold(data)
+                return
             if self.in_head:
                 # A head is fed to the parser no further than the limit, so a header that
                 # never ends is never buffered (httptools would keep all of it).
@@ -87,11 +104,6 @@ class RequestReader:
                 if room <= 0:
                     self._refuse(HeadTooLarge(f"request line and headers exceed {max_head} bytes"))
                     return
-                if len(data) > room:
-                    piece, data = data[:room], data[room:]
-                else:
-                    piece, data = data, b""
-                self.head_fed += len(piece)
             elif self.trailer_fed is not None:
                 # What follows a chunk's size line with no data yet may be trailers, which
                 # httptools would buffer without bound: fed no further than a head would be.
@@ -99,10 +111,20 @@ class RequestReader:
                 if room <= 0:
                     self._refuse(BadRequest("a request may not carry trailers"))
                     return
+            else:
+                room = len(data)
+            end = self._head_end(data)
+            if 0 < end < room:
+                room = end
+            if len(data) > room:
                 piece, data = data[:room], data[room:]
-                self.trailer_fed += len(piece)
             else:
                 piece, data = data, b""
+            if self.in_head:
+                self.head_fed += len(piece)
+            elif self.trailer_fed is not None:
+                self.trailer_fed += len(piece)
+            self.fed_tail = piece[-3:] if len(piece) >= 3 else (self.fed_tail + piece)[-3:]
             try:
                 self.parser.feed_data(piece)
                 continue
@@ -116,6 +138,17 @@ class RequestReader:
             except httptools.HttpParserError as exc:
                 self._invalid(exc)
                 return
+
+    def _head_end(self, data: bytes) -> int:
+        """Where the first ``CRLF CRLF`` in ``data`` ends, counting one begun in the last
+        piece fed, or -1. (llhttp takes no other end of a head: bare LFs are refused.)"""
+        tail = self.fed_tail
+        if tail:
+            straddled = (tail + data[:3]).find(b"\r\n\r\n")
+            if straddled != -1:
+                return straddled + 4 - len(tail)
+        end = data.find(b"\r\n\r\n")
+        return end + 4 if end != -1 else -1
 
     def _invalid(self, exc: httptools.HttpParserError) -> None:
         """llhttp refused the bytes, or a callback raised: 400 (or the callback's refusal)."""
