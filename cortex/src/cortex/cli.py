@@ -187,6 +187,8 @@ def limits(settings: CortexSettings) -> Limits:
         header_timeout=g.header_timeout,
         keep_alive_timeout=g.keep_alive_timeout,
         send_timeout=g.send_timeout,
+        body_timeout=g.body_timeout,
+        max_body_memory=g.max_body_memory,
         retry_after=g.retry_after,
     )
 

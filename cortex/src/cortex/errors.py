@@ -9,7 +9,7 @@
     │   └── Unplaceable         404 model_unplaceable (no neuron could ever hold it)
     ├── RouteNotFound           404 not_found_error
     ├── MethodNotAllowed        405 invalid_request_error
-    ├── RequestTimeout          408 invalid_request_error / request_timeout (head too slow)
+    ├── RequestTimeout          408 invalid_request_error / request_timeout (head, body too slow)
     ├── PayloadTooLarge         413 invalid_request_error / payload_too_large
     ├── HeadTooLarge            431 invalid_request_error / header_too_large
     ├── UpstreamError           502 api_error / upstream_error (no neuron could be reached)
@@ -20,6 +20,7 @@
         ├── NoCapacity          503 no_capacity (could fit, nothing can be evicted now)
         ├── StillLoading        503 model_loading (the cold start outlasted the wait)
         ├── TooManyConnections  503 too_many_connections (gateway.max_connections)
+        ├── BodiesTooLarge      503 request_bodies_full (gateway.max_body_memory)
         └── ShuttingDown        503 shutting_down
 
 OpenAI paths get ``{"error": {"message","type","param","code"}}``; Anthropic paths
@@ -167,6 +168,10 @@ class ShuttingDown(Unavailable):
 
 class TooManyConnections(Unavailable):
     code = "too_many_connections"
+
+
+class BodiesTooLarge(Unavailable):
+    code = "request_bodies_full"
 
 
 def upstream_message(body: bytes) -> str:

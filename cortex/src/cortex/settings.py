@@ -67,6 +67,10 @@ class Gateway(BaseModel):
     """Seconds an idle client connection stays open between requests."""
     send_timeout: Annotated[float, Field(gt=0)] = 120.0
     """Seconds a client may take none of its answer (its socket full) before it is cut off."""
+    body_timeout: Annotated[float, Field(gt=0)] = 60.0
+    """Seconds a request body may take to arrive once its head has (then 408 and a close)."""
+    max_body_memory: Annotated[int, Field(gt=0)] = 1024 * 1024 * 1024
+    """Bytes of request bodies all requests in progress may hold; past it: 503, Retry-After."""
 
     _check_listen = field_validator("listen", "metrics_listen")(_listen)
 

@@ -84,6 +84,8 @@ class Connection(Pipeline, asyncio.Protocol):
         self.listener.closed(self)
         if self.running is not None:
             self.running.lost()
+        for waiting in self.waiting:
+            waiting.release()
         self.waiting.clear()
         drained, self._drained = self._drained, None
         if drained is not None and not drained.done():

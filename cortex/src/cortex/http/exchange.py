@@ -38,6 +38,8 @@ class Exchange:
         """The whole answer has been written."""
         self.gone = False
         """The client's connection has closed (or was cut by the drain)."""
+        self.counted = 0
+        """Bytes of body received, counted against the listener's ``max_body_memory``."""
         self.task: asyncio.Task[None] | None = None
         self._waiter: asyncio.Future[None] | None = None
 
@@ -59,7 +61,14 @@ class Exchange:
     def lost(self) -> None:
         """The client's connection closed while this exchange was being answered."""
         self.gone = True
+        self.release()
         self.received()
+
+    def release(self) -> None:
+        """This request is over: its body no longer counts against ``max_body_memory``."""
+        if self.counted:
+            self.conn.listener.body_bytes -= self.counted
+            self.counted = 0
 
     def cut(self) -> None:
         """The drain ran out of time: end the answer now (the connection closes after)."""
@@ -68,6 +77,7 @@ class Exchange:
     def abandon(self) -> None:
         """Stop answering: nothing more of this exchange is written (the connection says why)."""
         self.gone = True
+        self.release()
         if self.task is not None and not self.task.done():
             self.task.cancel()
 
@@ -137,4 +147,5 @@ class Exchange:
         """The whole answer is written: the connection goes on to what comes next."""
         if not self.complete:
             self.complete = True
+            self.release()
             self.conn.finished(self)

@@ -23,6 +23,8 @@ class Limits:
     header_timeout: float = 10.0
     keep_alive_timeout: float = 75.0
     send_timeout: float = 120.0
+    body_timeout: float = 60.0
+    max_body_memory: int = 1024 * 1024 * 1024
     retry_after: int = 5
 
 
@@ -43,6 +45,8 @@ class Listener:
     full: bool = False
     """Connections are being refused for now (logged once, when it starts and ends)."""
     turned_away: int = 0
+    body_bytes: int = 0
+    """Bytes of request bodies received by the requests in progress (``max_body_memory``)."""
 
     def __post_init__(self) -> None:
         self.direct: Direct | None = getattr(self.app, "direct", None)

@@ -67,7 +67,9 @@ class Pipeline(RequestReader):
                 held = bytes(self.held)
                 self.held.clear()
                 self._resume()
-                self._feed(held)
+                self._feed(held)  # which starts the body's clock if it is incomplete
+            else:
+                self._body_clock()
             return
         self._resume()
         if self.head_began:
@@ -91,6 +93,8 @@ class Pipeline(RequestReader):
             self.close()
         else:
             self.running.keep_alive = False
+            for waiting in self.waiting:
+                waiting.release()
             self.waiting.clear()
 
     def cut(self) -> None:

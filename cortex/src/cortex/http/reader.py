@@ -26,7 +26,7 @@ from urllib.parse import unquote
 
 import httptools
 
-from cortex.errors import BadRequest, CortexError, HeadTooLarge
+from cortex.errors import BadRequest, BodiesTooLarge, CortexError, HeadTooLarge, RequestTimeout
 from cortex.http.asgi import ASGI, AsgiExchange
 from cortex.http.direct import DirectExchange
 from cortex.http.exchange import HIGH_WATER, Exchange
@@ -66,6 +66,9 @@ class RequestReader:
         def _disarm(self) -> None: ...
         def _head_late(self) -> None: ...
 
+        _timer: Any
+        read_paused: bool
+
     def __init__(self) -> None:
         self.parser = httptools.HttpRequestParser(self)
         self.refusal: CortexError | None = None
@@ -92,6 +95,10 @@ class RequestReader:
         unparsed (and reading pauses past ``HIGH_WATER``) until its turn comes. Without
         this, one read of pipelined requests became thousands of queued exchanges.
         """
+        self._parse(data)
+        self._body_clock()
+
+    def _parse(self, data: bytes) -> None:
         max_head = self.limits.max_header_bytes
         while data:
             if self.waiting:
@@ -138,6 +145,37 @@ class RequestReader:
             except httptools.HttpParserError as exc:
                 self._invalid(exc)
                 return
+
+    def _body_clock(self) -> None:
+        """The request being answered waits for the rest of its body: ``body_timeout`` runs.
+
+        Armed only when a read ends with a body incomplete (most bodies come whole with their
+        head, and take no timer), and only once per body.
+        """
+        running = self.running
+        if (
+            running is not None
+            and not running.body_done
+            and running is self.parsing
+            and self._timer is None
+            and self.refusal is None
+        ):
+            self._arm(self.limits.body_timeout, self._body_late)
+
+    def _body_late(self) -> None:
+        """``body_timeout`` ran out with the body incomplete: 408, and the connection closes.
+
+        While cortex itself holds reading back (the app has not taken 64 KiB of the body yet)
+        the client is not the one late, and the clock starts again.
+        """
+        self._timer = None
+        running = self.running
+        if running is None or running.body_done or self.refusal is not None:
+            return
+        if self.read_paused:
+            self._arm(self.limits.body_timeout, self._body_late)
+            return
+        self._refuse(RequestTimeout(f"the request body took over {self.limits.body_timeout:g}s"))
 
     def _head_end(self, data: bytes) -> int:
         """Where the first ``CRLF CRLF`` in ``data`` ends, counting one begun in the last
@@ -269,6 +307,15 @@ class RequestReader:
         exchange = self.parsing
         if exchange is None:
             return
+        listener, size = self.listener, len(body)
+        if listener.body_bytes + size > self.limits.max_body_memory:
+            self.refusal = BodiesTooLarge(
+                "request bodies in progress fill this gateway's memory budget; retry shortly",
+                retry_after=self.limits.retry_after,
+            )
+            raise _Refused
+        listener.body_bytes += size
+        exchange.counted += size
         exchange.body += body
         if len(exchange.body) > HIGH_WATER:
             self._pause()
@@ -285,6 +332,7 @@ class RequestReader:
             exchange.body_done = True
             exchange.received()
             if exchange is self.running:
+                self._disarm()  # the body's clock
                 # Paused for a large body, reading resumes once it is in, so that a client
                 # who leaves while its answer is worked on is seen (and the work stops).
                 self._resume()
