@@ -232,11 +232,13 @@ def cortex(
     gateway: dict[str, Any] | None = None,
     poll: dict[str, Any] | None = None,
     nofile: int = NOFILE,
+    hard_nofile: bool = False,
     up: int | None = None,
     auth_keys: list[str] | None = None,
 ) -> Iterator[CortexProcess]:
     """A real ``cortex serve`` in front of ``neurons``, ready when ``up`` of them (default:
-    all) are up. ``gateway`` and ``poll`` are written to its TOML file as given."""
+    all) are up. ``gateway`` and ``poll`` are written to its TOML file as given.
+    ``hard_nofile``: ``nofile`` is the hard limit too (cortex cannot raise its own)."""
     api, metrics = free_port(), free_port()
     gateway = {"idle_timeout": 5.0, "drain_timeout": 2.0} | (gateway or {})
     poll = {"interval": 0.5, "timeout": 1.0, "down_after": 2} | (poll or {})
@@ -255,7 +257,7 @@ def cortex(
     def limits() -> None:
         _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         target = nofile if hard == resource.RLIM_INFINITY else min(nofile, hard)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, target if hard_nofile else hard))
 
     executable = str(Path(sys.executable).with_name("cortex"))
     with log_path.open("wb") as out:

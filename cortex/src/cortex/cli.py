@@ -20,6 +20,7 @@ from typing import Any
 
 from cortex import __version__
 from cortex.app import build, create_app, create_metrics_app
+from cortex.descriptors import connection_cap
 from cortex.notify import notify_systemd
 from cortex.server import Limits, bind, serve
 from cortex.settings import ConfigError, CortexSettings, load_catalogue, load_settings
@@ -183,7 +184,7 @@ def limits(settings: CortexSettings) -> Limits:
     return Limits(
         max_header_bytes=g.max_header_bytes,
         max_header_field_bytes=g.max_header_field_bytes,
-        max_connections=g.max_connections,
+        max_connections=connection_cap(g.max_connections),
         header_timeout=g.header_timeout,
         keep_alive_timeout=g.keep_alive_timeout,
         send_timeout=g.send_timeout,

@@ -35,7 +35,8 @@ log = logging.getLogger("cortex.http")
 LINGER_S = 2.0
 """After its last answer, how long a closing connection waits for the client to close."""
 MAX_LINGERING_REFUSED = 1024
-"""Connections refused over ``max_connections`` that may linger at once; more close at once."""
+"""Connections refused over ``max_connections`` that may linger at once (and no more than a
+quarter of ``max_connections``: their descriptors count); more close at once."""
 
 
 class Connection(Pipeline, asyncio.Protocol):
@@ -207,7 +208,8 @@ class Connection(Pipeline, asyncio.Protocol):
             retry_after=self.limits.retry_after,
         )
         self.transport.write(error_answer(error))
-        if len(self.listener.refused) > MAX_LINGERING_REFUSED:
+        lingering = min(MAX_LINGERING_REFUSED, self.limits.max_connections // 4)
+        if len(self.listener.refused) > lingering:
             self.transport.close()  # a flood: descriptors matter more than a clean close
         else:
             self._linger()
