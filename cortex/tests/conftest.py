@@ -2,11 +2,57 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import pytest
 
 from cortex.fleet.state import Fleet, Node
+
+WATCHED = ("cortex.http", "cortex.upstream")
+"""Loggers whose ERROR records fail a test: an ERROR there is a bug of cortex's own."""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "logs_error(text): this test expects cortex.http or cortex.upstream to log an ERROR "
+        "whose message (or exception) contains text",
+    )
+
+
+@pytest.fixture(autouse=True)
+def no_errors_logged(
+    request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
+) -> Iterator[None]:
+    """Fail a test in which ``cortex.http`` or ``cortex.upstream`` logged an ERROR.
+
+    Those loggers say ERROR only for a bug of cortex's own (an exception out of a protocol
+    callback or an app), which a test may otherwise pass right through: the connection is
+    closed or a 500 written, and a test that does not look at the log sees nothing wrong. A
+    test that provokes one on purpose says so: ``@pytest.mark.logs_error("text")``.
+    """
+    allowed = [str(marker.args[0]) for marker in request.node.iter_markers("logs_error")]
+    yield
+    errors = [
+        record
+        for when in ("setup", "call")
+        for record in caplog.get_records(when)  # type: ignore[arg-type]
+        if record.levelno >= logging.ERROR
+        and record.name.startswith(WATCHED)
+        and not any(text in _said(record) for text in allowed)
+    ]
+    if errors:
+        pytest.fail(
+            "cortex logged an ERROR: " + "; ".join(f"{r.name}: {_said(r)}" for r in errors),
+            pytrace=False,
+        )
+
+
+def _said(record: logging.LogRecord) -> str:
+    """A record's message and the exception it carries, if any."""
+    exc = record.exc_info[1] if record.exc_info else None
+    return record.getMessage() if exc is None else f"{record.getMessage()}: {exc}"
 
 
 @pytest.fixture(autouse=True)

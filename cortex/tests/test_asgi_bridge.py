@@ -22,6 +22,7 @@ async def failing(scope: dict[str, Any], receive: Any, send: Any) -> None:
     raise RuntimeError("the app broke")
 
 
+@pytest.mark.logs_error("the app broke")
 async def test_an_app_that_fails_before_answering_gets_its_client_a_500() -> None:
     conn, wire, _ = connect(failing)
     conn.data_received(b"GET /early HTTP/1.1\r\n\r\n")
@@ -33,6 +34,7 @@ async def test_an_app_that_fails_before_answering_gets_its_client_a_500() -> Non
     assert b"connection: close\r\n" in out
 
 
+@pytest.mark.logs_error("the app broke")
 async def test_an_app_that_fails_mid_answer_has_the_connection_cut() -> None:
     conn, wire, _ = connect(failing)
     conn.data_received(b"GET /late HTTP/1.1\r\n\r\n")
@@ -94,6 +96,7 @@ async def test_the_lifespan_runs_and_its_state_reaches_each_request() -> None:
     assert seen == [{"name": "cortex"}]
 
 
+@pytest.mark.logs_error("the app's lifespan failed")
 async def test_an_app_whose_startup_fails_is_not_served() -> None:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -7,6 +7,7 @@ import contextlib
 import json
 
 import httpx
+import pytest
 from cortex_testing import cortex, sse_data
 from fake_neuron import FakeNeuron
 
@@ -42,6 +43,7 @@ async def test_no_reachable_neuron_is_a_502() -> None:
         assert "could not be reached" in response.json()["error"]["message"]
 
 
+@pytest.mark.logs_error("error in the app on /v1/")  # the fake neuron's own, as it dies
 async def test_a_neuron_dying_mid_stream_becomes_one_error_event() -> None:
     async with cortex(FakeNeuron("n1", chunks=5, break_after=2)) as c:
         response = await c.client.post(CHAT, json={"model": "m1", "stream": True})

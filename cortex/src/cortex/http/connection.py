@@ -208,7 +208,7 @@ class Connection(Pipeline, asyncio.Protocol):
             retry_after=self.limits.retry_after,
         )
         self.transport.write(error_answer(error))
-        lingering = min(MAX_LINGERING_REFUSED, self.limits.max_connections // 4)
+        lingering = min(MAX_LINGERING_REFUSED, max(16, self.limits.max_connections // 4))
         if len(self.listener.refused) > lingering:
             self.transport.close()  # a flood: descriptors matter more than a clean close
         else:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from cortex.http.head import CLOCK, CONTINUE, status_line
+from cortex.http.head import CLOCK, CONTINUE, checked, status_line
 
 if TYPE_CHECKING:
     from cortex.http.connection import Connection
@@ -120,28 +120,40 @@ class Exchange:
         An answer written before the request's body was all read (an early 413 or 401) closes
         the connection: the rest of that body must not be taken for the next request, nor
         read and thrown away at the client's pace.
+
+        Raises :class:`~cortex.http.head.InvalidHead` (nothing changes) if a header name or
+        value holds a CR or LF, or the head would carry two ``Content-Length``: a bug of the
+        app's, never sent.
         """
-        self.started = True
-        self.expect_continue = False
-        if not self.body_done:
-            self.keep_alive = False
+        keep_alive = self.keep_alive and self.body_done
         parts = [status_line(status)]
         closing = dated = False
+        lengths = extra.count(b"content-length:")
         for name, value in headers:
             parts += (name, b": ", value, b"\r\n")
             if name == b"connection" and b"close" in value.lower():
                 closing = True
             elif name == b"date":
                 dated = True
+            elif name == b"content-length":
+                lengths += 1
         parts.append(extra)
+        lines = 2 + len(headers) + extra.count(b"\n")  # and the status line, the blank one
         if closing:
-            self.keep_alive = False
-        elif not self.keep_alive:
+            keep_alive = False
+        elif not keep_alive:
             parts.append(b"connection: close\r\n")
+            lines += 1
         if not dated:
             parts.append(CLOCK.date())
+            lines += 1
         parts.append(b"\r\n")
-        return b"".join(parts)
+        out = b"".join(parts)
+        checked(out, lines, lengths)
+        self.started = True
+        self.expect_continue = False
+        self.keep_alive = keep_alive
+        return out
 
     def finish(self) -> None:
         """The whole answer is written: the connection goes on to what comes next."""

@@ -16,6 +16,20 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 LAST_CHUNK = b"0\r\n\r\n"
 
 
+class InvalidHead(ValueError):
+    """An answer's head that must not be sent (the app's bug): see :func:`checked`."""
+
+
+def checked(head: bytes, lines: int, lengths: int) -> None:
+    """Refuse a head of ``lines`` lines (each ending CRLF) whose names or values held a CR
+    or LF of their own (a header split in two, or smuggled), or with ``lengths`` > 1
+    ``Content-Length`` headers. Two counts over the head: no per-header scan."""
+    if head.count(b"\n") != lines or head.count(b"\r") != lines:
+        raise InvalidHead("a header name or value of the answer holds a CR or LF")
+    if lengths > 1:
+        raise InvalidHead(f"the answer has {lengths} Content-Length headers")
+
+
 def status_line(status: int) -> bytes:
     return STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status
 
