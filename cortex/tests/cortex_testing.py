@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 from fake_neuron import FakeNeuron
 
-from cortex.app import Gateway, build, create_app, create_metrics_app
+from cortex.app import Api, Gateway, build, create_app, create_metrics_app
 from cortex.cli import limits
 from cortex.server import bind, serve
 from cortex.settings import Catalogue, CatalogueModel, CortexSettings
@@ -42,6 +42,7 @@ async def served(
                 bind(f"127.0.0.1:{app[1]}"),
                 stop=stop,
                 lifespan=True,
+                direct=app[0].direct if isinstance(app[0], Api) else None,
                 **({"graceful": graceful} | (app[2] if len(app) == 3 else {})),
             )
         )

@@ -16,7 +16,10 @@ from typing import Any
 from starlette.responses import Response, StreamingResponse
 
 from cortex.http.connection import Connection
-from cortex.http.listener import Limits, Listener
+from cortex.http.dispatch import Dispatch
+from cortex.http.head import error_answer
+from cortex.http.limits import Limits
+from cortex.http.listener import Listener
 from cortex.routes.body import BodyReader
 
 DATE = re.compile(rb"date: [A-Z][a-z]{2}, \d\d [A-Z][a-z]{2} \d{4} \d\d:\d\d:\d\d GMT\r\n")
@@ -172,8 +175,11 @@ class EchoDirect:
 
 
 def connect(app: Any, **limits: Any) -> tuple[Connection, Wire, Listener]:
-    """A connection to ``app`` just opened, with ``limits`` (``Limits`` fields) in force."""
-    listener = Listener(app, Limits(**limits), asyncio.get_running_loop())
+    """A connection to ``app`` just opened, with ``limits`` (``Limits`` fields) in force; the
+    app's ``direct`` attribute, if it has one, is its direct path (as ``cortex serve`` wires
+    the API app's)."""
+    dispatch = Dispatch(app, getattr(app, "direct", None), {})
+    listener = Listener(dispatch, Limits(**limits), asyncio.get_running_loop(), render=error_answer)
     conn = listener.protocol()
     wire = Wire()
     wire.protocol = conn

@@ -12,7 +12,7 @@ import json
 
 from http_wire import Echo, connect, settle
 
-from cortex.http.listener import Limits
+from cortex.http.limits import Limits
 from cortex.settings import CortexSettings
 
 
@@ -30,7 +30,7 @@ async def test_a_body_past_the_budget_gets_503_while_the_others_go_on() -> None:
 
     first.data_received(post(b"a" * 700, 800))  # 700 of 800 bytes in
     await settle()
-    assert listener.body_bytes == 700
+    assert listener.budget.used == 700
     second.data_received(post(b"b" * 500))  # 700 + 500 > 1000
     await settle()
     out = second_wire.take()
@@ -38,25 +38,25 @@ async def test_a_body_past_the_budget_gets_503_while_the_others_go_on() -> None:
     assert b"retry-after: 5\r\n" in out and b"connection: close\r\n" in out
     envelope = json.loads(out.partition(b"\r\n\r\n")[2])
     assert envelope["error"]["code"] == "request_bodies_full"
-    assert listener.body_bytes == 700
+    assert listener.budget.used == 700
 
     first.data_received(b"a" * 100)
     await settle()
     assert first_wire.take().endswith(b"a" * 800)
-    assert listener.body_bytes == 0  # the answer is written: its body no longer counts
+    assert listener.budget.used == 0  # the answer is written: its body no longer counts
     first.data_received(post(b"c" * 900))
     await settle()
-    assert first_wire.take().endswith(b"c" * 900) and listener.body_bytes == 0
+    assert first_wire.take().endswith(b"c" * 900) and listener.budget.used == 0
 
 
 async def test_a_client_gone_mid_body_gives_its_bytes_back() -> None:
     conn, _, listener = connect(Echo(), max_body_memory=1000)
     conn.data_received(post(b"a" * 600, 900))
     await settle()
-    assert listener.body_bytes == 600
+    assert listener.budget.used == 600
     conn.connection_lost(None)
     await settle()
-    assert listener.body_bytes == 0
+    assert listener.budget.used == 0
 
 
 def test_the_defaults_are_one_gibibyte_and_sixty_seconds() -> None:

@@ -30,7 +30,7 @@ async def test_a_trickled_body_is_answered_408_when_body_timeout_runs_out() -> N
     out = wire.take()
     assert out.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), out
     assert b"connection: close\r\n" in out and b"request_timeout" in out
-    assert listener.body_bytes == 0
+    assert listener.budget.used == 0
 
 
 async def test_a_body_sent_in_pieces_within_body_timeout_is_answered() -> None:

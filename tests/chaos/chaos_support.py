@@ -30,6 +30,8 @@ import httpx
 HERE = Path(__file__).resolve().parent
 NOFILE = 12_000
 """Open files the test process and cortex get: 5,000 held sockets on each side, and room."""
+ERROR_LINE = re.compile(r" ERROR (cortex\.http|cortex\.upstream|asyncio)\b")
+"""A line of cortex's log that is a bug of its own (the format is ``cli.py``'s)."""
 LOGS: list[tuple[str, Path]] = []
 """The logs of the processes running now, shown with a failing test's report."""
 
@@ -235,10 +237,13 @@ def cortex(
     hard_nofile: bool = False,
     up: int | None = None,
     auth_keys: list[str] | None = None,
+    allow_errors: tuple[str, ...] = (),
 ) -> Iterator[CortexProcess]:
     """A real ``cortex serve`` in front of ``neurons``, ready when ``up`` of them (default:
     all) are up. ``gateway`` and ``poll`` are written to its TOML file as given.
-    ``hard_nofile``: ``nofile`` is the hard limit too (cortex cannot raise its own)."""
+    ``hard_nofile``: ``nofile`` is the hard limit too (cortex cannot raise its own).
+    A test whose cortex logged an ERROR from ``cortex.http``, ``cortex.upstream`` or
+    ``asyncio`` fails, unless the line contains one of ``allow_errors``."""
     api, metrics = free_port(), free_port()
     gateway = {"idle_timeout": 5.0, "drain_timeout": 2.0} | (gateway or {})
     poll = {"interval": 0.5, "timeout": 1.0, "down_after": 2} | (poll or {})
@@ -285,6 +290,13 @@ def cortex(
     finally:
         _stop(proc)
         LOGS.remove(("cortex", log_path))
+    errors = [
+        entry
+        for entry in re.split(r"\n(?=\d{4}-\d\d-\d\d )", running.log())
+        if ERROR_LINE.search(entry.partition("\n")[0])
+        and not any(text in entry for text in allow_errors)
+    ]
+    assert not errors, "cortex logged an ERROR:\n" + "\n".join(errors[:3])
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:

@@ -155,15 +155,17 @@ async def _serve(
     api_done = asyncio.Event()
 
     async def serve_api() -> None:
+        api = create_app(gateway)
         try:
             await serve(
-                create_app(gateway),
+                api,
                 api_sock,
                 stop=stop,
                 graceful=settings.gateway.drain_timeout,
                 lifespan=True,
                 limits=limits(settings),
                 on_count=gateway.metrics.client_connections.set,
+                direct=api.direct,
             )
         finally:
             api_done.set()

@@ -28,8 +28,11 @@ from collections.abc import Callable
 from typing import Any
 
 from cortex.http.direct import Direct, Pipe
+from cortex.http.dispatch import Dispatch
+from cortex.http.head import error_answer
 from cortex.http.lifespan import Lifespan
-from cortex.http.listener import Limits, Listener
+from cortex.http.limits import Limits
+from cortex.http.listener import Listener
 
 __all__ = ["LISTEN_BACKLOG", "Direct", "Limits", "Pipe", "bind", "serve"]
 
@@ -68,10 +71,13 @@ async def serve(
     lifespan: bool,
     limits: Limits | None = None,
     on_count: Callable[[int], None] | None = None,
+    direct: Direct | None = None,
 ) -> None:
     """Serve ``app`` on ``sock`` until ``stop`` is set, then drain for up to ``graceful`` s.
 
     ``on_count`` is called with the number of open client connections when it changes.
+    ``direct`` answers the POSTs to its ``paths`` without ASGI (the app's inference fast
+    path, :class:`Direct`); every other request goes to ``app``.
     """
     loop = asyncio.get_running_loop()
     host, port = sock.getsockname()[:2]
@@ -82,9 +88,8 @@ async def serve(
         except BaseException:
             sock.close()  # it is never served
             raise
-    listener = Listener(
-        app, limits or Limits(), loop, state=life.state if life else {}, on_count=on_count
-    )
+    dispatch = Dispatch(app, direct, life.state if life else {})
+    listener = Listener(dispatch, limits or Limits(), loop, render=error_answer, on_count=on_count)
     try:
         server = await loop.create_server(listener.protocol, sock=sock, backlog=LISTEN_BACKLOG)
     except BaseException:

@@ -17,11 +17,9 @@ from typing import Any
 
 from cortex.errors import CortexError
 from cortex.http.exchange import Exchange
-from cortex.http.head import LAST_CHUNK, error_answer, framed
+from cortex.http.head import LAST_CHUNK, framed
 
 log = logging.getLogger("cortex.http")
-
-ASGI = {"version": "3.0", "spec_version": "2.4"}
 
 
 class ClientGone(OSError):
@@ -46,8 +44,8 @@ class AsgiExchange(Exchange):
             if not self.gone:
                 raise
         except Exception as exc:
-            if self.gone:
-                return  # most likely ClientGone, from a send after the client left
+            if self.gone or isinstance(exc, ClientGone):
+                return  # a send after the client left, or while its connection closes
             log.error("error in the app on %s", self.scope["path"], exc_info=exc)
             self._broken()
         else:
@@ -72,7 +70,7 @@ class AsgiExchange(Exchange):
             return
         self.keep_alive = False
         self.started = True
-        self.conn.write(error_answer(CortexError("internal error")))
+        self.conn.write(self.conn.render(CortexError("internal error")))
         self.finish()
 
     async def receive(self) -> dict[str, Any]:

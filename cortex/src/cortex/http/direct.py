@@ -22,7 +22,7 @@ from starlette.responses import Response, StreamingResponse
 
 from cortex.errors import CortexError
 from cortex.http.exchange import Exchange
-from cortex.http.head import LAST_CHUNK, error_answer, framed
+from cortex.http.head import LAST_CHUNK, framed
 from cortex.routes.body import BodyReader
 
 log = logging.getLogger("cortex.http")
@@ -79,7 +79,7 @@ class DirectExchange(Exchange):
             if not self.started and not self.closing():
                 self.keep_alive = False
                 self.started = True
-                self.conn.write(error_answer(CortexError("internal error")))
+                self.conn.write(self.conn.render(CortexError("internal error")))
                 self.finish()
             else:
                 self.conn.close()

@@ -3,28 +3,69 @@
 The connection parses (:mod:`cortex.http.reader`); an exchange holds one request's
 body as it arrives and writes that request's answer. Exactly one exchange of a connection
 is answered at a time (pipelined ones wait their turn); only that one is ever cancelled
-when the client goes away.
+when the client goes away. What an exchange may do with its connection is :class:`Port`,
+and nothing more.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from cortex.errors import CortexError
 from cortex.http.head import CLOCK, CONTINUE, checked, status_line
-
-if TYPE_CHECKING:
-    from cortex.http.connection import Connection
 
 HIGH_WATER = 64 * 1024
 """Unread request body above which the connection stops reading from the client."""
+
+
+class Budget:
+    """Bytes of request bodies that the requests in progress hold, under one ``limit``
+    (``max_body_memory``), shared by every connection of a listener."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+
+class Port(Protocol):
+    """What an exchange uses of its client connection (a
+    :class:`~cortex.http.connection.Connection`), and nothing more."""
+
+    loop: asyncio.AbstractEventLoop
+    write_paused: bool
+    """The client's socket is full: write no more until :meth:`drain` returns."""
+    budget: Budget
+
+    def write(self, data: bytes) -> None: ...
+    def closing(self) -> bool:
+        """Nothing written now would reach the client."""
+        ...
+
+    def close(self) -> None: ...
+    async def drain(self) -> None: ...
+    def want_body(self) -> None:
+        """The exchange waits for more of its body: read from the client again."""
+        ...
+
+    def finished(self, exchange: Exchange) -> None:
+        """``exchange``'s answer has been written in full."""
+        ...
+
+    def say(self, error: CortexError) -> None:
+        """Answer ``error`` and close (a refusal of the server's own)."""
+        ...
+
+    def render(self, error: CortexError) -> bytes:
+        """A whole answer for ``error``, as the server renders its own refusals."""
+        ...
 
 
 class Exchange:
     """A request's scope and body as they arrive, and the state of its answer."""
 
     def __init__(
-        self, conn: Connection, scope: dict[str, Any], keep_alive: bool, expect_continue: bool
+        self, conn: Port, scope: dict[str, Any], keep_alive: bool, expect_continue: bool
     ) -> None:
         self.conn = conn
         self.scope = scope
@@ -39,7 +80,7 @@ class Exchange:
         self.gone = False
         """The client's connection has closed (or was cut by the drain)."""
         self.counted = 0
-        """Bytes of body received, counted against the listener's ``max_body_memory``."""
+        """Bytes of body received, counted in the connection's :class:`Budget`."""
         self.task: asyncio.Task[None] | None = None
         self._waiter: asyncio.Future[None] | None = None
 
@@ -67,7 +108,7 @@ class Exchange:
     def release(self) -> None:
         """This request is over: its body no longer counts against ``max_body_memory``."""
         if self.counted:
-            self.conn.listener.body_bytes -= self.counted
+            self.conn.budget.used -= self.counted
             self.counted = 0
 
     def cut(self) -> None:

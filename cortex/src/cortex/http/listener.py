@@ -1,55 +1,51 @@
-"""What the connections of one listening socket share: the app, the limits, the count."""
+"""What the connections of one listening socket share: the limits, the count, the dispatch."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
-from cortex.http.connection import Connection
-from cortex.http.direct import Direct
+from cortex.errors import CortexError
+from cortex.http.connection import Connection, Dispatch
+from cortex.http.exchange import Budget
+from cortex.http.limits import Limits
+
+__all__ = ["Limits", "Listener"]
 
 log = logging.getLogger("cortex.http")
 
 
-@dataclass(frozen=True)
-class Limits:
-    """What one client may ask of the server (``[gateway]`` in cortex.toml)."""
-
-    max_header_bytes: int = 64 * 1024
-    max_header_field_bytes: int = 16 * 1024
-    max_connections: int = 8192
-    header_timeout: float = 10.0
-    keep_alive_timeout: float = 75.0
-    send_timeout: float = 120.0
-    body_timeout: float = 60.0
-    max_body_memory: int = 1024 * 1024 * 1024
-    retry_after: int = 5
-
-
-@dataclass(eq=False)
 class Listener:
-    """What the connections of one listening socket share."""
+    """What the connections of one listening socket share (a :class:`~cortex.http.connection.Host`).
 
-    app: Any
-    limits: Limits
-    loop: asyncio.AbstractEventLoop
-    state: dict[str, Any] = field(default_factory=dict)
-    """The lifespan's state, copied into each ASGI request's scope."""
-    on_count: Any = None
-    """Called with the number of open connections whenever it changes (a gauge's ``set``)."""
-    connections: set[Connection] = field(default_factory=set)
-    refused: set[Connection] = field(default_factory=set)
-    stopping: bool = False
-    full: bool = False
-    """Connections are being refused for now (logged once, when it starts and ends)."""
-    turned_away: int = 0
-    body_bytes: int = 0
-    """Bytes of request bodies received by the requests in progress (``max_body_memory``)."""
+    ``dispatch`` makes the exchange for each request (:class:`~cortex.http.dispatch.Dispatch`),
+    ``render`` the whole answer for a refusal of the server's own; ``on_count`` is called
+    with the number of open connections whenever it changes (a gauge's ``set``).
+    """
 
-    def __post_init__(self) -> None:
-        self.direct: Direct | None = getattr(self.app, "direct", None)
+    def __init__(
+        self,
+        dispatch: Dispatch,
+        limits: Limits,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        render: Callable[[CortexError], bytes],
+        on_count: Callable[[int], Any] | None = None,
+    ) -> None:
+        self.dispatch = dispatch
+        self.limits = limits
+        self.loop = loop
+        self.render = render
+        self.on_count = on_count
+        self.budget = Budget(limits.max_body_memory)
+        self.connections: set[Connection] = set()
+        self.refused: set[Connection] = set()
+        self.stopping = False
+        self.full = False
+        """Connections are being refused for now (logged once, when it starts and ends)."""
+        self.turned_away = 0
         self.quiet = asyncio.Event()
         """Set once stopping and no answer is under way any more."""
 
