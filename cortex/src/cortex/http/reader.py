@@ -169,7 +169,7 @@ class RequestReader:
 
     def _invalid(self, exc: httptools.HttpParserError) -> None:
         """llhttp refused the bytes, or a callback raised: 400 (or the callback's refusal)."""
-        cause = exc.__cause__
+        cause = exc.__context__  # (httptools chains what a callback raised as the context)
         if cause is not None and not isinstance(cause, _Refused):
             log.error("error parsing a request from %s", self.client, exc_info=cause)
         self.sink.refuse(self.refusal or BadRequest(f"invalid HTTP request: {exc}"))
