@@ -77,3 +77,32 @@ async def test_a_client_answered_slowly_holds_no_more_than_one_request_ahead() -
         await asyncio.sleep(0)
     assert len(conn.waiting) == 1
     assert len(conn.held) == len(SLOW) * 498
+
+
+async def test_a_body_of_declared_length_is_fed_in_one_piece_whatever_it_holds() -> None:
+    """A body made of ``CRLF CRLF`` is not cut at each one (a parser call per 4 bytes)."""
+    app = Echo()
+    conn, wire, _ = connect(app)
+    calls = 0
+    parser = conn.reader.parser
+
+    class Counting:
+        def __getattr__(self, name: str) -> object:
+            return getattr(parser, name)
+
+        def feed_data(self, data: bytes) -> None:
+            nonlocal calls
+            calls += 1
+            parser.feed_data(data)
+
+    conn.reader.parser = Counting()  # type: ignore[assignment]
+    body = b"\r\n\r\n" * 16384  # 64 KiB
+    data = b"POST /direct HTTP/1.1\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body) + SLOW
+    for i in range(0, len(data), 16384):
+        conn.data_received(data[i : i + 16384])
+        await settle()
+    for _ in range(5):
+        await settle()
+    assert calls <= 8, calls  # the head, the body's reads, the GET: not 16,384
+    assert wire.out.count(b"HTTP/1.1 200 OK") == 1  # and the GET behind it is being answered
+    assert conn.running is not None and conn.running.scope["path"] == "/slow"

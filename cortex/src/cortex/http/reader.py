@@ -99,6 +99,8 @@ class RequestReader:
         self.resuming = False
         self.fed_tail = b""
         """The last 3 bytes fed, to see a head's end split between two reads."""
+        self.body_left: int | None = None
+        """What is still to come of a body of declared length (None: none, or chunked)."""
 
     def feed(self, data: bytes) -> None:
         """Parse ``data``, stopping once a request waits behind the one being answered.
@@ -128,11 +130,17 @@ class RequestReader:
                 if room <= 0:
                     sink.refuse(BadRequest("a request may not carry trailers"))
                     return
+            elif self.body_left is not None:
+                # A body of declared length is fed whole, and no further: what follows it
+                # is the next head. (Cut at every CRLF CRLF instead, a body made of them
+                # would cost a parser call per 4 bytes.)
+                room = self.body_left if self.body_left > 0 else len(data)
             else:
                 room = len(data)
-            end = self._head_end(data)
-            if 0 < end < room:
-                room = end
+            if self.in_head or self.body_left is None:
+                end = self._head_end(data)
+                if 0 < end < room:
+                    room = end
             if len(data) > room:
                 piece, data = data[:room], data[room:]
             else:
@@ -236,6 +244,17 @@ class RequestReader:
             raise _Refused from None
         version = parser.get_http_version()
         raw_path: bytes = url.path or b"/"  # ``GET http://host HTTP/1.1`` has none
+        expect_continue = chunked = False
+        length = b""
+        for name, value in self.headers:
+            if name == b"content-length":
+                length = value
+            elif name == b"transfer-encoding":
+                chunked = True
+            elif name == b"expect":
+                expect_continue = version == "1.1" and value.lower() == b"100-continue"
+        # (llhttp has refused a length that is not digits, two lengths, and length + chunked)
+        self.body_left = int(length) if length.isdigit() and not chunked else None
         scope: dict[str, Any] = {
             "type": "http",
             "asgi": ASGI,
@@ -249,16 +268,8 @@ class RequestReader:
             "client": self.client,
             "server": self.server,
         }
-        self.sink.request(
-            scope,
-            raw_path,
-            version != "1.0" and parser.should_keep_alive(),
-            version == "1.1"
-            and any(
-                name == b"expect" and value.lower() == b"100-continue"
-                for name, value in self.headers
-            ),
-        )
+        keep_alive = version != "1.0" and parser.should_keep_alive()
+        self.sink.request(scope, raw_path, keep_alive, expect_continue)
 
     def on_chunk_header(self) -> None:
         self.trailer_fed = 0
@@ -268,6 +279,8 @@ class RequestReader:
 
     def on_body(self, body: bytes) -> None:
         self.trailer_fed = None
+        if self.body_left is not None:
+            self.body_left -= len(body)
         error = self.sink.body(body)
         if error is not None:
             self.refusal = error
@@ -279,6 +292,7 @@ class RequestReader:
         self.in_head = True
         self.head_fed = 0
         self.trailer_fed = None
+        self.body_left = None
         self.sink.complete()
 
     def _decline_upgrade(self) -> None:
