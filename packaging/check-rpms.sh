@@ -24,7 +24,8 @@ mkdir -p "$top"
 pid=""  # the program under test, stopped whatever happens
 trap 'if [ -n "$pid" ]; then kill "$pid" 2> /dev/null || true; fi' EXIT
 
-fail() { echo "FAILED: $*" >&2; exit 1; }
+# shellcheck source=packaging/checks.sh
+. packaging/checks.sh
 rpm_root() { rpm --root "$root" "$@" 2> >(grep -v -e "use Alien instead" -e "assuming you know" >&2); }
 macros() {  # SPEC: the shim's macros, and firewalld's only where the spec BuildRequires it
   echo --load "$shim/macros.shim" --load "$shim/macros.sysusers-f42" \
@@ -85,6 +86,7 @@ check_package() {  # NAME SPEC PKGDIR(installed, for imports) DIST(its Python di
     || { tail -40 "$work/$name-build.log"; fail "rpmbuild $name"; }
   rpm=$(ls "$top"/RPMS/noarch/"$name"-[0-9]*-1.*.noarch.rpm)
   echo "  $(basename "$rpm")"
+  generated_requires "$name" "$work/$name-build.log" "$rpm"
   echo "== $name: rpmlint (binary RPM)"
   rpmlint -c packaging/rpmlint.toml "$rpm" | sed 's/^/  /'
   echo "== $name: payload and scriptlets"
@@ -95,6 +97,12 @@ check_package() {  # NAME SPEC PKGDIR(installed, for imports) DIST(its Python di
   local pyc
   pyc=$(find "$work/payload-$name" -name '*.pyc' | wc -l)
   echo "  no build paths; $pyc .pyc files; scriptlets fully expanded"
+  echo "== $name: systemd-analyze verify of its units, in its own payload"
+  # The units, with the programs at the paths the package really installs them (and the
+  # driver's nvidia-modprobe, which no package of ours ships).
+  cp -a "$work/payload-$name" "$work/units-$name"
+  install -D -m 0755 /dev/null "$work/units-$name/usr/bin/nvidia-modprobe"
+  verify_units "$work/units-$name"
   echo "== $name: each Python import is a Requires"
   rpm -qp --requires "$rpm" | "$python" packaging/rpm_imports.py "$work/payload-$name$pkgdir" \
     || fail "$name lacks Requires"
