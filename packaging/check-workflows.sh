@@ -203,7 +203,7 @@ case $what in
     SITELIB=$(/usr/bin/rpm --load "$shim/macros.shim" --eval '%python3_sitelib')
     for PACKAGE in cortex helexa-neuron; do
       export PACKAGE ROOT=$wf/root-$PACKAGE VENV=$work/venv-$PACKAGE
-      mkdir -p "$ROOT"
+      mkdir -p "$ROOT/etc"
       /usr/bin/rpm --root "$ROOT" --initdb
       NETNS=1 run_job .github/workflows/rpm.yml install "$wf/install-$PACKAGE" "matrix.package=$PACKAGE" \
         || { show; fail "rpm.yml install ($PACKAGE)"; }
