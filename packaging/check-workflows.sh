@@ -23,6 +23,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD work=$1 what=$2
+# The workflows to run (packaging/test-checks.sh points this at broken copies).
+workflows=${WORKFLOWS:-.github/workflows}
 # shellcheck source=packaging/checks.sh
 . packaging/checks.sh
 unset PYTHONPATH PYTHONDONTWRITEBYTECODE PYTHONHOME
@@ -192,7 +194,7 @@ case $what in
     for pkg in cortex:packaging/cortex.spec helexa-neuron:packaging/neuron.spec; do
       export PACKAGE=${pkg%%:*}
       rm -f "$WF_STATE/installed" "$WF_STATE/buildreqs"
-      run_job .github/workflows/rpm.yml build "$wf/build-$PACKAGE" \
+      run_job "$workflows/rpm.yml" build "$wf/build-$PACKAGE" \
         "matrix.package=$PACKAGE" "matrix.spec=${pkg#*:}" || { show; fail "rpm.yml build ($PACKAGE)"; }
       grep -q "^dnf -y builddep rpmbuild/SRPMS/$PACKAGE-.*buildreqs.nosrc.rpm" "$WF_STATE/dnf.log" \
         || fail "rpm.yml build ($PACKAGE): the builddep loop never installed the generated BuildRequires"
@@ -205,7 +207,7 @@ case $what in
       export PACKAGE ROOT=$wf/root-$PACKAGE VENV=$work/venv-$PACKAGE
       mkdir -p "$ROOT/etc"
       /usr/bin/rpm --root "$ROOT" --initdb
-      NETNS=1 run_job .github/workflows/rpm.yml install "$wf/install-$PACKAGE" "matrix.package=$PACKAGE" \
+      NETNS=1 run_job "$workflows/rpm.yml" install "$wf/install-$PACKAGE" "matrix.package=$PACKAGE" \
         || { show; fail "rpm.yml install ($PACKAGE)"; }
       grep -qx "stopped cleanly" "$last_steps/03.log" || { show; fail "rpm.yml install ($PACKAGE): not stopped cleanly"; }
       echo "  rpm.yml install ($PACKAGE): installed, /health $(grep -m1 -o '"status": *"[a-z]*"' "$last_steps/03.log" || echo answered), stopped cleanly, removed"
@@ -215,7 +217,7 @@ case $what in
       export COPR_SCENARIO=$scenario COPR_RETRY_SLEEP=0 STEP_TIMEOUT=3
       rm -f "$WF_STATE/copr.log" "$WF_STATE/copr.n" "$WF_STATE/installed"
       rc=0
-      run_job .github/workflows/release.yml publish "$wf/publish-$scenario" || rc=$?
+      run_job "$workflows/release.yml" publish "$wf/publish-$scenario" || rc=$?
       log=$(cat "$WF_STATE/copr.log")
       deleted=$(grep -c '^copr-cli delete-build' <<< "$log" || true)
       case $scenario in

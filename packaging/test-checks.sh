@@ -145,4 +145,31 @@ out=$(tools) || { echo "$out" >&2; fail "tools.sh with a working apt-get"; }
 grep -q "npm\|nodejs" "$work/apt.log" && { cat "$work/apt.log" >&2; fail "tools.sh installed npm or nodejs beside a node"; }
 grep -qx "tools: all present" <<< "$out" || fail "tools.sh did not find the tools it installed"
 echo "taken: with node present, tools.sh installs neither npm nor nodejs, and finds what apt-get installed"
+# --- the workflows' jobs, run here (check-workflows.sh) ---
+mkdir -p "$work/wf/.github"
+cp -r .github/workflows "$work/wf/.github/"
+if [ -f "${RPM_SHIM:-../shared/rpm-shim}/macros.shim" ]; then
+  sed -i "s/'dnf5-command(builddep)'/'dnf-command(builddep)'/" "$work/wf/.github/workflows/rpm.yml"
+  mkdir -p "$work/wf-build"
+  refuses "rpm.yml installing dnf4's builddep command on Fedora 43" 'Unknown argument "builddep"' \
+    env WORKFLOWS="$work/wf/.github/workflows" packaging/check-workflows.sh "$work/wf-build" build
+else
+  echo "not run (no rpm shim, as in check.sh): rpm.yml's build job with dnf4's builddep command"
+fi
+# The removal step gone: a publish that hangs until its timeout leaves both builds in COPR.
+"$repo/.venv/bin/python" - "$work/wf/.github/workflows/release.yml" <<'PY'
+import re, sys
+path = sys.argv[1]
+text = open(path).read()
+text, n = re.subn(r"      - name: remove what was submitted.*\Z", "", text, flags=re.S)
+assert n == 1
+open(path, "w").write(text)
+PY
+for name in cortex helexa-neuron; do
+  mkdir -p "$work/wf-publish/workflows/artifacts/rpm-$name/SRPMS"
+  packaging/srpm.sh "$name" "$work/srpms" > /dev/null
+  cp "$work"/srpms/SRPMS/"$name"-[0-9]*.src.rpm "$work/wf-publish/workflows/artifacts/rpm-$name/SRPMS/"
+done
+refuses "release.yml without its removal step" "publish \(watch-hangs\): not both builds removed" \
+  env WORKFLOWS="$work/wf/.github/workflows" packaging/check-workflows.sh "$work/wf-publish" publish
 echo "test-checks: $cases broken inputs refused"
