@@ -101,4 +101,8 @@ def job(workflow: str, job_id: str, outdir: str, *pairs: str) -> int:
 
 if __name__ == "__main__":
     command, *args = sys.argv[1:]
-    sys.exit({"extract": extract, "job": job}[command](*args))
+    if command == "extract":
+        sys.exit(extract(*args))
+    if command == "job":
+        sys.exit(job(*args))
+    sys.exit(__doc__)
