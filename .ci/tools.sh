@@ -18,7 +18,7 @@ tools=(
   rpmlint:rpmlint
   systemd-analyze:systemd systemd-sysusers:systemd
   firewall-offline-cmd:firewalld
-  cpio:cpio curl:curl node:nodejs shellcheck:shellcheck unshare:util-linux
+  cpio:cpio curl:curl node:nodejs shellcheck:shellcheck unshare:util-linux ip:iproute2
   promtool:prometheus  # tests/ops: the alert rules and the dashboard
 )
 
