@@ -149,14 +149,17 @@ EOF
 run_job() {
   local workflow=$1 job=$2 ws=$3 steps nn kind cond timeout failed="" rc
   shift 3
+  # Called as `run_job ... || ...`, where bash ignores set -e: each failure is caught by hand.
   steps=$wf/steps-$(basename "$ws")
-  "$python" packaging/workflow_scripts.py job "$workflow" "$job" "$steps" "$@"
-  mkdir -p "$ws"
+  last_steps=$steps
+  "$python" packaging/workflow_scripts.py job "$workflow" "$job" "$steps" "$@" || return 1
+  [ -s "$steps/steps.tsv" ] || return 1
+  mkdir -p "$ws" || return 1
   while IFS=$'\t' read -r nn kind cond timeout <&3; do
     case $cond in
       -) [ -z "$failed" ] || continue ;;
       "failure() || cancelled()") [ -n "$failed" ] || continue ;;
-      *) fail "$workflow $job step $nn: if: $cond is not modelled" ;;
+      *) echo "$workflow $job step $nn: if: $cond is not modelled" >&2; return 1 ;;
     esac
     case $kind in
       run)
@@ -168,19 +171,22 @@ run_job() {
         fi
         rc=0
         (cd "$ws" && HOME=$wf/home PATH=$bin:$PATH "${cmd[@]}") > "$steps/$nn.log" 2>&1 || rc=$?
-        if [ "$rc" != 0 ]; then failed=$nn; echo "    step $nn: exit $rc" >> "$steps/summary"; fi ;;
+        echo "    step $nn: exit $rc" >> "$steps/summary"
+        [ "$rc" = 0 ] || failed=$nn ;;
       actions/checkout@v4)
-        git -C "$ws" init -q && git -C "$ws" fetch -q "$repo" HEAD && git -C "$ws" checkout -q FETCH_HEAD ;;
+        (set -e; git -C "$ws" init -q; git -C "$ws" fetch -q "$repo" HEAD; git -C "$ws" checkout -q FETCH_HEAD) \
+          || failed=$nn ;;
       actions/upload-artifact@v4)
-        mkdir -p "$wf/artifacts/rpm-$PACKAGE/RPMS/noarch" "$wf/artifacts/rpm-$PACKAGE/SRPMS"
-        cp "$ws"/rpmbuild/RPMS/noarch/*.rpm "$wf/artifacts/rpm-$PACKAGE/RPMS/noarch/"
-        cp "$ws"/rpmbuild/SRPMS/*.src.rpm "$wf/artifacts/rpm-$PACKAGE/SRPMS/" ;;
+        (set -e
+         mkdir -p "$wf/artifacts/rpm-$PACKAGE/RPMS/noarch" "$wf/artifacts/rpm-$PACKAGE/SRPMS"
+         cp "$ws"/rpmbuild/RPMS/noarch/*.rpm "$wf/artifacts/rpm-$PACKAGE/RPMS/noarch/"
+         cp "$ws"/rpmbuild/SRPMS/*.src.rpm "$wf/artifacts/rpm-$PACKAGE/SRPMS/") || failed=$nn ;;
       actions/download-artifact@v4)
-        if [ "$job" = publish ]; then cp -r "$wf"/artifacts/rpm-*/. "$ws/"; else cp -r "$wf/artifacts/rpm-$PACKAGE/." "$ws/"; fi ;;
-      *) fail "$workflow $job step $nn: uses: $kind is not modelled" ;;
+        if [ "$job" = publish ]; then cp -r "$wf"/artifacts/rpm-*/. "$ws/" || failed=$nn
+        else cp -r "$wf/artifacts/rpm-$PACKAGE/." "$ws/" || failed=$nn; fi ;;
+      *) echo "$workflow $job step $nn: uses: $kind is not modelled" >&2; return 1 ;;
     esac
   done 3< "$steps/steps.tsv"
-  last_steps=$steps
   [ -z "$failed" ]
 }
 show() {  # the logs of a job's steps, on failure
@@ -221,7 +227,9 @@ case $what in
       log=$(cat "$WF_STATE/copr.log")
       deleted=$(grep -c '^copr-cli delete-build' <<< "$log" || true)
       case $scenario in
-        ok) [ "$rc" = 0 ] && [ "$deleted" = 0 ] || { show; echo "$log" >&2; fail "publish ($scenario)"; } ;;
+        ok) [ "$rc" = 0 ] && [ "$deleted" = 0 ] && [ "$(grep -c '^copr-cli build --nowait' <<< "$log")" = 2 ] \
+              && grep -qx "copr-cli watch-build 101 102" <<< "$log" \
+              || { show; echo "$log" >&2; fail "publish ($scenario): not both submitted, watched and kept"; } ;;
         second-submission-fails)
           [ "$rc" != 0 ] && grep -qx "copr-cli delete-build 101" <<< "$log" && [ "$deleted" = 1 ] \
             || { show; echo "$log" >&2; fail "publish ($scenario): the first build was not removed"; } ;;
