@@ -46,6 +46,14 @@ echo "tools: apt-get install $packages"
 
 sudo=()
 [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+# Tools, not services: where no policy says otherwise, the packages' scripts start nothing
+# (Debian's prometheus and firewalld would start their daemons). POLICY_RC_D: for the tests.
+policy=${POLICY_RC_D:-/usr/sbin/policy-rc.d}
+if [ ! -e "$policy" ]; then
+  printf '#!/bin/sh\nexit 101\n' | "${sudo[@]}" tee "$policy" > /dev/null
+  "${sudo[@]}" chmod 0755 "$policy"
+  trap '"${sudo[@]}" rm -f "$policy"' EXIT
+fi
 "${sudo[@]}" apt-get update -qq
 # shellcheck disable=SC2086  # one word per package
 DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq $packages > /dev/null

@@ -121,14 +121,15 @@ cases=$((cases + 1))
 # A PATH with only what tools.sh itself uses, and a stand-in apt-get that logs its arguments
 # and installs what ./installs names (nothing, here).
 mkdir -p "$work/bin"
-for cmd in bash env cat cut sort paste sed id dirname; do ln -s "$(command -v "$cmd")" "$work/bin/$cmd"; done
+for cmd in bash env cat cut sort paste sed id dirname tee chmod rm; do ln -s "$(command -v "$cmd")" "$work/bin/$cmd"; done
 cat > "$work/bin/apt-get" <<EOF
 #!/bin/bash
 echo "apt-get \$*" >> "$work/apt.log"
+if [ "\$1" = install ] && [ -x "$work/policy-rc.d" ]; then echo "policy-rc.d: \$("$work/policy-rc.d"; echo \$?)" >> "$work/apt.log"; fi
 if [ "\$1" = install ]; then for cmd in \$(cat "$work/installs" 2> /dev/null); do $(command -v ln) -sf /bin/true "$work/bin/\$cmd"; done; fi
 EOF
 chmod +x "$work/bin/apt-get"
-tools() { (cd "$repo" && PATH=$work/bin SYSTEM_PYTHON=/usr/bin/python3 .ci/tools.sh "$@"); }
+tools() { (cd "$repo" && PATH=$work/bin SYSTEM_PYTHON=/usr/bin/python3 POLICY_RC_D=$work/policy-rc.d .ci/tools.sh "$@"); }
 out=$(tools --dry-run)
 grep -qx "tools: apt-get install cpio curl firewalld iproute2 nodejs prometheus rpm rpmlint shellcheck systemd util-linux" <<< "$out" \
   || { echo "$out" >&2; fail "tools.sh --dry-run with no tools: not one package per missing command"; }
@@ -136,7 +137,9 @@ grep -qx "tools: apt-get install cpio curl firewalld iproute2 nodejs prometheus 
 echo "taken: --dry-run names one Debian package per missing command, and runs nothing"
 refuses "apt-get installing nothing" "still missing after apt-get install: rpmbuild, rpmspec" tools
 head -1 "$work/apt.log" | grep -qx "apt-get update -qq" || fail "tools.sh did not run apt-get update first"
-echo "taken: apt-get update ran first"
+grep -qx "policy-rc.d: 101" "$work/apt.log" || fail "tools.sh installed with no policy-rc.d refusing service starts"
+[ ! -e "$work/policy-rc.d" ] || fail "tools.sh left its policy-rc.d behind"
+echo "taken: apt-get update ran first; the policy-rc.d that kept services from starting is gone"
 # node present (nodesource's), npm absent: nothing about npm is installed, and no nodejs.
 ln -s "$(command -v node)" "$work/bin/node"
 echo "rpmbuild rpmspec rpm2cpio rpmlint systemd-analyze systemd-sysusers firewall-offline-cmd cpio curl shellcheck unshare ip promtool" > "$work/installs"
