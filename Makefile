@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TINY := var/tiny-model
 
-.PHONY: run test test-unit test-e2e test-chaos test-lowest lint format check-packaging bootstrap engine tiny-model clean
+.PHONY: run test test-unit test-e2e test-chaos test-lowest test-fedora lint format check-packaging bootstrap engine tiny-model clean
 
 run: engine tiny-model
 	@scripts/run-demo.sh
@@ -29,14 +29,18 @@ test-chaos: bootstrap
 test-lowest:
 	@scripts/test-lowest.sh -- $(PYTEST_ARGS)
 
+# cortex's and neuron's fast tests on the versions Fedora 43 ships (packaging/fedora43-constraints.txt),
+# in .venv-fedora/<python version>; PYTHON=python3.14 for Fedora 43's own Python.
+test-fedora:
+	@scripts/test-fedora.sh $(PYTEST_ARGS)
+
 lint: bootstrap
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy neuron/src cortex/src
 
-# Needs rpm, rpmlint, systemd and firewalld tools (Debian: apt-get install rpm rpmlint
-# python3-rpm python3-packaging systemd firewalld cpio curl npm shellcheck); .ci/run installs
-# them when missing.
+# Needs rpm, rpmlint, systemd and firewalld tools, shellcheck, node and curl: .ci/tools.sh
+# installs from Debian exactly those that are missing (`.ci/tools.sh --dry-run` says which).
 # Builds and installs the binary RPMs with ../shared/rpm-shim (or $$RPM_SHIM); see packaging/README.md.
 check-packaging: bootstrap
 	@packaging/check.sh
@@ -55,4 +59,4 @@ tiny-model: engine
 	@$(BIN)/python scripts/make_tiny_model.py $(TINY)
 
 clean:
-	rm -rf $(VENV) .venv-lowest var .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .venv-lowest .venv-fedora var .mypy_cache .ruff_cache .pytest_cache

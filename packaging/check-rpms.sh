@@ -24,7 +24,8 @@ mkdir -p "$top"
 pid=""  # the program under test, stopped whatever happens
 trap 'if [ -n "$pid" ]; then kill "$pid" 2> /dev/null || true; fi' EXIT
 
-fail() { echo "FAILED: $*" >&2; exit 1; }
+# shellcheck source=packaging/checks.sh
+. packaging/checks.sh
 rpm_root() { rpm --root "$root" "$@" 2> >(grep -v -e "use Alien instead" -e "assuming you know" >&2); }
 macros() {  # SPEC: the shim's macros, and firewalld's only where the spec BuildRequires it
   echo --load "$shim/macros.shim" --load "$shim/macros.sysusers-f42" \
@@ -76,15 +77,11 @@ deps_venv() {  # RPM VENV MODULE: a venv holding the RPM's python3dist() Require
 }
 
 check_package() {  # NAME SPEC PKGDIR(installed, for imports) DIST(its Python distribution)
-  local name=$1 spec=$2 pkgdir=$3 dist=$4 srpm rpm rpm2 spec2
-  srpm=$(ls "$work"/SRPMS/"$name"-[0-9]*.src.rpm)
-  echo "== $name: rpmbuild --rebuild with the rpm shim (Fedora 43 macros)"
-  # shellcheck disable=SC2046
-  rpmbuild -rb --nodeps $(macros "$spec") --define "SHIM_DIR $shim" \
-    --define "SHIM_PYTHON $python" --define "_topdir $top" "$srpm" > "$work/$name-build.log" 2>&1 \
-    || { tail -40 "$work/$name-build.log"; fail "rpmbuild $name"; }
-  rpm=$(ls "$top"/RPMS/noarch/"$name"-[0-9]*-1.*.noarch.rpm)
+  local name=$1 spec=$2 pkgdir=$3 dist=$4 rpm rpm2 spec2
+  echo "== $name: the RPM rpm.yml's build job built here (check-workflows.sh build)"
+  rpm=$(ls "$work"/workflows/artifacts/rpm-"$name"/RPMS/noarch/"$name"-[0-9]*-1.*.noarch.rpm)
   echo "  $(basename "$rpm")"
+  generated_requires "$name" "$work/workflows/build-$name/build.log" "$rpm"
   echo "== $name: rpmlint (binary RPM)"
   rpmlint -c packaging/rpmlint.toml "$rpm" | sed 's/^/  /'
   echo "== $name: payload and scriptlets"
@@ -95,6 +92,12 @@ check_package() {  # NAME SPEC PKGDIR(installed, for imports) DIST(its Python di
   local pyc
   pyc=$(find "$work/payload-$name" -name '*.pyc' | wc -l)
   echo "  no build paths; $pyc .pyc files; scriptlets fully expanded"
+  echo "== $name: systemd-analyze verify of its units, in its own payload"
+  # The units, with the programs at the paths the package really installs them (and the
+  # driver's nvidia-modprobe, which no package of ours ships).
+  cp -a "$work/payload-$name" "$work/units-$name"
+  install -D -m 0755 /dev/null "$work/units-$name/usr/bin/nvidia-modprobe"
+  verify_units "$work/units-$name"
   echo "== $name: each Python import is a Requires"
   rpm -qp --requires "$rpm" | "$python" packaging/rpm_imports.py "$work/payload-$name$pkgdir" \
     || fail "$name lacks Requires"

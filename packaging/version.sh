@@ -21,6 +21,7 @@ done
   || fail "'$version' is not a plain PEP 440 release (1.2.3) or pre-release (1.2.3rc1)"
 rpm_version=$(sed -E 's/(a|b|rc)([0-9]+)$/~\1\2/' <<< "$version")
 if [ $# -gt 0 ]; then
+  case "$1" in *-*) fail "tag '$1' has a '-', which an RPM Version cannot hold (v1.2.3rc1, not v1.2.3-rc1)" ;; esac
   tag=${1#v}
   [ "$tag" = "$version" ] || fail "tag '$1' is not v$version (the version in pyproject.toml and __version__)"
 else
