@@ -2,7 +2,8 @@
 
 Precedence, highest first: ``NEURON_*`` environment variables (nested keys joined
 with ``__``, e.g. ``NEURON_HARNESS__VLLM__STARTUP_TIMEOUT=900``), then the TOML file,
-then the defaults below. Unknown keys and wrong types are errors: :func:`load_settings`
+then the defaults below. Only the upper-case prefix counts (``neuron_port`` is not read).
+Unknown keys and wrong types are errors: :func:`load_settings`
 raises :class:`ConfigError` with one message naming the file and the key.
 """
 
@@ -11,13 +12,21 @@ from __future__ import annotations
 import os
 import sys
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 DEFAULT_PORT = 13131
+ENV_PREFIX = "NEURON_"
+"""The neuron's own environment variables, in upper case only (see :class:`Environment`)."""
 MODELS_DIR = "/var/lib/neuron/models"
 ENV_PASSTHROUGH = [
     "PATH",
@@ -131,7 +140,7 @@ class VllmHarness(BaseModel):
     @field_validator("env")
     @classmethod
     def _no_neuron_secrets(cls, env: dict[str, str]) -> dict[str, str]:
-        if any(name.startswith("NEURON_") for name in env):
+        if any(is_neuron_variable(name) for name in env):
             raise ValueError("NEURON_* variables are the neuron's own and never go to engines")
         return env
 
@@ -166,7 +175,7 @@ class NeuronSettings(BaseSettings):
     """Everything the neuron reads at start; see ``neuron/neuron.example.toml``."""
 
     model_config = SettingsConfigDict(
-        env_prefix="NEURON_", env_nested_delimiter="__", extra="forbid"
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid"
     )
 
     host: str = "0.0.0.0"  # noqa: S104 - a worker is reached from the private network
@@ -205,7 +214,25 @@ class NeuronSettings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The TOML file arrives as init kwargs; the environment must win over it.
-        return (env_settings, init_settings)
+        return (Environment(settings_cls), init_settings)
+
+
+def is_neuron_variable(name: str) -> bool:
+    """``NEURON_*`` in any case: never handed to an engine (its token may be among them)."""
+    return name.upper().startswith(ENV_PREFIX)
+
+
+class Environment(EnvSettingsSource):
+    """The ``NEURON_*`` environment variables, read only with the prefix in upper case.
+
+    pydantic-settings matches names case-insensitively, so ``neuron_auth_token`` would be
+    read as the token too; one spelling keeps what the neuron reads and what it keeps from
+    engines (:func:`is_neuron_variable`, any case) from drifting apart.
+    """
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        # Lower-cased keys: what the case-insensitive source expects to look fields up in.
+        return {k.lower(): v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}
 
 
 def load_settings(path: Path | None) -> NeuronSettings:

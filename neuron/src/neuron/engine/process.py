@@ -25,7 +25,7 @@ import httpx
 
 from neuron.engine import guard
 from neuron.errors import EngineFailed
-from neuron.settings import ModelSpec, VllmHarness
+from neuron.settings import ModelSpec, VllmHarness, is_neuron_variable
 
 log = logging.getLogger("neuron.engine")
 
@@ -80,8 +80,8 @@ def engine_env(
     harness: VllmHarness, devices: list[int] | None, environ: Mapping[str, str] | None = None
 ) -> dict[str, str]:
     """The engine's whole environment: the names ``env_passthrough`` lets through from
-    ``environ`` (the neuron's own), then ``[harness.vllm.env]``. ``NEURON_*`` (the neuron's
-    token among them) never passes: an engine's environment is readable in
+    ``environ`` (the neuron's own), then ``[harness.vllm.env]``. ``NEURON_*`` in any case (the
+    neuron's token among them) never passes: an engine's environment is readable in
     ``/proc/<pid>/environ`` by anything running as the neuron's user."""
     environ = os.environ if environ is None else environ
     names = [p for p in harness.env_passthrough if not p.endswith("*")]
@@ -89,7 +89,7 @@ def engine_env(
     env = {
         name: value
         for name, value in environ.items()
-        if (name in names or name.startswith(prefixes)) and not name.startswith("NEURON_")
+        if (name in names or name.startswith(prefixes)) and not is_neuron_variable(name)
     }
     env.update(harness.env)
     env["PYTHONUNBUFFERED"] = "1"
