@@ -10,6 +10,7 @@ raises :class:`ConfigError` with one message naming the file and the key.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import tomllib
 from collections.abc import Mapping
@@ -56,6 +57,12 @@ ENV_PASSTHROUGH = [
 ]
 
 
+MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
+"""A served model name: what hub ids use (``Qwen/Qwen3-8B``, ``org/m-v2.5``) plus ``:`` tags."""
+WORD = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+"""A ``quant`` or ``dtype`` name (``fp8``, ``awq_marlin``, ``compressed-tensors``, ``bfloat16``)."""
+
+
 class ConfigError(Exception):
     """The configuration cannot be used; the message is meant for the operator as is."""
 
@@ -78,9 +85,56 @@ class ModelSpec(BaseModel):
     vram_mb: Annotated[int, Field(ge=0)] | None = None
     engine_args: list[str] = Field(default_factory=list)
 
+    @field_validator("model_id")
+    @classmethod
+    def _model_id(cls, value: str) -> str:
+        # It goes into the engine's argv after --served-model-name and into every log line of
+        # that engine: vLLM's parser takes an item that starts with "-" for a flag (and one
+        # with a "." for a key of a JSON option, swallowing the next item, --host included).
+        if not MODEL_ID.fullmatch(value):
+            raise ValueError(
+                f"{value!r} is not a model id: letters, digits and . _ - : / only, "
+                "starting with a letter or digit"
+            )
+        return value
+
+    @field_validator("quant", "dtype")
+    @classmethod
+    def _word(cls, value: str | None) -> str | None:
+        if value is not None and (len(value) > 64 or not WORD.fullmatch(value)):
+            raise ValueError(
+                f"{value!r} is not a name vLLM knows: letters, digits, _ and - only "
+                "(at most 64), starting with a letter or digit"
+            )
+        return value
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, value: str | None) -> str | None:
+        if value is not None:
+            _argv_item(value, "source")
+            if value.startswith("-"):
+                raise ValueError(f"{value!r} starts with '-', which vLLM would read as a flag")
+        return value
+
+    @field_validator("engine_args")
+    @classmethod
+    def _engine_args(cls, items: list[str]) -> list[str]:
+        for item in items:
+            _argv_item(item, "engine_args item")
+        return items
+
     @property
     def resolved_source(self) -> str:
         return self.source or self.model_id
+
+
+def _argv_item(value: str, what: str) -> None:
+    """No control characters (a newline would split the engine's log lines), not empty."""
+    if not value or not value.isprintable():
+        raise ValueError(
+            f"{what} {value!r} is empty or has a control character (newline, tab, ...)"
+        )
 
 
 class VllmHarness(BaseModel):
@@ -136,6 +190,15 @@ class VllmHarness(BaseModel):
         if problems:
             raise ValueError("; ".join(problems))
         return [normal(flag) for flag in flags]
+
+    @field_validator("hf_cache")
+    @classmethod
+    def _cache_path(cls, value: str | None) -> str | None:
+        if value is not None:
+            _argv_item(value, "hf_cache")
+            if not os.path.isabs(value):
+                raise ValueError(f"{value!r} is not an absolute path")
+        return value
 
     @field_validator("env")
     @classmethod
