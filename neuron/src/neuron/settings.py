@@ -254,6 +254,14 @@ class NeuronSettings(BaseSettings):
     """Most of one engine's ``/metrics`` body the neuron reads (vLLM's is about 126 KB); an
     engine whose body is larger contributes nothing, which is logged once."""
     max_body_bytes: Annotated[int, Field(gt=0)] = 32 * 1024 * 1024
+    max_connections: Annotated[int, Field(ge=1)] = 4096
+    """Most connections open at once (cortex holds one per request in flight); one more is
+    answered 503 with ``Retry-After`` and closed before anything is read from it."""
+    head_timeout: Annotated[float, Field(gt=0)] = 10.0
+    """Seconds a new connection has to make a request that carries the token (any request,
+    without ``auth_token``); a connection still sending its first head then, or one that
+    only sent token-less ``/health`` requests, is closed. Trusted connections stay open
+    between requests for 75 s (keep-alive)."""
     engine_read_timeout: Annotated[float, Field(gt=0)] = 600.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     max_loaded_models: Annotated[int, Field(ge=1)] | None = None
