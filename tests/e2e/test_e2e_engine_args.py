@@ -151,6 +151,7 @@ def test_vllms_parser_reads_only_the_intended_options_from_the_argv_the_neuron_b
     assert baseline["model"] == SOURCE
     assert baseline["served_model_name"] == ["m"]
     assert baseline["download_dir"] == "/var/lib/neuron/hf"
+    assert baseline["disable_access_log_for_endpoints"] == "/health,/metrics"
     swallowed = rest[0]  # model_id "--additional-config.x", as the issue found it
     assert swallowed is not None
     assert swallowed["host"] is None  # vLLM's default: every address

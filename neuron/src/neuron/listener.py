@@ -107,10 +107,12 @@ class Listener:
                 task.add_done_callback(tasks.discard)
             await self._connection(wrapped, config, context, state, reader, writer)
 
-        servers = [
-            await asyncio.start_server(connected, backlog=config.backlog, sock=sock)
-            for sock in config.create_sockets().insecure_sockets
-        ]
+        servers = []
+        for sock in config.create_sockets().insecure_sockets:
+            servers.append(await asyncio.start_server(connected, backlog=config.backlog, sock=sock))
+            host, port = sock.getsockname()[:2]
+            # Hypercorn's words: scripts and tests wait for this line.
+            log.info("Running on http://%s:%d", f"[{host}]" if ":" in host else host, port)
         try:
             await shutdown_trigger()
         finally:

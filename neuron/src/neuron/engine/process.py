@@ -35,6 +35,10 @@ READ_CHUNK = 65536
 # For the one-line summary of a failed start only (never for control flow): the last line
 # that looks like a raised exception, e.g. "OSError: Repo id must be ...".
 ERROR_LINE = re.compile(r"\b[A-Z]\w*(Error|Exception): ")
+POLLED = ("/health", "/metrics")
+"""The engine paths the neuron itself reads every few seconds (start-up health, the watch and
+every scrape of the neuron's ``/metrics``): kept out of the engine's access log, which would
+otherwise fill the neuron's log (and an operator's journal) with the neuron's own polls."""
 # Shutdown chatter of vLLM's native extensions that would push the real error out of the tail.
 NOISE = ("nanobind:", "- leaked ", "... skipped remainder")
 
@@ -58,6 +62,9 @@ def engine_argv(spec: ModelSpec, harness: VllmHarness, port: int) -> list[str]:
         "127.0.0.1",
         "--port",
         str(port),
+        # vLLM's own filter (a uvicorn log config it builds): the exact paths only, so every
+        # request a client makes keeps its access-log line.
+        f"--disable-access-log-for-endpoints={','.join(POLLED)}",
     ]
     if spec.quant:
         argv += ["--quantization", spec.quant]
