@@ -18,6 +18,15 @@ from neuron.listener import busy_answer
 TOKEN = {"authorization": "Bearer s3cret"}
 
 
+def closed(neuron: Running, reason: str) -> float:
+    """``neuron_connections_closed_total{reason}``, as the neuron's ``/metrics`` shows it."""
+    value = neuron.neuron.metrics.registry.get_sample_value(
+        "neuron_connections_closed_total", {"reason": reason}
+    )
+    assert value is not None
+    return value
+
+
 ATTACKER = """
 import asyncio, contextlib, json, sys, time
 
@@ -79,7 +88,7 @@ async def test_300_slowloris_connections_are_closed_within_the_head_timeout() ->
         took = await poller
         assert max(lived) < 1.5 + 1.0, sorted(lived)[-5:]
         assert max(took) < 1.0, max(took)
-        assert neuron.neuron.listener.expired == 300
+        assert closed(neuron, "head_timeout") == 300
         assert neuron.neuron.listener.open <= 1  # the poller's connection
         fresh = await neuron.client.get("/models", headers=TOKEN)
         assert fresh.status_code == 200
@@ -95,7 +104,7 @@ async def test_past_max_connections_a_connection_gets_503_and_trusted_ones_keep_
         answer = await asyncio.wait_for(reader.read(), 2.0)  # the whole answer, then EOF
         writer.close()
         assert answer == busy_answer(20)
-        assert neuron.neuron.listener.refused == 1
+        assert closed(neuron, "max_connections") == 1
         assert (await neuron.client.get("/models", headers=TOKEN)).status_code == 200
         for r, _ in idle:  # closed by the head timeout, having sent nothing
             assert await asyncio.wait_for(r.read(), 3.0) == b""
@@ -130,10 +139,10 @@ async def test_a_request_without_the_token_closes_its_connection() -> None:
         writer.close()
         # A connection that made a request with the token outlives the head timeout.
         assert (await neuron.client.get("/models", headers=TOKEN)).status_code == 200
-        expired = neuron.neuron.listener.expired
+        expired = closed(neuron, "head_timeout")
         await asyncio.sleep(1.5)
         assert (await neuron.client.get("/models", headers=TOKEN)).status_code == 200
-        assert neuron.neuron.listener.expired == expired
+        assert closed(neuron, "head_timeout") == expired
 
 
 def test_the_busy_answer_is_one_whole_http_response() -> None:

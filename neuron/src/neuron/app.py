@@ -172,7 +172,7 @@ def build(
             max_bytes=settings.engine_metrics_max_bytes,
         ),
         listener=Listener(
-            max_connections=settings.max_connections, head_timeout=settings.head_timeout
+            metrics, max_connections=settings.max_connections, head_timeout=settings.head_timeout
         ),
     )
 

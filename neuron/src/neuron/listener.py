@@ -33,6 +33,7 @@ from hypercorn.utils import wrap_app
 from starlette.types import ASGIApp
 
 from neuron.errors import envelope
+from neuron.metrics import NeuronMetrics
 
 log = logging.getLogger("neuron.listener")
 
@@ -65,14 +66,17 @@ class Listener:
     :meth:`trust` and the timers run on the event loop's thread only.
     """
 
-    def __init__(self, *, max_connections: int, head_timeout: float) -> None:
+    def __init__(
+        self, metrics: NeuronMetrics, *, max_connections: int, head_timeout: float
+    ) -> None:
         self.max_connections = max_connections
         self.head_timeout = head_timeout
         self.open = 0
         self.refused = 0
         """Connections answered 503 for the cap, since start."""
-        self.expired = 0
-        """Connections closed for the head timeout, since start."""
+        self._gauge = metrics.connections
+        self._refused = metrics.connections_closed.labels("max_connections")
+        self._expired = metrics.connections_closed.labels("head_timeout")
         self._untrusted: dict[Peer, _Deadline] = {}
         self._busy = busy_answer(max_connections)
 
@@ -142,6 +146,7 @@ class Listener:
     ) -> None:
         if self.open >= self.max_connections:
             self.refused += 1
+            self._refused.inc()
             if self.refused == 1 or self.refused % 1000 == 0:
                 log.warning(
                     "%d connections open (max_connections): refused %d since start",
@@ -158,6 +163,7 @@ class Listener:
         if deadline is not None and key is not None:
             self._untrusted[key] = deadline
         self.open += 1
+        self._gauge.inc()
         try:
             loop = asyncio.get_running_loop()
             await TCPServer(app, loop, config, context, state, reader, writer)  # type: ignore[arg-type]
@@ -167,6 +173,7 @@ class Listener:
             task.uncancel()  # this cancel was the deadline's, and ends here
         finally:
             self.open -= 1
+            self._gauge.dec()
             if deadline is not None:
                 deadline.cancel()
 
@@ -195,7 +202,7 @@ class _Deadline:
     def _expire(self) -> None:
         self.cancel()
         self.expired = True
-        self.listener.expired += 1
+        self.listener._expired.inc()
         self.writer.transport.abort()
         if self.task is not None:
             self.task.cancel()
