@@ -9,8 +9,10 @@ import contextlib
 import json
 import sys
 import time
+from collections.abc import AsyncIterator
 
 import h11
+import httpx
 from neuron_testing import Running, running, settings_for
 
 from neuron.listener import busy_answer
@@ -163,8 +165,7 @@ def test_the_busy_answer_is_one_whole_http_response() -> None:
 
 
 @contextlib.asynccontextmanager
-async def running_client(port: int):  # type: ignore[no-untyped-def]
-    import httpx
-
+async def running_client(port: int) -> AsyncIterator[httpx.AsyncClient]:
+    """A client with a pool of its own: its first request opens a new connection."""
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
         yield client
