@@ -7,6 +7,8 @@ that late), FAKE_ENGINE_METRICS_BROKEN (``/metrics`` is not Prometheus text), FA
 ``vllm:gpu_cache_usage_perc``), FAKE_ENGINE_RUNNING_VALUE (what the running gauge says instead,
 e.g. ``NaN``, ``+Inf``, ``-3``), FAKE_ENGINE_METRICS_PADDING (that many more ``vllm:`` samples), FAKE_ENGINE_COUNT_SCRAPES
 (``vllm:fake_scrapes_total``: how often ``/metrics`` was read, this time included).
+Like vLLM (uvicorn), it writes an access-log line per request to stdout, except for the paths
+given to ``--disable-access-log-for-endpoints`` (none with ``--disable-uvicorn-access-log``).
 A request body ``"fake_sleep": S`` delays a non-streamed reply by S seconds; as in vLLM, a client
 that disconnects meanwhile cancels it.
 """
@@ -328,6 +330,27 @@ def build_app(names: list[str]) -> ASGIApp:
     return with_headers
 
 
+def access_log(app: ASGIApp, excluded: frozenset[str] | None) -> ASGIApp:
+    """uvicorn's access-log line (``INFO: <client> - "GET /path HTTP/1.1" 200``) per request
+    whose path is not ``excluded`` (``None``: no access log at all)."""
+
+    async def logged(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or excluded is None or scope["path"] in excluded:
+            await app(scope, receive, send)
+            return
+
+        async def send_logged(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                host, port = scope.get("client") or ("-", 0)
+                request = f"{scope['method']} {scope['path']} HTTP/{scope['http_version']}"
+                log(f'INFO:     {host}:{port} - "{request}" {message["status"]}')
+            await send(message)
+
+        await app(scope, receive, send_logged)
+
+    return logged
+
+
 def quiet_cancel(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
     """Hide hypercorn's harmless CancelledError tracebacks when SIGTERM cuts open streams."""
     if not isinstance(context.get("exception"), asyncio.CancelledError):
@@ -340,7 +363,11 @@ async def main(args: argparse.Namespace, names: list[str]) -> None:
     config.bind, config.accesslog = [f"{args.host}:{args.port}"], None
     config.loglevel, config.graceful_timeout = "WARNING", 0.5  # quiet stderr, fast SIGTERM
     exit_after = os.environ.get("FAKE_ENGINE_EXIT_AFTER")
-    server = asyncio.create_task(serve(cast(Any, build_app(names)), config))
+    excluded = None
+    if not args.disable_uvicorn_access_log:
+        excluded = frozenset(p for p in args.disable_access_log_for_endpoints.split(",") if p)
+    app = access_log(build_app(names), excluded)
+    server = asyncio.create_task(serve(cast(Any, app), config))
     while exit_after:  # wait until the port accepts connections ("healthy"), then arm the crash
         try:
             (await asyncio.open_connection(args.host, args.port))[1].close()
@@ -360,6 +387,8 @@ if __name__ == "__main__":
     parser.add_argument("--served-model-name", nargs="+", default=None)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--disable-access-log-for-endpoints", default="")
+    parser.add_argument("--disable-uvicorn-access-log", action="store_true")
     args, unknown = parser.parse_known_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # hypercorn takes over once serving
     served = args.served_model_name or [args.model]

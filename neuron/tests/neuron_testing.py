@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
 from neuron.app import Neuron, build, create_app
@@ -74,7 +73,7 @@ class Running:
 async def running(
     settings: NeuronSettings, probe: GpuProbe | None = None, **client_args: Any
 ) -> AsyncIterator[Running]:
-    """Serve ``settings`` in this event loop with Hypercorn, as the CLI does."""
+    """Serve ``settings`` in this event loop with the neuron's listener, as the CLI does."""
     neuron = build(settings, probe=probe or no_gpu_probe())
     app = create_app(settings, neuron=neuron)
     config = Config()
@@ -82,7 +81,7 @@ async def running(
     config.accesslog = None
     config.graceful_timeout = 2.0
     stop = asyncio.Event()
-    server = asyncio.create_task(serve(app, config, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
+    server = asyncio.create_task(neuron.listener.serve(app, config, shutdown_trigger=stop.wait))
     url = f"http://127.0.0.1:{settings.port}"
     async with httpx.AsyncClient(base_url=url, timeout=30, **client_args) as client:
         for _ in range(100):

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from neuron_testing import fake_harness, running, settings_for
 
-from neuron.settings import ConfigError, Harnesses, load_settings
+from neuron.engine.process import engine_env
+from neuron.settings import DEFAULT_PORT, ConfigError, Harnesses, VllmHarness, load_settings
 
 
 def environ(pid: int) -> dict[str, str]:
@@ -47,3 +48,38 @@ def test_harness_env_cannot_hand_engines_neuron_variables(tmp_path: Path) -> Non
     path.write_text('[harness.vllm.env]\nNEURON_AUTH_TOKEN = "x"\n')
     with pytest.raises(ConfigError, match=r"harness\.vllm\.env: .*NEURON_"):
         load_settings(path)
+
+
+def test_neuron_variables_in_any_case_never_reach_an_engine() -> None:
+    """Even with a pass-through that lets everything else through."""
+    harness = VllmHarness(env_passthrough=["*"])
+    environ = {
+        "neuron_auth_token": "lower",
+        "Neuron_Auth_Token": "mixed",
+        "NEURON_AUTH_TOKEN": "upper",
+        "PATH": "/usr/bin",
+    }
+    env = engine_env(harness, None, environ)
+    assert env["PATH"] == "/usr/bin"
+    assert not [name for name in env if name.upper().startswith("NEURON_")]
+
+
+def test_harness_env_cannot_hand_engines_lower_case_neuron_variables(tmp_path: Path) -> None:
+    path = tmp_path / "neuron.toml"
+    path.write_text('[harness.vllm.env]\nneuron_auth_token = "x"\n')
+    with pytest.raises(ConfigError, match=r"harness\.vllm\.env: .*NEURON_"):
+        load_settings(path)
+
+
+def test_only_the_upper_case_prefix_is_read_as_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the neuron reads as its token is what it keeps from engines: one spelling."""
+    monkeypatch.setenv("neuron_auth_token", "lower")
+    monkeypatch.setenv("Neuron_Port", "2000")
+    settings = load_settings(None)
+    assert settings.auth_token is None
+    assert settings.port == DEFAULT_PORT
+    monkeypatch.setenv("NEURON_AUTH_TOKEN", "upper")
+    monkeypatch.setenv("NEURON_HARNESS__VLLM__STARTUP_TIMEOUT", "60")
+    settings = load_settings(None)
+    assert settings.auth_token == "upper"
+    assert settings.harness.vllm.startup_timeout == 60

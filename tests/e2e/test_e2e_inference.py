@@ -143,6 +143,14 @@ async def test_the_engines_metrics_and_load_show_through_the_neuron(
     assert (prometheus_value(scraped, GENERATED_METRIC, model="tiny") or 0) >= 1
     assert (info["running"], info["waiting"]) == (0, 0), info
     assert isinstance(info["kv_cache_usage"], float) and 0 <= info["kv_cache_usage"] <= 1, info
+    # The engine's access log (in the neuron's log) has the request, not the neuron's polls.
+    access = [
+        line
+        for line in neuron.log().splitlines()
+        if "neuron.engine: [tiny]" in line and " HTTP/1.1" in line
+    ]
+    assert [line for line in access if '"POST /v1/chat/completions HTTP/1.1" 200' in line]
+    assert not [line for line in access if "GET /metrics " in line or "GET /health " in line]
 
 
 async def test_streaming_chat_with_usage(neuron: NeuronProcess, tiny_model: Path) -> None:

@@ -23,6 +23,7 @@ from neuron.errors import ModelLoading, ModelNotFound, ModelUnloading, NeuronErr
 from neuron.gate import Gate
 from neuron.health import HealthMonitor
 from neuron.lifecycle import Lifecycle
+from neuron.listener import Listener
 from neuron.metrics import NeuronMetrics
 from neuron.registry import Registry, Slot, State
 from neuron.routes import control
@@ -55,6 +56,8 @@ class Neuron:
     policy: LaunchPolicy
     """What a load request from the network may ask an engine to read."""
     watch: EngineWatch
+    listener: Listener
+    """Accepts connections (cap, head timeout); :class:`neuron.gate.Gate` marks them trusted."""
     _engine_version: str | None = field(default=None, init=False)
     _session: aiohttp.ClientSession | None = field(default=None, init=False)
 
@@ -168,6 +171,9 @@ def build(
             timeout=settings.engine_metrics_timeout,
             max_bytes=settings.engine_metrics_max_bytes,
         ),
+        listener=Listener(
+            metrics, max_connections=settings.max_connections, head_timeout=settings.head_timeout
+        ),
     )
 
 
@@ -219,7 +225,12 @@ def create_app(settings: NeuronSettings, *, neuron: Neuron | None = None) -> ASG
         },
     )
     app.state.neuron = n
-    return Gate(FastPath(app), token=settings.auth_token, lifecycle=n.lifecycle)
+    return Gate(
+        FastPath(app),
+        token=settings.auth_token,
+        lifecycle=n.lifecycle,
+        on_trusted=n.listener.trust,
+    )
 
 
 class FastPath:

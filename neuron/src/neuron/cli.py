@@ -15,7 +15,6 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
 from neuron import __version__
@@ -92,7 +91,7 @@ async def _serve(settings: NeuronSettings) -> None:
     # overflow waits ~1 s for a SYN retransmit.
     config.backlog = 4096
     log.info("neuron %s listening on %s:%d", __version__, settings.host, settings.port)
-    await serve(app, config, shutdown_trigger=lifecycle.drained.wait)  # type: ignore[arg-type]
+    await neuron.listener.serve(app, config, shutdown_trigger=lifecycle.drained.wait)
     log.info("neuron stopped")
 
 

@@ -1,5 +1,10 @@
 """Pure ASGI middleware in front of every route: auth, drain refusal, in-flight count.
 
+A request that carries the token (or any request, without one configured) marks its
+connection trusted (``on_trusted``: :meth:`neuron.listener.Listener.trust`); a request
+refused for the token is answered 401 and its connection closed, so an untrusted
+connection never outlives the listener's ``head_timeout``.
+
 Pure ASGI (not ``BaseHTTPMiddleware``) so streamed answers pass through unbuffered and a
 client disconnect still reaches the handler.
 """
@@ -7,6 +12,7 @@ client disconnect still reaches the handler.
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -23,10 +29,18 @@ budget. Deactivation cancels it instead, and the caller gets 409 ``load_cancelle
 
 
 class Gate:
-    def __init__(self, app: ASGIApp, *, token: str | None, lifecycle: Lifecycle) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        token: str | None,
+        lifecycle: Lifecycle,
+        on_trusted: Callable[[tuple[str, int] | None], None] | None = None,
+    ) -> None:
         self.app = app
         self.expected = f"Bearer {token}".encode() if token else None
         self.lifecycle = lifecycle
+        self.on_trusted = on_trusted
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -36,7 +50,7 @@ class Gate:
         error = self._refusal(scope, path)
         if error is not None:
             response = error.response()
-            if isinstance(error, ShuttingDown):
+            if isinstance(error, (ShuttingDown, Unauthorized)):
                 response.headers["Connection"] = "close"
             await response(scope, receive, send)
             return
@@ -50,11 +64,15 @@ class Gate:
             self.lifecycle.leave()
 
     def _refusal(self, scope: Scope, path: str) -> NeuronError | None:
-        if self.expected is not None and path not in OPEN_PATHS:
+        given = b""
+        if self.expected is not None:
             given = dict(scope["headers"]).get(b"authorization", b"")
-            if not hmac.compare_digest(given, self.expected):
-                reason = "invalid bearer token" if given else "missing bearer token"
-                return Unauthorized(f"{reason} (send Authorization: Bearer <token>)")
+        if self.expected is None or hmac.compare_digest(given, self.expected):
+            if self.on_trusted is not None:
+                self.on_trusted(scope.get("client"))
+        elif path not in OPEN_PATHS:
+            reason = "invalid bearer token" if given else "missing bearer token"
+            return Unauthorized(f"{reason} (send Authorization: Bearer <token>)")
         if self.lifecycle.draining and path not in DRAIN_EXEMPT:
             return ShuttingDown("this neuron is shutting down; retry on another")
         return None

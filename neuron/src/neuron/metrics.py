@@ -53,8 +53,20 @@ class NeuronMetrics:
         self.gpu_temperature = Gauge(
             "neuron_gpu_temperature_celsius", "GPU temperature.", ["gpu"], registry=r
         )
+        self.connections = Gauge(
+            "neuron_connections_open", "HTTP connections open to the neuron.", registry=r
+        )
+        self.connections_closed = Counter(
+            "neuron_connections_closed",
+            "Connections the neuron closed before trusting them, by reason (max_connections: "
+            "refused with 503; head_timeout: no request with the token in time).",
+            ["reason"],
+            registry=r,
+        )
         for state in STATES:
             self.models.labels(state).set(0)
+        for reason in ("max_connections", "head_timeout"):
+            self.connections_closed.labels(reason)
 
     def set_states(self, counts: dict[str, int]) -> None:
         for state in STATES:

@@ -2,22 +2,32 @@
 
 Precedence, highest first: ``NEURON_*`` environment variables (nested keys joined
 with ``__``, e.g. ``NEURON_HARNESS__VLLM__STARTUP_TIMEOUT=900``), then the TOML file,
-then the defaults below. Unknown keys and wrong types are errors: :func:`load_settings`
+then the defaults below. Only the upper-case prefix counts (``neuron_port`` is not read).
+Unknown keys and wrong types are errors: :func:`load_settings`
 raises :class:`ConfigError` with one message naming the file and the key.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 DEFAULT_PORT = 13131
+ENV_PREFIX = "NEURON_"
+"""The neuron's own environment variables, in upper case only (see :class:`Environment`)."""
 MODELS_DIR = "/var/lib/neuron/models"
 ENV_PASSTHROUGH = [
     "PATH",
@@ -47,6 +57,12 @@ ENV_PASSTHROUGH = [
 ]
 
 
+MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
+"""A served model name: what hub ids use (``Qwen/Qwen3-8B``, ``org/m-v2.5``) plus ``:`` tags."""
+WORD = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+"""A ``quant`` or ``dtype`` name (``fp8``, ``awq_marlin``, ``compressed-tensors``, ``bfloat16``)."""
+
+
 class ConfigError(Exception):
     """The configuration cannot be used; the message is meant for the operator as is."""
 
@@ -69,9 +85,56 @@ class ModelSpec(BaseModel):
     vram_mb: Annotated[int, Field(ge=0)] | None = None
     engine_args: list[str] = Field(default_factory=list)
 
+    @field_validator("model_id")
+    @classmethod
+    def _model_id(cls, value: str) -> str:
+        # It goes into the engine's argv after --served-model-name and into every log line of
+        # that engine: vLLM's parser takes an item that starts with "-" for a flag (and one
+        # with a "." for a key of a JSON option, swallowing the next item, --host included).
+        if not MODEL_ID.fullmatch(value):
+            raise ValueError(
+                f"{value!r} is not a model id: letters, digits and . _ - : / only, "
+                "starting with a letter or digit"
+            )
+        return value
+
+    @field_validator("quant", "dtype")
+    @classmethod
+    def _word(cls, value: str | None) -> str | None:
+        if value is not None and (len(value) > 64 or not WORD.fullmatch(value)):
+            raise ValueError(
+                f"{value!r} is not a name vLLM knows: letters, digits, _ and - only "
+                "(at most 64), starting with a letter or digit"
+            )
+        return value
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, value: str | None) -> str | None:
+        if value is not None:
+            _argv_item(value, "source")
+            if value.startswith("-"):
+                raise ValueError(f"{value!r} starts with '-', which vLLM would read as a flag")
+        return value
+
+    @field_validator("engine_args")
+    @classmethod
+    def _engine_args(cls, items: list[str]) -> list[str]:
+        for item in items:
+            _argv_item(item, "engine_args item")
+        return items
+
     @property
     def resolved_source(self) -> str:
         return self.source or self.model_id
+
+
+def _argv_item(value: str, what: str) -> None:
+    """No control characters (a newline would split the engine's log lines), not empty."""
+    if not value or not value.isprintable():
+        raise ValueError(
+            f"{what} {value!r} is empty or has a control character (newline, tab, ...)"
+        )
 
 
 class VllmHarness(BaseModel):
@@ -128,10 +191,19 @@ class VllmHarness(BaseModel):
             raise ValueError("; ".join(problems))
         return [normal(flag) for flag in flags]
 
+    @field_validator("hf_cache")
+    @classmethod
+    def _cache_path(cls, value: str | None) -> str | None:
+        if value is not None:
+            _argv_item(value, "hf_cache")
+            if not os.path.isabs(value):
+                raise ValueError(f"{value!r} is not an absolute path")
+        return value
+
     @field_validator("env")
     @classmethod
     def _no_neuron_secrets(cls, env: dict[str, str]) -> dict[str, str]:
-        if any(name.startswith("NEURON_") for name in env):
+        if any(is_neuron_variable(name) for name in env):
             raise ValueError("NEURON_* variables are the neuron's own and never go to engines")
         return env
 
@@ -166,7 +238,7 @@ class NeuronSettings(BaseSettings):
     """Everything the neuron reads at start; see ``neuron/neuron.example.toml``."""
 
     model_config = SettingsConfigDict(
-        env_prefix="NEURON_", env_nested_delimiter="__", extra="forbid"
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid"
     )
 
     host: str = "0.0.0.0"  # noqa: S104 - a worker is reached from the private network
@@ -182,6 +254,14 @@ class NeuronSettings(BaseSettings):
     """Most of one engine's ``/metrics`` body the neuron reads (vLLM's is about 126 KB); an
     engine whose body is larger contributes nothing, which is logged once."""
     max_body_bytes: Annotated[int, Field(gt=0)] = 32 * 1024 * 1024
+    max_connections: Annotated[int, Field(ge=1)] = 4096
+    """Most connections open at once (cortex holds one per request in flight); one more is
+    answered 503 with ``Retry-After`` and closed before anything is read from it."""
+    head_timeout: Annotated[float, Field(gt=0)] = 10.0
+    """Seconds a new connection has to make a request that carries the token (any request,
+    without ``auth_token``); a connection still sending its first head then, or one that
+    only sent token-less ``/health`` requests, is closed. Trusted connections stay open
+    between requests for 75 s (keep-alive)."""
     engine_read_timeout: Annotated[float, Field(gt=0)] = 600.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     max_loaded_models: Annotated[int, Field(ge=1)] | None = None
@@ -205,7 +285,25 @@ class NeuronSettings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The TOML file arrives as init kwargs; the environment must win over it.
-        return (env_settings, init_settings)
+        return (Environment(settings_cls), init_settings)
+
+
+def is_neuron_variable(name: str) -> bool:
+    """``NEURON_*`` in any case: never handed to an engine (its token may be among them)."""
+    return name.upper().startswith(ENV_PREFIX)
+
+
+class Environment(EnvSettingsSource):
+    """The ``NEURON_*`` environment variables, read only with the prefix in upper case.
+
+    pydantic-settings matches names case-insensitively, so ``neuron_auth_token`` would be
+    read as the token too; one spelling keeps what the neuron reads and what it keeps from
+    engines (:func:`is_neuron_variable`, any case) from drifting apart.
+    """
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        # Lower-cased keys: what the case-insensitive source expects to look fields up in.
+        return {k.lower(): v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}
 
 
 def load_settings(path: Path | None) -> NeuronSettings:

@@ -71,7 +71,11 @@ PATHS = (
     "/v1/messages",
     "/v1/messages/count_tokens",
     "/v1/responses",
+    "/tokenize",  # vLLM's own; routed by body.model like the rest
+    "/detokenize",
 )
+"""The inference paths relayed to the neuron serving ``body.model``: the neuron's own list
+(``neuron.routes.proxy.PATHS``; a test keeps the two equal)."""
 USAGE_INJECTABLE = frozenset({"/v1/chat/completions", "/v1/completions"})
 
 

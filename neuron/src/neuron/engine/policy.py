@@ -8,8 +8,10 @@ So every value that names a file must resolve, symlinks followed, inside one of
 repo id matching one of ``allowed_sources``. Every item of ``engine_args`` is checked: a
 flag must be on ``allowed_engine_args``, and an item that is not a flag must be the value
 of the flag before it, which must be one known to take a value (:data:`VALUE_FLAGS`).
-Default models from the operator's own file are not checked (the operator could change
-these lists anyway).
+Default models from the operator's own file are not checked against these lists (the
+operator could change them anyway); what reaches argv from any spec, theirs included, is
+checked by :class:`neuron.settings.ModelSpec` (``model_id``, ``quant``, ``dtype`` and
+``source`` cannot start with ``-``; no item has a control character).
 
 Flags are checked as vLLM 0.32's parser reads them (``_`` is ``-``; ``-X.key`` writes into
 the JSON option ``X``; ``--config`` is looked for anywhere). Only flags in the vetted
@@ -183,8 +185,11 @@ NEVER_ALLOWED = frozenset(
     }
 )
 KNOWN = frozenset(CATALOGUE) | NEVER_ALLOWED
-NUMBER = re.compile(r"^-\d+(\.\d+)?$")
-"""The only values that may start with ``-``: anything else that does is a flag to vLLM."""
+NUMBER = re.compile(r"^-\d+$")
+"""The only separate items that may start with ``-``: anything else that does is a flag to
+vLLM, and ``-1.5`` (a ``-`` and a ``.``) a key of a JSON option that swallows the next
+item; a negative decimal is written ``--flag=-1.5``, where it is plainly the flag's value."""
+DECIMAL = re.compile(r"^-\d*\.\d+$")
 
 SECRET_NAMES = frozenset({"token", "stored_tokens"})
 """Where ``huggingface-cli login`` keeps hub tokens, at the top of the Hugging Face cache,
@@ -249,7 +254,7 @@ class LaunchPolicy:
         if os.path.isabs(source) or source.startswith(".") or os.path.exists(source):
             self._inside(source, param)
             return
-        if not HUB_ID.match(source):
+        if not HUB_ID.fullmatch(source):
             raise BadRequest(
                 f"{param} {source!r} is neither a hub repo id (owner/name) nor an absolute path",
                 param=param,
@@ -265,16 +270,22 @@ class LaunchPolicy:
 
         As vLLM's parser reads them: ``_`` in a flag is ``-``; an abbreviation is refused
         (argparse would take it for the flag it abbreviates); a flag with a ``.`` is refused
-        (``-X.key value`` sets key of the JSON option X); a value may start with ``-`` only
-        if it is a number (else vLLM takes it as a flag); ``--config`` is refused wherever
-        it stands (vLLM looks for it anywhere in argv, values included).
+        (``-X.key value`` sets key of the JSON option X); a separate value may start with ``-``
+        only if it is an integer (else vLLM takes it as a flag; ``-1.5`` as a dotted one);
+        ``--config`` is refused wherever it stands (vLLM looks for it anywhere in argv).
         """
         if "--config" in args:
             raise BadRequest("engine_args may not contain --config", param="engine_args")
         expecting: str | None = None  # a flag that takes the next item as its value
         for item in args:
             if expecting is not None:
-                if item.startswith("-") and not NUMBER.match(item):
+                if DECIMAL.fullmatch(item):
+                    raise BadRequest(
+                        f"engine_args: write {expecting}={item} as one item: vLLM reads a "
+                        f"separate {item!r} as a flag with a '.' that takes the next item",
+                        param="engine_args",
+                    )
+                if item.startswith("-") and not NUMBER.fullmatch(item):
                     raise BadRequest(
                         f"engine_args: {expecting} needs a value, not {item!r}; a value may "
                         "start with '-' only if it is a number",

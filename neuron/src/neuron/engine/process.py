@@ -25,7 +25,7 @@ import httpx
 
 from neuron.engine import guard
 from neuron.errors import EngineFailed
-from neuron.settings import ModelSpec, VllmHarness
+from neuron.settings import ModelSpec, VllmHarness, is_neuron_variable
 
 log = logging.getLogger("neuron.engine")
 
@@ -35,6 +35,10 @@ READ_CHUNK = 65536
 # For the one-line summary of a failed start only (never for control flow): the last line
 # that looks like a raised exception, e.g. "OSError: Repo id must be ...".
 ERROR_LINE = re.compile(r"\b[A-Z]\w*(Error|Exception): ")
+POLLED = ("/health", "/metrics")
+"""The engine paths the neuron itself reads every few seconds (start-up health, the watch and
+every scrape of the neuron's ``/metrics``): kept out of the engine's access log, which would
+otherwise fill the neuron's log (and an operator's journal) with the neuron's own polls."""
 # Shutdown chatter of vLLM's native extensions that would push the real error out of the tail.
 NOISE = ("nanobind:", "- leaked ", "... skipped remainder")
 
@@ -58,6 +62,9 @@ def engine_argv(spec: ModelSpec, harness: VllmHarness, port: int) -> list[str]:
         "127.0.0.1",
         "--port",
         str(port),
+        # vLLM's own filter (a uvicorn log config it builds): the exact paths only, so every
+        # request a client makes keeps its access-log line.
+        f"--disable-access-log-for-endpoints={','.join(POLLED)}",
     ]
     if spec.quant:
         argv += ["--quantization", spec.quant]
@@ -80,8 +87,8 @@ def engine_env(
     harness: VllmHarness, devices: list[int] | None, environ: Mapping[str, str] | None = None
 ) -> dict[str, str]:
     """The engine's whole environment: the names ``env_passthrough`` lets through from
-    ``environ`` (the neuron's own), then ``[harness.vllm.env]``. ``NEURON_*`` (the neuron's
-    token among them) never passes: an engine's environment is readable in
+    ``environ`` (the neuron's own), then ``[harness.vllm.env]``. ``NEURON_*`` in any case (the
+    neuron's token among them) never passes: an engine's environment is readable in
     ``/proc/<pid>/environ`` by anything running as the neuron's user."""
     environ = os.environ if environ is None else environ
     names = [p for p in harness.env_passthrough if not p.endswith("*")]
@@ -89,7 +96,7 @@ def engine_env(
     env = {
         name: value
         for name, value in environ.items()
-        if (name in names or name.startswith(prefixes)) and not name.startswith("NEURON_")
+        if (name in names or name.startswith(prefixes)) and not is_neuron_variable(name)
     }
     env.update(harness.env)
     env["PYTHONUNBUFFERED"] = "1"

@@ -83,7 +83,9 @@ async def load(request: Request) -> Response:
     try:
         spec = ModelSpec.model_validate(body)
     except ValidationError as exc:
-        raise BadRequest(f"invalid model spec: {describe(exc)}") from None
+        where = exc.errors()[0]["loc"] if exc.errors() else ()
+        param = str(where[0]) if where else None
+        raise BadRequest(f"invalid model spec: {describe(exc)}", param=param) from None
     n.policy.check(spec.resolved_source, spec.engine_args)
     slot = await n.registry.load(spec)
     return JSONResponse({"status": "loaded", "model": slot.info()})
