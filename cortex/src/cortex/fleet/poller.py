@@ -116,9 +116,21 @@ class Poller:
             self.fleet.changed()
 
     async def _get(self, node: Node, path: str, parse: Callable[[bytes], T]) -> T:
+        """``path``'s answer, parsed; at most ``max_answer_bytes`` of it is read (over it,
+        :class:`contract.BreachError`, and the connection is closed, not reused)."""
+        limit = self._settings.max_answer_bytes
         async with self._session.get(node.base + path, headers=node.headers()) as response:
             response.raise_for_status()
-            return parse(await response.read())
+            if (response.content_length or 0) > limit:
+                response.close()
+                raise contract.BreachError(f"{path} answer is over {limit} bytes")
+            body = bytearray()
+            async for piece in response.content.iter_any():
+                body += piece
+                if len(body) > limit:
+                    response.close()
+                    raise contract.BreachError(f"{path} answer is over {limit} bytes")
+            return parse(bytes(body))
 
     def _failed(self, node: Node, exc: BaseException) -> None:
         node.failures += 1

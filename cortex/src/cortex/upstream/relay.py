@@ -50,13 +50,14 @@ from cortex.upstream.headers import Headers, forwarded, returned
 from cortex.upstream.sse import (
     USAGE,
     EventSplitter,
+    EventTooLarge,
     Usage,
     answer_usage,
     event_payload,
     is_usage_only,
     split_events,
 )
-from cortex.upstream.wire import Answer, ConnectFailed, ConnectTimeout, WireError
+from cortex.upstream.wire import Answer, ConnectFailed, ConnectTimeout, OverLimit, WireError
 
 if TYPE_CHECKING:
     from cortex.app import Gateway
@@ -250,8 +251,11 @@ def _cold_stream(
         if not answer.is_event_stream:
             try:
                 data = await answer.read()
-            except (WireError, TimeoutError):
-                data = b""
+            except WireError as exc:
+                finish(502, exc.reason)
+                error = UpstreamError(f"neuron {node.name} broke off the answer: {exc}")
+                yield sse_error(error, call.path)
+                return
             finish(answer.status, None)
             if answer.status >= 400:
                 error = UpstreamError(
@@ -326,7 +330,9 @@ async def _open(
             error = UpstreamError(f"neuron {node.name} could not be reached: {exc}")
             continue
         except WireError as exc:  # connected, but the answer was not HTTP we can use
-            gw.leave(call, node, 502, "upstream_broke")
+            # Not sent again: the neuron may have the request (Dropped says so).
+            gw.leave(call, node, 502, exc.reason)
+            log.warning("neuron %s, %s: %s (%s)", node.name, call.model, exc, exc.reason)
             raise UpstreamError(f"neuron {node.name} sent a broken answer: {exc}") from None
         except BaseException:
             gw.leave(call, node, 499, None)
@@ -348,7 +354,9 @@ async def _whole(gw: Gateway, call: Call, node: Node, answer: Answer) -> Respons
         gw.leave(call, node, 504, "read_timeout")
         raise UpstreamTimeout(f"neuron {node.name} went silent while answering") from None
     except WireError as exc:
-        gw.leave(call, node, 502, "upstream_broke")
+        gw.leave(call, node, 502, exc.reason)
+        if isinstance(exc, OverLimit):
+            log.warning("neuron %s, %s: %s", node.name, call.model, exc)
         raise UpstreamError(f"neuron {node.name} broke off the answer: {exc}") from None
     except BaseException:
         answer.close()
@@ -402,7 +410,10 @@ class Events:
         self.drop_usage = drop_usage
         self.finish = finish
         self.idle_timeout = gw.settings.gateway.idle_timeout
-        self.splitter = EventSplitter()
+        limits = gw.settings.gateway
+        self.splitter = EventSplitter(
+            limits.upstream_max_event_bytes, limits.upstream_event_timeout
+        )
         self.status = answer.status
         self.reason: str | None = None
         self.last: float | None = None
@@ -440,12 +451,13 @@ class Events:
                 f"neuron {self.node.name} sent nothing for {self.idle_timeout:g}s"
             )
             return sse_error(timeout, self.call.path)
-        if isinstance(exc, WireError):
-            self.status, self.reason = 502, "upstream_broke"
+        if isinstance(exc, (WireError, EventTooLarge)):
+            self.status = 502
+            self.reason = exc.reason if isinstance(exc, WireError) else OverLimit.reason
             log.warning(
                 "neuron %s broke off a stream of %s: %s", self.node.name, self.call.model, exc
             )
-            error = UpstreamError(f"neuron {self.node.name} broke off the answer")
+            error = UpstreamError(f"neuron {self.node.name} broke off the answer: {exc}")
             return sse_error(error, self.call.path)
         return None
 
@@ -456,7 +468,7 @@ class Events:
                     yield out
             if rest := self.splitter.rest():
                 yield rest
-        except (TimeoutError, WireError) as exc:
+        except (TimeoutError, WireError, EventTooLarge) as exc:
             event = self._failure(exc)
             assert event is not None  # noqa: S101 - both kinds are ours
             yield event

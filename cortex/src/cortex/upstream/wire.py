@@ -8,13 +8,21 @@ What the relay relies on, all of it here:
 
 - :class:`ConnectTimeout` / :class:`ConnectFailed`: no connection, so nothing was sent and
   another neuron may be tried. These are the only errors that prove the request was not
-  delivered. A kept-alive connection that the neuron closes before any byte of the answer
-  (its keep-alive timeout firing as cortex reuses it) is replaced by a fresh one once,
-  without the caller seeing it; a fresh connection closed that way is :class:`Broken`: the
-  neuron had the whole request and may be running it, so it must not be sent again.
+  delivered. A request is written again (fresh connection) only when it provably never
+  left: its pooled connection was seen closed before the write, or the write failed at
+  once. A connection closed after the write and before any byte of the answer is
+  :class:`Dropped`: the neuron may have the request and be running it.
 - :class:`ReadTimeout` (a ``TimeoutError``): connected, and nothing arrived for
   ``idle_timeout`` seconds, for the head or between two pieces of the body.
-- :class:`Broken`: the answer broke off, or was not HTTP.
+- :class:`Broken`: the answer broke off, or was not HTTP. :class:`OverLimit`: it broke one
+  of :class:`Limits` (head size, header count, head time, whole-answer size and time).
+  :class:`Crossed`: it echoed another request's ``x-cortex-request``. Each carries the
+  ``reason`` the relay counts it under, and its connection is closed.
+- An answer is the one asked for on its connection, never another: bytes that arrive
+  while the connection is idle, or after the answer in the same read, close it (and are
+  told to ``stray``); each request carries ``x-cortex-request``, numbered per connection,
+  and an answer that echoes a different number (a late second answer to the request
+  before) is refused.
 - :meth:`Answer.close` before the answer is complete drops the connection, so the neuron sees
   the client go and tells vLLM to abort. A complete answer's connection goes back to the pool.
 - Flow control: an answer buffers at most ``HIGH_WATER`` bytes the relay has not taken yet;
@@ -40,10 +48,14 @@ import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, Protocol, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import httptools
+
+if TYPE_CHECKING:
+    from cortex.settings import Gateway as GatewaySettings
 
 HIGH_WATER = 64 * 1024
 LOW_WATER = 16 * 1024
@@ -98,9 +110,14 @@ async def getaddrinfo(host: str, port: int) -> list[tuple[Any, ...]]:
 class WireError(Exception):
     """The neuron's answer could not be had."""
 
+    reason = "upstream_broke"
+    """The ``reason`` label the relay counts it under."""
+
 
 class ConnectFailed(WireError):
     """No connection: nothing reached the neuron, so another one may be asked."""
+
+    reason = "connect_failed"
 
 
 class ConnectTimeout(ConnectFailed):
@@ -110,21 +127,78 @@ class ConnectTimeout(ConnectFailed):
 class ReadTimeout(WireError, TimeoutError):
     """Connected, but nothing arrived for ``idle_timeout`` seconds."""
 
+    reason = "read_timeout"
+
 
 class Broken(WireError):
     """The answer broke off, or was not HTTP."""
 
 
-class _Dropped(Exception):
-    """The connection closed before the first byte of the answer."""
+class Dropped(Broken):
+    """The connection closed after the request went out and before any byte of the answer.
+
+    The neuron may have read the request and be running it, so it is never sent again.
+    """
+
+    reason = "upstream_closed"
+
+
+class OverLimit(Broken):
+    """The answer broke one of :class:`Limits`: too big, too many headers, too slow a head."""
+
+    reason = "upstream_over_limit"
+
+
+class Crossed(Broken):
+    """The answer names another request (its ``x-cortex-request`` echo is not this one's)."""
+
+    reason = "upstream_stray"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one answer may cost cortex; past any of them the answer fails and its connection
+    closes (see :class:`OverLimit`)."""
+
+    head_bytes: int = 64 * 1024
+    """The status line and headers."""
+    headers: int = 100
+    head_timeout: float = 10.0
+    """Seconds from the first byte of a head to its end (silence before it is ``idle``)."""
+    answer_bytes: int = 64 * 1024 * 1024
+    """A whole answer's body, as :meth:`Answer.read` gathers it (streams are not gathered)."""
+    answer_timeout: float = 60.0
+    """Seconds from a whole answer's head to the end of its body."""
+
+    @classmethod
+    def of(cls, gateway: GatewaySettings) -> Limits:
+        return cls(
+            head_bytes=gateway.upstream_max_head_bytes,
+            headers=gateway.upstream_max_headers,
+            head_timeout=gateway.upstream_head_timeout,
+            answer_bytes=gateway.upstream_max_answer_bytes,
+            answer_timeout=gateway.upstream_answer_timeout,
+        )
+
+
+ECHO = b"x-cortex-request"
+"""Sent with each request, numbered per connection; a neuron that echoes it in the answer
+lets cortex refuse an answer meant for an earlier request (:class:`Crossed`)."""
+
+Stray = Callable[[str], None]
+"""Told ``idle``, ``after_answer`` or ``crossed`` each time a connection is closed for bytes
+nobody asked for."""
 
 
 class Answer:
     """One answer: ``status`` and ``headers`` are set when :meth:`Upstream.post` returns."""
 
-    def __init__(self, conn: _Connection, idle: float) -> None:
+    def __init__(self, conn: _Connection, idle: float, limits: Limits, echo: bytes) -> None:
         self._conn: _Connection | None = conn
         self._idle = idle
+        self._limits = limits
+        self.echo = echo
+        """This request's ``x-cortex-request`` value."""
         self._loop = conn.loop
         self.status = 0
         self.raw_headers: list[tuple[bytes, bytes]] = []
@@ -132,6 +206,7 @@ class Answer:
         self._chunks: collections.deque[bytes] = collections.deque()
         self._buffered = 0
         self._begun = False  # a byte of the answer arrived
+        self._begun_at = 0.0  # when (set and the waiter woken for the first head only)
         self._head = False
         self._done = False
         self._error: BaseException | None = None
@@ -188,10 +263,18 @@ class Answer:
 
     # -- used by the relay
 
-    async def _wait(self) -> None:
-        """Until the connection has news for this answer, or ``idle`` seconds pass."""
+    async def _wait(self, until: float = 0.0, late: str = "") -> None:
+        """Until the connection has news for this answer, or ``idle`` seconds pass.
+
+        With ``until`` (a monotonic time) sooner than that, :class:`OverLimit` with ``late``
+        as its message is raised then instead.
+        """
         waiter = self._waiter = self._loop.create_future()
-        timer = self._loop.call_later(self._idle, _expire, waiter, self._idle)
+        left = until - time.monotonic() if until else self._idle
+        if left < self._idle:
+            timer = self._loop.call_later(left, _late, waiter, late)
+        else:
+            timer = self._loop.call_later(self._idle, _expire, waiter, self._idle)
         try:
             await waiter
         finally:
@@ -199,10 +282,14 @@ class Answer:
             self._waiter = None
 
     async def _await_head(self) -> None:
+        limit = self._limits.head_timeout
         while not self._head:
             if self._error is not None:
                 raise self._error
-            await self._wait()
+            if self._begun_at:  # a head is coming: it has head_timeout to end
+                await self._wait(self._begun_at + limit, f"the answer's head took over {limit:g}s")
+            else:
+                await self._wait()
 
     async def iter_any(self) -> AsyncIterator[bytes]:
         """The body as it arrives: whatever is buffered, joined, each time."""
@@ -217,17 +304,38 @@ class Answer:
                 await self._wait()
 
     async def read(self) -> bytes:
-        """The whole body (what :meth:`iter_any` gives, without a generator per answer)."""
+        """The whole body (what :meth:`iter_any` gives, without a generator per answer).
+
+        At most ``answer_bytes`` of it, within ``answer_timeout`` of the call: past either,
+        :class:`OverLimit`, and the connection is closed.
+        """
+        limits = self._limits
+        for name, value in self.raw_headers:
+            if name == b"content-length" and value.isdigit() and int(value) > limits.answer_bytes:
+                self.close()
+                raise OverLimit(f"the answer is {int(value)} bytes, over {limits.answer_bytes}")
         parts: list[bytes] = []
+        size = 0
+        until = time.monotonic() + limits.answer_timeout
         while True:
             if self._chunks:
-                parts.append(self._take())
+                part = self._take()
+                size += len(part)
+                if size > limits.answer_bytes:
+                    parts.clear()
+                    self.close()
+                    raise OverLimit(f"the answer is over {limits.answer_bytes} bytes")
+                parts.append(part)
             elif self._done:
                 return parts[0] if len(parts) == 1 else b"".join(parts)
             elif self._error is not None:
                 raise self._error
             else:
-                await self._wait()
+                try:
+                    await self._wait(until, f"the answer took over {limits.answer_timeout:g}s")
+                except OverLimit:
+                    self.close()
+                    raise
 
     def _take(self) -> bytes:
         """Everything buffered, joined; reading resumes if it paused for the buffer."""
@@ -329,13 +437,27 @@ def _expire(waiter: asyncio.Future[None], idle: float) -> None:
         waiter.set_exception(ReadTimeout(f"nothing for {idle:g}s"))
 
 
+def _late(waiter: asyncio.Future[None], message: str) -> None:
+    if not waiter.done():
+        waiter.set_exception(OverLimit(message))
+
+
+class _Refused(Exception):
+    """Raised in a parser callback to stop parsing; the reason is ``_Connection.refused``."""
+
+
 class _Connection(asyncio.Protocol):
-    """One connection to a neuron; at most one answer on it at a time."""
+    """One connection to a neuron; at most one answer on it at a time.
+
+    Bytes nobody asked for (while it is idle, or after the answer in the same read) close
+    it and are reported to ``pool.stray``: an answer is only ever the one asked for on it.
+    """
 
     def __init__(self, pool: _Pool) -> None:
         self.pool = pool
         self.loop = pool.loop
-        self.parser = httptools.HttpResponseParser(self)
+        self.limits = pool.limits
+        self.parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
         self.answer: Answer | None = None
         self.alive = True
@@ -346,28 +468,52 @@ class _Connection(asyncio.Protocol):
         self.informational = False  # a 1xx head: the real answer follows it
         self.finished = False  # the answer is complete; pooled once the read is parsed
         self.stray = False  # a message nobody asked for began: never reuse the connection
+        self.sent = 0  # requests sent on it: the x-cortex-request echo
+        self.head_read = 0  # bytes read while the answer's head was not complete
+        self.head_size = 0  # names and values of its headers
+        self.refused: WireError | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        if self.answer is None:  # nobody asked: the connection cannot be trusted any more
-            self.drop()
+        answer = self.answer
+        if answer is None or self.parser is None:
+            if self.alive:  # nobody asked: the connection cannot be trusted any more
+                self.pool.stray("idle")
+                self.drop()
             return
+        heading = not answer._head
+        if heading:
+            self.head_read += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
+            error, self.refused = self.refused, None
             answer = self.answer
+            if isinstance(error, Crossed):
+                self.pool.stray("crossed")
+            elif answer is None and self.finished:  # garbage after a whole answer
+                self.pool.stray("after_answer")
             self.drop()
             if answer is not None:
-                answer._fail(Broken(f"the neuron's answer is not HTTP: {exc}"))
+                answer._fail(error or Broken(f"the neuron's answer is not HTTP: {exc}"))
             return
+        if heading and self.head_read > self.limits.head_bytes:
+            answer = self.answer
+            if answer is not None and not answer._head:  # and none of it ended in this read
+                self.drop()
+                answer._fail(OverLimit(f"the answer's head is over {self.limits.head_bytes} bytes"))
+                return
         if self.finished:
             # Only now, with the whole read parsed: bytes after the answer (a second answer
             # in the same read) would otherwise complete another message and pool the
             # connection twice, and two requests would share it and swap answers.
             self.finished = False
-            if self.stray or not (self.keep_alive and self.delimited and self.alive):
+            if self.stray:
+                self.pool.stray("after_answer")
+                self.drop()
+            elif not (self.keep_alive and self.delimited and self.alive):
                 self.drop()
             else:
                 self.resume()
@@ -375,6 +521,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.alive = False
+        self.parser = None  # it holds this connection: a cycle only a full collection frees
         answer, self.answer = self.answer, None
         if answer is None:
             return
@@ -383,24 +530,44 @@ class _Connection(asyncio.Protocol):
         elif answer._begun:
             answer._fail(Broken("the neuron closed the connection mid-answer"))
         else:
-            answer._fail(_Dropped())
+            answer._fail(Dropped("the neuron closed the connection without answering"))
 
     # -- httptools callbacks
 
     def on_message_begin(self) -> None:
-        if self.answer is None:
+        answer = self.answer
+        if answer is None:
             self.stray = True
             return
-        self.answer._begun = True
-        self.answer.raw_headers = []
+        answer._begun = True
+        answer.raw_headers = []
+        if not answer._begun_at:
+            answer._begun_at = time.monotonic()
+            answer._wake()  # its head has head_timeout from now
 
     def on_header(self, name: bytes, value: bytes) -> None:
         # After the head only trailers come: they are dropped, never merged into the
         # headers (RFC 9110 6.5.1), which a whole answer would otherwise pass on as such.
-        if self.answer is not None and not self.answer._head:
-            self.answer.raw_headers.append((name.lower(), value))
+        answer = self.answer
+        if answer is not None and not answer._head:
+            name = name.lower()
+            answer.raw_headers.append((name, value))
+            self.head_size += len(name) + len(value) + 4
+            if name == ECHO and value != answer.echo:
+                self._refuse(Crossed(f"the answer is for request {value!r}, not {answer.echo!r}"))
+            elif len(answer.raw_headers) > self.limits.headers:
+                self._refuse(OverLimit(f"the answer has over {self.limits.headers} headers"))
+            elif self.head_size > self.limits.head_bytes:
+                self._refuse(OverLimit(f"the answer's head is over {self.limits.head_bytes} bytes"))
+
+    def _refuse(self, error: WireError) -> None:
+        assert self.answer is not None  # noqa: S101 - only called for an answer's head
+        self.answer.raw_headers = []
+        self.refused = error
+        raise _Refused
 
     def on_headers_complete(self) -> None:
+        assert self.parser is not None  # noqa: S101 - called by it
         status = self.parser.get_status_code()
         self.informational = status < 200
         if self.informational:
@@ -455,6 +622,8 @@ class _Pool:
         self.host_header = url.netloc.encode("latin-1")
         self.loop = loop
         self.keepalive = up.keepalive
+        self.limits = up.limits
+        self.stray = up.stray
         self.idle: collections.deque[_Connection] = collections.deque()
         self._up = up
         self._named = not _is_address(self.host)
@@ -582,6 +751,10 @@ def _is_address(host: str) -> bool:
     return True
 
 
+def _no_stray(reason: str) -> None:
+    pass
+
+
 class Upstream:
     """The relay's client: one pool of kept-alive connections per neuron."""
 
@@ -594,6 +767,8 @@ class Upstream:
         resolver: Resolver = getaddrinfo,
         resolve_every: float = RESOLVE_EVERY,
         connector: Connector = tcp,
+        limits: Limits = Limits(),
+        stray: Stray = _no_stray,
     ):
         self.connect_timeout = connect_timeout
         self.connector = connector
@@ -601,6 +776,8 @@ class Upstream:
         self.keepalive = keepalive
         self.resolver = resolver
         self.resolve_every = resolve_every
+        self.limits = limits
+        self.stray = stray
         self._pools: dict[str, _Pool] = {}
 
     async def post(
@@ -608,8 +785,13 @@ class Upstream:
     ) -> Answer:
         """Send ``body`` to ``base + path``; the answer once its status and headers are in.
 
-        ``headers`` go out in order, repeated names repeated; ``Host`` and
-        ``Content-Length`` are this client's own.
+        ``headers`` go out in order, repeated names repeated; ``Host``, ``Content-Length``
+        and ``x-cortex-request`` are this client's own.
+
+        The request is written again (on a fresh connection) only when it provably never
+        left: the kept-alive connection was closed before the write, or the write failed
+        at once, before the kernel took a byte. A connection closed after the write and
+        before any byte of the answer is :class:`Dropped`: the neuron may have the request.
         """
         pool = self._pools.get(base)
         if pool is None:
@@ -617,27 +799,38 @@ class Upstream:
         lines = [b"POST ", path.encode("latin-1"), b" HTTP/1.1\r\nHost: ", pool.host_header]
         for name, value in headers:
             lines += (b"\r\n", name, b": ", value)
-        lines.append(b"\r\nContent-Length: %d\r\n\r\n" % len(body))
+        lines.append(b"\r\nContent-Length: %d\r\n" % len(body))
+        lines.append(b"")  # the echo header, numbered per connection
         lines.append(body)
-        request = b"".join(lines)
         conn = pool.take()
+        fresh = 0
         while True:
-            reused = conn is not None
             if conn is None:
+                if fresh == 3:  # connections that close as soon as they are made
+                    raise ConnectFailed("each new connection closed before the request went out")
+                fresh += 1
                 conn = await pool.connect(self.connect_timeout)
-            answer = Answer(conn, self.idle_timeout)
+            transport = conn.transport
+            assert transport is not None  # noqa: S101 - set in connection_made
+            if transport.is_closing() or conn.parser is None:
+                conn.drop()  # closed while pooled, not yet seen: nothing was written
+                conn = pool.take()
+                continue
+            conn.sent += 1
+            echo = b"%d" % conn.sent
+            answer = Answer(conn, self.idle_timeout, self.limits, echo)
             conn.answer = answer
-            assert conn.transport is not None  # noqa: S101 - set in connection_made
-            conn.transport.write(request)
+            conn.head_read = conn.head_size = 0
+            lines[-2] = b"X-Cortex-Request: %s\r\n\r\n" % echo
+            transport.write(b"".join(lines))
+            if transport.is_closing() and conn.answer is answer:
+                # The write failed at once (a reset the loop had not seen yet): the kernel
+                # took no byte of it, so it may go out again.
+                conn.drop()
+                conn = pool.take()
+                continue
             try:
                 await answer._await_head()
-            except _Dropped:
-                if reused:  # closed by the neuron while idle, as we sent: once more, fresh
-                    conn = None
-                    continue
-                # A fresh connection took the whole request: the neuron may be running it,
-                # so this is no ConnectFailed (which the relay would send elsewhere again).
-                raise Broken("the neuron closed the connection without answering") from None
             except BaseException:
                 answer.close()
                 raise
