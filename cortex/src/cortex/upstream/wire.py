@@ -251,6 +251,10 @@ class Answer:
 
     def _fail(self, error: BaseException) -> None:
         self._conn = None
+        if not self._head:
+            # Nobody will see a broken head; and ``error`` will hold this answer (through
+            # its traceback) in a cycle that only a full collection frees.
+            self.raw_headers = []
         if not self._done and self._error is None:
             self._error = error
         self._wake()
