@@ -1,0 +1,198 @@
+"""One kept-alive connection to a neuron: httptools' parser, one answer at a time.
+
+Bytes nobody asked for close it and are told to the pool's ``stray``; the head of each
+answer is held to :class:`~cortex.upstream.answer.Limits`; an answer that echoes another
+request's :data:`ECHO` is refused (:class:`~cortex.upstream.errors.Crossed`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import httptools
+
+from cortex.upstream.errors import Broken, Crossed, Dropped, OverLimit, WireError
+
+if TYPE_CHECKING:
+    from cortex.upstream.answer import Answer
+    from cortex.upstream.pool import Pool
+
+ECHO = b"x-cortex-request"
+"""Sent with each request, numbered per connection; a neuron that echoes it in the answer
+lets cortex refuse an answer meant for an earlier request (:class:`Crossed`)."""
+
+Stray = Callable[[str], None]
+"""Told ``idle``, ``after_answer`` or ``crossed`` each time a connection is closed for bytes
+nobody asked for."""
+
+
+class _Refused(Exception):
+    """Raised in a parser callback to stop parsing; the reason is ``Connection.refused``."""
+
+
+class Connection(asyncio.Protocol):
+    """One connection to a neuron; at most one answer on it at a time.
+
+    Bytes nobody asked for (while it is idle, or after the answer in the same read) close
+    it and are reported to ``pool.stray``: an answer is only ever the one asked for on it.
+    """
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        self.loop = pool.loop
+        self.limits = pool.limits
+        self.parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.answer: Answer | None = None
+        self.alive = True
+        self.keep_alive = True
+        self.paused = False
+        self.idle_since = 0.0
+        self.delimited = True
+        self.informational = False  # a 1xx head: the real answer follows it
+        self.finished = False  # the answer is complete; pooled once the read is parsed
+        self.stray = False  # a message nobody asked for began: never reuse the connection
+        self.sent = 0  # requests sent on it: the x-cortex-request echo
+        self.head_read = 0  # bytes read while the answer's head was not complete
+        self.head_size = 0  # names and values of its headers
+        self.refused: WireError | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        answer = self.answer
+        if answer is None or self.parser is None:
+            if self.alive:  # nobody asked: the connection cannot be trusted any more
+                self.pool.stray("idle")
+                self.drop()
+            return
+        heading = not answer._head
+        if heading:
+            self.head_read += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            error, self.refused = self.refused, None
+            answer = self.answer
+            if isinstance(error, Crossed):
+                self.pool.stray("crossed")
+            elif answer is None and self.finished:  # garbage after a whole answer
+                self.pool.stray("after_answer")
+            self.drop()
+            if answer is not None:
+                answer._fail(error or Broken(f"the neuron's answer is not HTTP: {exc}"))
+            return
+        if heading and self.head_read > self.limits.head_bytes:
+            answer = self.answer
+            if answer is not None and not answer._head:  # and none of it ended in this read
+                self.drop()
+                answer._fail(OverLimit(f"the answer's head is over {self.limits.head_bytes} bytes"))
+                return
+        if self.finished:
+            # Only now, with the whole read parsed: bytes after the answer (a second answer
+            # in the same read) would otherwise complete another message and pool the
+            # connection twice, and two requests would share it and swap answers.
+            self.finished = False
+            if self.stray:
+                self.pool.stray("after_answer")
+                self.drop()
+            elif not (self.keep_alive and self.delimited and self.alive):
+                self.drop()
+            else:
+                self.resume()
+                self.pool.put(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.alive = False
+        self.parser = None  # it holds this connection: a cycle only a full collection frees
+        answer, self.answer = self.answer, None
+        if answer is None:
+            return
+        if answer._head and not self.delimited:  # an answer that ends when the connection does
+            answer._complete()
+        elif answer._begun:
+            answer._fail(Broken("the neuron closed the connection mid-answer"))
+        else:
+            answer._fail(Dropped("the neuron closed the connection without answering"))
+
+    # -- httptools callbacks
+
+    def on_message_begin(self) -> None:
+        answer = self.answer
+        if answer is None:
+            self.stray = True
+            return
+        answer._begun = True
+        answer.raw_headers = []
+        if not answer._begun_at:
+            answer._begun_at = time.monotonic()
+            answer._wake()  # its head has head_timeout from now
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # After the head only trailers come: they are dropped, never merged into the
+        # headers (RFC 9110 6.5.1), which a whole answer would otherwise pass on as such.
+        answer = self.answer
+        if answer is not None and not answer._head:
+            name = name.lower()
+            answer.raw_headers.append((name, value))
+            self.head_size += len(name) + len(value) + 4
+            if name == ECHO and value != answer.echo:
+                self._refuse(Crossed(f"the answer is for request {value!r}, not {answer.echo!r}"))
+            elif len(answer.raw_headers) > self.limits.headers:
+                self._refuse(OverLimit(f"the answer has over {self.limits.headers} headers"))
+            elif self.head_size > self.limits.head_bytes:
+                self._refuse(OverLimit(f"the answer's head is over {self.limits.head_bytes} bytes"))
+
+    def _refuse(self, error: WireError) -> None:
+        assert self.answer is not None  # noqa: S101 - only called for an answer's head
+        self.answer.raw_headers = []
+        self.refused = error
+        raise _Refused
+
+    def on_headers_complete(self) -> None:
+        assert self.parser is not None  # noqa: S101 - called by it
+        status = self.parser.get_status_code()
+        self.informational = status < 200
+        if self.informational:
+            return
+        self.keep_alive = bool(self.parser.should_keep_alive())
+        if self.answer is not None:
+            names = {name for name, _ in self.answer.raw_headers}
+            self.delimited = b"content-length" in names or b"transfer-encoding" in names
+            self.answer._headers_done(status)
+
+    def on_body(self, body: bytes) -> None:
+        if self.answer is not None:
+            self.answer._body(body)
+
+    def on_message_complete(self) -> None:
+        if self.informational:
+            return
+        answer, self.answer = self.answer, None
+        if answer is None:  # the end of a stray message: nobody's
+            self.stray = True
+            return
+        self.finished = True
+        answer._complete()
+
+    # -- flow control and the end
+
+    def pause(self) -> None:
+        if not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self.paused and self.transport is not None:
+            self.paused = False
+            self.transport.resume_reading()
+
+    def drop(self) -> None:
+        self.alive = False
+        self.answer = None
+        if self.transport is not None:
+            self.transport.close()
