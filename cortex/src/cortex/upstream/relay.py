@@ -24,13 +24,13 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
-from starlette.types import Receive, Scope, Send
+from starlette.responses import Response
+from starlette.types import Scope
 
 from cortex.auth import caller_of
 from cortex.errors import (
@@ -46,22 +46,17 @@ from cortex.errors import (
 )
 from cortex.fleet.routing import rank
 from cortex.routes.body import BodyReader, asgi_reader, parse_object, read_bounded
+from cortex.upstream.events import Events
 from cortex.upstream.headers import Headers, forwarded, returned
-from cortex.upstream.sse import (
-    USAGE,
-    EventSplitter,
-    EventTooLarge,
-    Usage,
-    answer_usage,
-    event_payload,
-    is_usage_only,
-    split_events,
-)
+from cortex.upstream.responses import Relayed, Whole
+from cortex.upstream.sse import Usage, answer_usage
 from cortex.upstream.wire import Answer, ConnectFailed, ConnectTimeout, OverLimit, WireError
 
 if TYPE_CHECKING:
     from cortex.app import Gateway
     from cortex.fleet.state import Node
+
+__all__ = ["PATHS", "Call", "Events", "Relayed", "Whole", "handle", "relay"]
 
 log = logging.getLogger("cortex.relay")
 
@@ -156,54 +151,6 @@ async def handle(gw: Gateway, scope: Scope, read: BodyReader) -> Response:
         raw_headers=out_headers,
         on_close=lambda: finish(499, None),
     )
-
-
-class Relayed(StreamingResponse):
-    """A streamed answer that stops when the client goes and runs ``on_close`` however it ends.
-
-    Starlette's own ``StreamingResponse`` watches for the disconnect in an anyio task group:
-    about 40 µs per stream here, a sixth of a stream's set-up in a burst. This watches with
-    one plain asyncio task and cancels the stream itself, as Starlette does. And where
-    Starlette's cancel comes before the body iterator started, the iterator's own
-    ``finally`` never runs: ``on_close`` here always does.
-    """
-
-    def __init__(
-        self,
-        content: AsyncIterable[bytes],
-        *,
-        on_close: Callable[[], None],
-        raw_headers: list[tuple[bytes, bytes]] | None = None,
-        **kw: Any,
-    ) -> None:
-        super().__init__(content, **kw)
-        if raw_headers:  # as the neuron sent them: not decoded and encoded again
-            self.raw_headers = raw_headers + self.raw_headers
-        self.on_close = on_close
-        """Run once the answer has ended, however it ended (cortex's server calls it too)."""
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        task = asyncio.current_task()
-        assert task is not None  # noqa: S101 - always inside the server's task
-        cancel = task.cancel
-        gone = False
-
-        async def watch() -> None:
-            nonlocal gone
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            gone = True
-            cancel()  # lands in stream_response below: the only place this task waits
-
-        watcher = asyncio.ensure_future(watch())
-        try:
-            await self.stream_response(send)
-        except asyncio.CancelledError:
-            if not gone or task.uncancel():  # cancelled by the server too: let it through
-                raise
-        finally:
-            watcher.cancel()
-            self.on_close()
 
 
 async def _loaded(gw: Gateway, call: Call) -> list[Node]:
@@ -367,155 +314,6 @@ async def _whole(gw: Gateway, call: Call, node: Node, answer: Answer) -> Respons
     call.usage.add(answer_usage(data))
     gw.leave(call, node, answer.status, None)
     return Whole(data, answer.status, answer.raw_headers)
-
-
-class Whole(Response):
-    """A whole answer: the neuron's bytes, and its headers less the hop-by-hop ones.
-
-    Starlette's ``Response.__init__`` renders a body and builds headers from a mapping; both
-    are at hand already here, so it is not called (about 1 µs a request).
-    """
-
-    def __init__(self, body: bytes, status: int, raw_headers: list[tuple[bytes, bytes]]) -> None:
-        self.status_code = status
-        self.body = body
-        self.background = None
-        headers = returned(raw_headers)
-        if not (status < 200 or status in (204, 304)):  # as Starlette's Response
-            headers.append((b"content-length", b"%d" % len(body)))
-        self.raw_headers = headers
-
-
-class Events:
-    """A streamed answer on its way to the client, event by event.
-
-    Pulled (``async for``: over ASGI, and inside a cold stream) or pushed (:meth:`pipe`: on
-    cortex's own server, each piece goes out from the neuron connection's own callback, and
-    no task wakes up per piece). Both do the same to each piece (:meth:`_out`) and end the
-    same way: the answer closed and the call counted, once.
-    """
-
-    def __init__(
-        self,
-        gw: Gateway,
-        call: Call,
-        node: Node,
-        answer: Answer,
-        drop_usage: bool,
-        finish: Callable[[int, str | None], None],
-    ) -> None:
-        self.call = call
-        self.node = node
-        self.answer = answer
-        self.drop_usage = drop_usage
-        self.finish = finish
-        self.idle_timeout = gw.settings.gateway.idle_timeout
-        limits = gw.settings.gateway
-        self.splitter = EventSplitter(
-            limits.upstream_max_event_bytes, limits.upstream_event_timeout
-        )
-        self.status = answer.status
-        self.reason: str | None = None
-        self.last: float | None = None
-        self.ttft = gw.metrics.ttft.labels(call.label)
-        self.gap = gw.metrics.inter_chunk.labels(call.label)
-
-    def _out(self, chunk: bytes) -> bytes:
-        """What of ``chunk`` goes to the client: its whole events, less a dropped usage chunk."""
-        now = time.monotonic()
-        if self.last is None:
-            self.ttft.observe(now - self.call.started)
-        else:
-            self.gap.observe(now - self.last)
-        self.last = now
-        data = self.splitter.whole(chunk)
-        if USAGE not in data:  # nearly every chunk: passed on as it came
-            return data
-        out = []
-        for event in split_events(data):
-            if USAGE in event:
-                payload = event_payload(event)
-                if isinstance(payload, dict):
-                    self.call.usage.add(payload.get("usage"))
-                    self.call.usage.add((payload.get("message") or {}).get("usage"))
-                    if self.drop_usage and is_usage_only(payload):
-                        continue
-            out.append(event)
-        return b"".join(out)
-
-    def _failure(self, exc: BaseException) -> bytes | None:
-        """The in-band error event that ends the stream after ``exc``; None if it is not ours."""
-        if isinstance(exc, TimeoutError):
-            self.status, self.reason = 504, "read_timeout"
-            timeout = UpstreamTimeout(
-                f"neuron {self.node.name} sent nothing for {self.idle_timeout:g}s"
-            )
-            return sse_error(timeout, self.call.path)
-        if isinstance(exc, (WireError, EventTooLarge)):
-            self.status = 502
-            self.reason = exc.reason if isinstance(exc, WireError) else OverLimit.reason
-            log.warning(
-                "neuron %s broke off a stream of %s: %s", self.node.name, self.call.model, exc
-            )
-            error = UpstreamError(f"neuron {self.node.name} broke off the answer: {exc}")
-            return sse_error(error, self.call.path)
-        return None
-
-    async def __aiter__(self) -> AsyncGenerator[bytes, None]:
-        try:
-            async for chunk in self.answer.iter_any():
-                if out := self._out(chunk):
-                    yield out
-            if rest := self.splitter.rest():
-                yield rest
-        except (TimeoutError, WireError, EventTooLarge) as exc:
-            event = self._failure(exc)
-            assert event is not None  # noqa: S101 - both kinds are ours
-            yield event
-        except BaseException:
-            self.status = 499  # the client went away
-            raise
-        finally:
-            self.finish(self.status, self.reason)
-
-    async def pipe(self, send: Callable[[bytes], None]) -> None:
-        """Push the answer to ``send`` as it comes; return once it has ended and been sent.
-
-        ``send`` is called from the connection's callbacks, so it must not block; the caller
-        applies back-pressure through :meth:`writable`.
-        """
-        done: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
-
-        def data(chunk: bytes) -> None:
-            if out := self._out(chunk):
-                send(out)
-
-        def ended(error: BaseException | None) -> None:
-            if not done.done():
-                done.set_result(error)
-
-        try:
-            self.answer.push(data, ended)
-            error = await done
-            if error is not None:
-                event = self._failure(error)
-                if event is None:
-                    raise error
-                send(event)
-            elif rest := self.splitter.rest():
-                send(rest)
-        except BaseException:
-            self.status = 499  # the client went away (or a fault of cortex's own)
-            raise
-        finally:
-            self.finish(self.status, self.reason)
-
-    def writable(self, yes: bool) -> None:
-        """Whether the client takes more: when it does not, reading from the neuron pauses."""
-        if yes:
-            self.answer.resume()
-        else:
-            self.answer.pause()
 
 
 ASK_USAGE = b'"stream_options":{"include_usage":true},'
