@@ -151,13 +151,39 @@ def whole(body: bytes, echo: bytes) -> bytes:
     return HEAD + b"x-cortex-request: %s\r\ncontent-length: %d\r\n\r\n%s" % (echo, len(body), body)
 
 
-async def test_an_answer_echoing_an_earlier_request_is_refused() -> None:
-    # The neuron answers the second request with a late copy of the first answer: by
-    # position it is the second's, by its echo it is not.
+@pytest.mark.parametrize("cut", [None, 10, 120])
+async def test_a_late_answer_to_an_earlier_request_is_skipped(cut: int | None) -> None:
+    # The neuron answers the second request with a late copy of the first answer, then the
+    # right one: by position the copy is the second's, by its echo it is not.
     strays: list[str] = []
-    neuron = answering(whole(b"one", b"1"), whole(b"one", b"1"))
+    second = whole(b"one", b"1") + whole(b"two", b"2")
+    pieces = [second] if cut is None else [second[:cut], second[cut:]]
+
+    async def handler(peer: Peer) -> None:
+        await peer.request()
+        peer.send(whole(b"one", b"1"))
+        await peer.request()
+        for piece in pieces:
+            peer.send(piece)
+            await asyncio.sleep(0.01)
+
+    neuron = MemoryNeuron(handler)
     up = client(neuron, strays)
     assert await (await up.post(BASE, "/v1/x", b"{}", [])).read() == b"one"
+    answer = await up.post(BASE, "/v1/x", b"{}", [])
+    assert (answer.status, await answer.read()) == (200, b"two")
+    assert (b"x-cortex-request", b"2") in answer.raw_headers
+    assert strays == ["late"]
+    await asyncio.sleep(0.01)
+    assert neuron.peers[0].closed_by_cortex.is_set()  # and that connection is not reused
+    up.close()
+    await neuron.aclose()
+
+
+async def test_an_answer_echoing_a_request_never_sent_is_refused() -> None:
+    strays: list[str] = []
+    neuron = answering(whole(b"one", b"7"))
+    up = client(neuron, strays)
     with pytest.raises(Crossed):
         await up.post(BASE, "/v1/x", b"{}", [])
     assert strays == ["crossed"]

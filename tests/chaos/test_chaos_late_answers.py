@@ -1,6 +1,7 @@
 """A neuron that sends every answer a second time, 2-200 ms late (issue 20, item 4): the
 copy lands on a pooled connection, idle or already carrying the next client's request. No
-client may get another's answer: the copy closes that connection and is counted."""
+client may get another's answer: the copy is skipped (it echoes the earlier request's
+x-cortex-request), closes that connection, and is counted."""
 
 from __future__ import annotations
 
@@ -36,16 +37,12 @@ async def test_late_second_answers_never_reach_another_client(tmp_path: Path) ->
             if status == 200 and json.loads(text)["id"] != mine
         ]
         assert len(crossed) == 0, f"{len(crossed)} of {len(results)} got another's answer"
-        statuses = {status for _, status, _ in results}
-        # A copy that arrived after the next request went out fails that request (the neuron
-        # has it, so it is not sent again): 502, never someone else's answer.
-        assert statuses <= {200, 502}, statuses
-        ok = sum(status == 200 for _, status, _ in results)
-        assert ok > len(results) // 2, f"only {ok} of {len(results)} answered"
+        # A copy that arrived after the next request went out echoes the request before:
+        # it is skipped, and that next request still gets its own answer.
+        statuses = [status for _, status, _ in results]
+        assert statuses == [200] * len(results), sorted(set(statuses))
         samples = await gw.metrics()
-        stray = {k: v for k, v in samples.items() if k.startswith("cortex_upstream_stray_total")}
-        assert sum(stray.values()) > 0, stray  # each copy closed its connection, counted
-        failed = len(results) - ok
-        assert samples.get('cortex_upstream_stray_total{reason="crossed"}', 0) == failed, stray
+        late = samples.get('cortex_upstream_stray_total{reason="late"}', 0)
+        assert late > 0, samples  # the race the test is about happened, and was counted
         assert "ERROR" not in gw.log() and "Traceback" not in gw.log()
         assert gw.alive()

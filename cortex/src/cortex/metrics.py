@@ -65,8 +65,9 @@ class CortexMetrics:
             Counter(
                 "cortex_upstream_stray",
                 "Neuron connections closed for bytes nobody asked for, by reason: idle (while"
-                " pooled), after_answer (past the end of an answer), crossed (an answer that"
-                " echoed another request's x-cortex-request). None of it reached a client.",
+                " pooled), after_answer (past the end of an answer), late (an answer echoing"
+                " an earlier request's x-cortex-request, skipped), crossed (echoing one never"
+                " sent). None of it reached a client.",
                 ["reason"],
                 registry=r,
             )

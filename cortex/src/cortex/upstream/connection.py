@@ -1,8 +1,9 @@
 """One kept-alive connection to a neuron: httptools' parser, one answer at a time.
 
 Bytes nobody asked for close it and are told to the pool's ``stray``; the head of each
-answer is held to :class:`~cortex.upstream.answer.Limits`; an answer that echoes another
-request's :data:`ECHO` is refused (:class:`~cortex.upstream.errors.Crossed`).
+answer is held to :class:`~cortex.upstream.answer.Limits`. An answer that echoes an earlier
+request's :data:`ECHO` (a late second answer) is skipped, and the answer asked for is read
+after it; one that echoes a number never sent is refused (:class:`~cortex.upstream.errors.Crossed`).
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ if TYPE_CHECKING:
 
 ECHO = b"x-cortex-request"
 """Sent with each request, numbered per connection; a neuron that echoes it in the answer
-lets cortex refuse an answer meant for an earlier request (:class:`Crossed`)."""
+lets cortex skip an answer meant for an earlier request (a late second answer)."""
 
 Stray = Callable[[str], None]
-"""Told ``idle``, ``after_answer`` or ``crossed`` each time a connection is closed for bytes
-nobody asked for."""
+"""Told ``idle``, ``after_answer``, ``late`` or ``crossed`` each time a connection is closed
+for bytes nobody asked for."""
 
 
 class _Refused(Exception):
@@ -58,6 +59,9 @@ class Connection(asyncio.Protocol):
         self.sent = 0  # requests sent on it: the x-cortex-request echo
         self.head_read = 0  # bytes read while the answer's head was not complete
         self.head_size = 0  # names and values of its headers
+        self.skipping = False  # in a late answer to an earlier request (see on_header)
+        self.skipped = 0  # bytes of its body
+        self.suspect = False  # it carried such an answer: never reuse it
         self.refused: WireError | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -100,7 +104,7 @@ class Connection(asyncio.Protocol):
             if self.stray:
                 self.pool.stray("after_answer")
                 self.drop()
-            elif not (self.keep_alive and self.delimited and self.alive):
+            elif self.suspect or not (self.keep_alive and self.delimited and self.alive):
                 self.drop()
             else:
                 self.resume()
@@ -136,11 +140,18 @@ class Connection(asyncio.Protocol):
         # After the head only trailers come: they are dropped, never merged into the
         # headers (RFC 9110 6.5.1), which a whole answer would otherwise pass on as such.
         answer = self.answer
-        if answer is not None and not answer._head:
+        if answer is not None and not answer._head and not self.skipping:
             name = name.lower()
             answer.raw_headers.append((name, value))
             self.head_size += len(name) + len(value) + 4
             if name == ECHO and value != answer.echo:
+                if value.isdigit() and int(value) < self.sent:
+                    # A late answer to an earlier request on this connection: skipped whole,
+                    # and the one asked for is read after it (then the connection closes).
+                    self.pool.stray("late")
+                    self.skipping = self.suspect = True
+                    answer.raw_headers = []
+                    return
                 self._refuse(Crossed(f"the answer is for request {value!r}, not {answer.echo!r}"))
             elif len(answer.raw_headers) > self.limits.headers:
                 self._refuse(OverLimit(f"the answer has over {self.limits.headers} headers"))
@@ -157,7 +168,7 @@ class Connection(asyncio.Protocol):
         assert self.parser is not None  # noqa: S101 - called by it
         status = self.parser.get_status_code()
         self.informational = status < 200
-        if self.informational:
+        if self.informational or self.skipping:
             return
         self.keep_alive = bool(self.parser.should_keep_alive())
         if self.answer is not None:
@@ -166,11 +177,23 @@ class Connection(asyncio.Protocol):
             self.answer._headers_done(status)
 
     def on_body(self, body: bytes) -> None:
-        if self.answer is not None:
+        if self.skipping:
+            self.skipped += len(body)
+            if self.skipped > self.limits.answer_bytes:
+                self.skipping = False
+                self._refuse(OverLimit(f"a late answer is over {self.limits.answer_bytes} bytes"))
+        elif self.answer is not None:
             self.answer._body(body)
 
     def on_message_complete(self) -> None:
         if self.informational:
+            return
+        if self.skipping:  # the late answer ended: the next message is this request's
+            self.skipping = False
+            self.skipped = self.head_read = self.head_size = 0
+            if self.answer is not None:
+                self.answer._begun = False
+                self.answer._begun_at = 0.0
             return
         answer, self.answer = self.answer, None
         if answer is None:  # the end of a stray message: nobody's

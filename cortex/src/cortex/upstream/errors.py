@@ -51,6 +51,6 @@ class OverLimit(Broken):
 
 
 class Crossed(Broken):
-    """The answer names another request (its ``x-cortex-request`` echo is not this one's)."""
+    """The answer echoes an ``x-cortex-request`` never sent on its connection."""
 
     reason = "upstream_stray"

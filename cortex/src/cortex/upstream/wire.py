@@ -20,9 +20,10 @@ What the relay relies on, all of it here:
   ``reason`` the relay counts it under, and its connection is closed.
 - An answer is the one asked for on its connection, never another: bytes that arrive
   while the connection is idle, or after the answer in the same read, close it (and are
-  told to ``stray``); each request carries ``x-cortex-request``, numbered per connection,
-  and an answer that echoes a different number (a late second answer to the request
-  before) is refused.
+  told to ``stray``); each request carries ``x-cortex-request``, numbered per connection;
+  an answer that echoes an earlier number (a late second answer to a request before) is
+  skipped and the one asked for read after it; one that echoes a number never sent is
+  refused.
 - :meth:`Answer.close` before the answer is complete drops the connection, so the neuron sees
   the client go and tells vLLM to abort. A complete answer's connection goes back to the pool.
 - Flow control: an answer buffers at most ``HIGH_WATER`` bytes the relay has not taken yet;
