@@ -174,6 +174,11 @@ class Answer:
         :class:`OverLimit`, and the connection is closed.
         """
         limits = self._limits
+        if self._done and self._error is None:  # the usual case: all of it came with the head
+            data = self._take() if self._chunks else b""
+            if len(data) > limits.answer_bytes:
+                raise OverLimit(f"the answer is over {limits.answer_bytes} bytes")
+            return data
         for name, value in self.raw_headers:
             if name == b"content-length" and value.isdigit() and int(value) > limits.answer_bytes:
                 self.close()

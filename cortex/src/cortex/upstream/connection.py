@@ -45,6 +45,8 @@ class Connection(asyncio.Protocol):
         self.pool = pool
         self.loop = pool.loop
         self.limits = pool.limits
+        self.max_head = pool.limits.head_bytes
+        self.max_headers = pool.limits.headers
         self.parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
         self.answer: Answer | None = None
@@ -69,7 +71,8 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         answer = self.answer
-        if answer is None or self.parser is None:
+        parser = self.parser
+        if answer is None or parser is None:
             if self.alive:  # nobody asked: the connection cannot be trusted any more
                 self.pool.stray("idle")
                 self.drop()
@@ -78,7 +81,7 @@ class Connection(asyncio.Protocol):
         if heading:
             self.head_read += len(data)
         try:
-            self.parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserError as exc:
             error, self.refused = self.refused, None
             answer = self.answer
@@ -90,11 +93,11 @@ class Connection(asyncio.Protocol):
             if answer is not None:
                 answer._fail(error or Broken(f"the neuron's answer is not HTTP: {exc}"))
             return
-        if heading and self.head_read > self.limits.head_bytes:
+        if heading and self.head_read > self.max_head:
             answer = self.answer
             if answer is not None and not answer._head:  # and none of it ended in this read
                 self.drop()
-                answer._fail(OverLimit(f"the answer's head is over {self.limits.head_bytes} bytes"))
+                answer._fail(OverLimit(f"the answer's head is over {self.max_head} bytes"))
                 return
         if self.finished:
             # Only now, with the whole read parsed: bytes after the answer (a second answer
@@ -140,23 +143,31 @@ class Connection(asyncio.Protocol):
         # After the head only trailers come: they are dropped, never merged into the
         # headers (RFC 9110 6.5.1), which a whole answer would otherwise pass on as such.
         answer = self.answer
-        if answer is not None and not answer._head and not self.skipping:
-            name = name.lower()
-            answer.raw_headers.append((name, value))
-            self.head_size += len(name) + len(value) + 4
-            if name == ECHO and value != answer.echo:
-                if value.isdigit() and int(value) < self.sent:
-                    # A late answer to an earlier request on this connection: skipped whole,
-                    # and the one asked for is read after it (then the connection closes).
-                    self.pool.stray("late")
-                    self.skipping = self.suspect = True
-                    answer.raw_headers = []
-                    return
-                self._refuse(Crossed(f"the answer is for request {value!r}, not {answer.echo!r}"))
-            elif len(answer.raw_headers) > self.limits.headers:
-                self._refuse(OverLimit(f"the answer has over {self.limits.headers} headers"))
-            elif self.head_size > self.limits.head_bytes:
-                self._refuse(OverLimit(f"the answer's head is over {self.limits.head_bytes} bytes"))
+        if answer is None or answer._head or self.skipping:
+            return
+        name = name.lower()
+        headers = answer.raw_headers
+        headers.append((name, value))
+        size = self.head_size = self.head_size + len(name) + len(value) + 4
+        if size > self.max_head or len(headers) > self.max_headers or name == ECHO:
+            self._check(answer, name, value)
+
+    def _check(self, answer: Answer, name: bytes, value: bytes) -> None:
+        """The rare header: the echo, or one past a limit."""
+        if len(answer.raw_headers) > self.max_headers:
+            self._refuse(OverLimit(f"the answer has over {self.max_headers} headers"))
+        if self.head_size > self.max_head:
+            self._refuse(OverLimit(f"the answer's head is over {self.max_head} bytes"))
+        if name != ECHO or value == answer.echo:
+            return
+        if value.isdigit() and int(value) < self.sent:
+            # A late answer to an earlier request on this connection: skipped whole, and
+            # the one asked for is read after it (then the connection closes).
+            self.pool.stray("late")
+            self.skipping = self.suspect = True
+            answer.raw_headers = []
+            return
+        self._refuse(Crossed(f"the answer is for request {value!r}, not {answer.echo!r}"))
 
     def _refuse(self, error: WireError) -> None:
         assert self.answer is not None  # noqa: S101 - only called for an answer's head

@@ -145,7 +145,7 @@ class Upstream:
                 conn = await pool.connect(self.connect_timeout)
             transport = conn.transport
             assert transport is not None  # noqa: S101 - set in connection_made
-            if transport.is_closing() or conn.parser is None:
+            if conn.parser is None or transport.is_closing():
                 conn.drop()  # closed while pooled, not yet seen: nothing was written
                 conn = pool.take()
                 continue
