@@ -92,7 +92,8 @@ class Poll(BaseModel):
     timeout: Annotated[float, Field(gt=0)] = 5.0
     down_after: Annotated[int, Field(ge=1)] = 3
     max_answer_bytes: Annotated[int, Field(ge=1024)] = 8 * 1024 * 1024
-    """A ``/models``, ``/health`` or ``/discovery`` answer; over it the poll fails."""
+    """A ``/models``, ``/health`` or ``/discovery`` answer (over it the poll fails), or a
+    neuron's answer to a load or unload."""
     """Consecutive failed polls before a neuron is marked down (one success brings it back)."""
 
 
