@@ -10,10 +10,9 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import httpx
-import pytest
 from prometheus_client import generate_latest
 
-from cortex.app import build, create_app
+from cortex.app import Gateway, build, create_app
 from cortex.settings import Catalogue, CortexSettings
 from cortex.upstream.memory import MemoryNeuron, Peer
 
@@ -49,43 +48,40 @@ async def huge_answer(peer: Peer) -> None:
     peer.send(b"content-length: 9999999\r\n\r\n{")
 
 
-@pytest.fixture
-def serve() -> Callable[[Handler], AsyncIterator[tuple[httpx.AsyncClient, Any]]]:
-    @contextlib.asynccontextmanager
-    async def serving(handler: Handler) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
-        neuron = MemoryNeuron(handler)
-        settings = CortexSettings(
-            neurons=[{"name": "n1", "endpoint": "http://10.0.0.1:13131"}],
-            gateway={
-                "idle_timeout": 5,
-                "upstream_max_event_bytes": 64 * 1024,
-                "upstream_max_answer_bytes": 1024 * 1024,
-            },
-        )
-        gw = build(settings, Catalogue(models=[]), connector=neuron)
-        node = gw.fleet.node("n1")
-        node.up, node.models = True, {"m1": {"id": "m1", "status": "ready", "in_flight": 0}}
-        gw.fleet.changed()
-        transport = httpx.ASGITransport(app=create_app(gw))
-        try:
-            async with httpx.AsyncClient(transport=transport, base_url="http://c") as client:
-                yield client, gw
-        finally:
-            gw.upstream.close()
-            await gw.session.close()
-            await neuron.aclose()
-
-    return serving  # type: ignore[return-value]
+@contextlib.asynccontextmanager
+async def serve(handler: Handler) -> AsyncIterator[tuple[httpx.AsyncClient, Gateway]]:
+    """cortex (over ASGI) in front of one in-memory neuron serving m1 with ``handler``."""
+    neuron = MemoryNeuron(handler)
+    settings = CortexSettings(
+        neurons=[{"name": "n1", "endpoint": "http://10.0.0.1:13131"}],
+        gateway={
+            "idle_timeout": 5,
+            "upstream_max_event_bytes": 64 * 1024,
+            "upstream_max_answer_bytes": 1024 * 1024,
+        },
+    )
+    gw = build(settings, Catalogue(models=[]), connector=neuron)
+    node = gw.fleet.node("n1")
+    node.up, node.models = True, {"m1": {"id": "m1", "status": "ready", "in_flight": 0}}
+    gw.fleet.changed()
+    transport = httpx.ASGITransport(app=create_app(gw))
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://c") as client:
+            yield client, gw
+    finally:
+        gw.upstream.close()
+        await gw.session.close()
+        await neuron.aclose()
 
 
-def counted(gw: Any, status: str, reason: str) -> str:
+def counted(gw: Gateway, status: str, reason: str) -> str:
     metrics = generate_latest(gw.metrics.registry).decode()
     assert f'status="{status}"' in metrics, metrics
     assert f'reason="{reason}"' in metrics, metrics
     return metrics
 
 
-async def test_an_event_over_the_limit_ends_the_stream_with_one_error_event(serve: Any) -> None:
+async def test_an_event_over_the_limit_ends_the_stream_with_one_error_event() -> None:
     async with serve(endless_event) as (client, gw):
         response = await client.post("/v1/chat/completions", json={"model": "m1", "stream": True})
         assert response.status_code == 200
@@ -97,7 +93,7 @@ async def test_an_event_over_the_limit_ends_the_stream_with_one_error_event(serv
         counted(gw, "502", "upstream_over_limit")
 
 
-async def test_an_endless_head_is_a_502(serve: Any) -> None:
+async def test_an_endless_head_is_a_502() -> None:
     async with serve(endless_headers) as (client, gw):
         response = await client.post("/v1/chat/completions", json={"model": "m1"})
         assert response.status_code == 502
@@ -105,7 +101,7 @@ async def test_an_endless_head_is_a_502(serve: Any) -> None:
         counted(gw, "502", "upstream_over_limit")
 
 
-async def test_a_whole_answer_over_the_limit_is_a_502(serve: Any) -> None:
+async def test_a_whole_answer_over_the_limit_is_a_502() -> None:
     async with serve(huge_answer) as (client, gw):
         response = await client.post("/v1/chat/completions", json={"model": "m1"})
         assert response.status_code == 502
