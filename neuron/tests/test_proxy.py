@@ -162,3 +162,15 @@ async def test_a_silent_engine_is_a_504() -> None:
         )
         assert response.status_code == 504
         assert response.json()["error"]["code"] == "engine_timeout"
+
+
+async def test_the_answer_echoes_cortexs_request_number(neuron: Running) -> None:
+    await neuron.load("m1")
+    for stream in (False, True):
+        response = await neuron.client.post(
+            "/v1/chat/completions",
+            json={"model": "m1", "stream": stream, "max_tokens": 2},
+            headers={"x-cortex-request": "17"},
+        )
+        assert response.status_code == 200
+        assert response.headers["x-cortex-request"] == "17"

@@ -16,12 +16,22 @@ a test can tell whether every client got its own answer. The script says how it 
     ``silence``            read the request, answer nothing, keep the connection open
     ``silence_after_head`` send a stream's head and one event, then nothing
     ``close_after_body``   read the whole request, then close without a byte of answer
+    ``close_when_reused``  answer a connection's first request; read its second, then close
+    ``late_double``        the right answer, then a copy of it 2-200 ms later (``late``:
+                           ``[min_s, max_s]``), while cortex may have sent the next request
+    ``endless_head``       a status line, then header lines until cortex hangs up
+    ``endless_event``      a stream's head and one event, then one event that never ends
+    ``huge``               a whole answer of ``size`` bytes (its ``Content-Length`` says so)
 ``chunks``/``chunk_delay`` a stream's length and pace; ``chunks: 0`` streams until the
     client goes. ``crlf``: frame events with ``\\r\\n\\r\\n``. ``usage``: the token counts sent.
 ``models``, ``in_flight`` (reported per model; may be a bad value on purpose),
 ``devices`` (``/health``'s list; may hold non-objects on purpose), ``models_body`` (when set,
 ``/models`` answers these bytes as they are, JSON or not).
 ``flap``: ``[up_s, down_s]``: the listener alternates, and going down drops every connection.
+
+Every inference answer echoes the request's ``x-cortex-request`` header, as the neuron does.
+``models_size``: when set, ``/models`` answers that many bytes (a JSON list padded with
+spaces), written in 1 MiB pieces.
 
 ``GET /-/stats`` answers what it saw (nonces per path, headers per nonce, streams open,
 started, finished and cut by the peer, connections open, and those that carried inference); ``POST /-/script`` merges a JSON
@@ -34,10 +44,12 @@ import argparse
 import asyncio
 import contextlib
 import json
+import random
 import signal
 import time
 from typing import Any
 
+ECHO = "x-cortex-request"
 DEFAULT_SCRIPT: dict[str, Any] = {
     "mode": "good",
     "models": ["m1"],
@@ -49,6 +61,9 @@ DEFAULT_SCRIPT: dict[str, Any] = {
     "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6},
     "flap": None,
     "models_body": None,
+    "models_size": None,
+    "late": [0.002, 0.2],
+    "size": 0,
 }
 
 
@@ -68,9 +83,12 @@ class Neuron:
         self.streams_cut = 0
         """Streams that ended because the peer closed the connection."""
         self.writers: set[asyncio.StreamWriter] = set()
+        self.served: dict[asyncio.StreamWriter, int] = {}
+        """Inference requests read on each open connection."""
         self.relaying: set[asyncio.StreamWriter] = set()
         """Open connections that have carried an inference request."""
         self.server: asyncio.Server | None = None
+        self.echo = b""
 
     async def listen(self) -> None:
         self.server = await asyncio.start_server(
@@ -120,6 +138,7 @@ class Neuron:
             pass
         finally:
             self.writers.discard(writer)
+            self.served.pop(writer, None)
             self.relaying.discard(writer)
             writer.transport.abort()
 
@@ -157,6 +176,17 @@ class Neuron:
                 "in_flight": self.streams_open,
                 "devices": s["devices"],
             }
+        elif target == "/models" and s["models_size"]:
+            size = int(s["models_size"])
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n[]" % size
+            )
+            piece = b" " * (1 << 20)
+            for at in range(2, size, len(piece)):
+                writer.write(piece[: size - at])
+                await writer.drain()
+            return True
         elif target == "/models" and s["models_body"] is not None:
             body = str(s["models_body"]).encode()
             writer.write(
@@ -196,8 +226,30 @@ class Neuron:
         nonce = str(payload["messages"][0]["content"])
         self.seen.setdefault(path, []).append(nonce)
         self.headers[nonce] = [[n.strip().lower(), v.strip()] for n, v in headers]
+        echo = next((v.strip() for n, v in headers if n.strip().lower() == ECHO), "")
+        self.echo = b"X-Cortex-Request: %s\r\n" % echo.encode() if echo else b""
         mode = self.script["mode"]
         stream = bool(payload.get("stream"))
+        served = self.served[writer] = self.served.get(writer, 0) + 1
+        if mode == "close_when_reused" and served > 1:
+            return False
+        if mode == "endless_head":
+            writer.write(b"HTTP/1.1 200 OK\r\n")
+            line = b"x-junk: " + b"j" * 1000 + b"\r\n"
+            while True:  # until cortex hangs up (ConnectionError ends the connection)
+                writer.write(line * 64)
+                await writer.drain()
+        if mode == "huge":
+            size = int(self.script["size"])
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n%s"
+                b"Content-Length: %d\r\n\r\n" % (self.echo, size)
+            )
+            piece = b"h" * (1 << 20)
+            for at in range(0, size, len(piece)):
+                writer.write(piece[: size - at])
+                await writer.drain()
+            return True
         if mode == "garbage":
             writer.write(b"\x00\xffNOT HTTP AT ALL\r\n\r\n\x13\x37")
             await writer.drain()
@@ -217,10 +269,19 @@ class Neuron:
         answer = completion(nonce, self.script["usage"])
         if mode == "double":
             extra = completion("unasked-" + nonce, self.script["usage"])
-            writer.write(encode_whole(answer) + encode_whole(extra))
+            writer.write(encode_whole(answer, echo=self.echo) + encode_whole(extra))
             await writer.drain()
             return True
-        return await whole(writer, answer)
+        if mode == "late_double":
+            sent = encode_whole(answer, echo=self.echo)
+            writer.write(sent)
+            await writer.drain()
+            low, high = self.script["late"]
+            await asyncio.sleep(random.uniform(low, high))
+            writer.write(sent)
+            await writer.drain()
+            return True
+        return await whole(writer, answer, echo=self.echo)
 
     async def stream(
         self,
@@ -232,14 +293,24 @@ class Neuron:
         s = self.script
         gap = b"\r\n\r\n" if s["crlf"] else b"\n\n"
         writer.write(
-            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-            b"Transfer-Encoding: chunked\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n%s"
+            b"Transfer-Encoding: chunked\r\n\r\n" % self.echo
         )
         self.streams_open += 1
         self.streams_started += 1
         gone = asyncio.ensure_future(reader.read(1))  # b"" when the peer closes
         try:
             i = 0
+            if s["mode"] == "endless_event":
+                event = {"id": nonce, "i": 0, "choices": [{"delta": {"content": nonce}}]}
+                writer.write(chunk(b"data: " + json.dumps(event).encode() + gap))
+                writer.write(chunk(b"data: "))
+                piece = chunk(b"e" * 65536)
+                while not gone.done():
+                    writer.write(piece)
+                    await writer.drain()
+                self.streams_cut += 1
+                return False
             while s["chunks"] == 0 or i < s["chunks"]:
                 if s["mode"] == "truncate_stream" and i == 2:
                     return False
@@ -284,17 +355,20 @@ def chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
-def encode_whole(answer: Any, status: int = 200) -> bytes:
+def encode_whole(answer: Any, status: int = 200, echo: bytes = b"") -> bytes:
     body = json.dumps(answer).encode()
-    return b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
+    return b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\n%sContent-Length: %d\r\n\r\n%s" % (
         status,
+        echo,
         len(body),
         body,
     )
 
 
-async def whole(writer: asyncio.StreamWriter, answer: Any, status: int = 200) -> bool:
-    writer.write(encode_whole(answer, status))
+async def whole(
+    writer: asyncio.StreamWriter, answer: Any, status: int = 200, echo: bytes = b""
+) -> bool:
+    writer.write(encode_whole(answer, status, echo))
     await writer.drain()
     return True
 

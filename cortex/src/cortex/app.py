@@ -30,7 +30,7 @@ from cortex.settings import Catalogue, CortexSettings
 from cortex.supervisor import supervise
 from cortex.upstream.client import make_session
 from cortex.upstream.relay import PATHS, Call, handle, relay
-from cortex.upstream.wire import Connector, Upstream, tcp
+from cortex.upstream.wire import Connector, Limits, Upstream, tcp
 
 log = logging.getLogger("cortex.app")
 
@@ -108,6 +108,8 @@ def build(settings: CortexSettings, catalogue: Catalogue, *, connector: Connecto
             keepalive=settings.gateway.upstream_idle_timeout,
             resolve_every=settings.gateway.resolve_every,
             connector=connector,
+            limits=Limits.of(settings.gateway),
+            stray=lambda reason: metrics.stray.labels(reason).inc(),
         ),
         poller=Poller(fleet, session, settings.poll, metrics),
         loader=Loader(fleet, session, settings, metrics),

@@ -61,6 +61,17 @@ class CortexMetrics:
                 registry=r,
             )
         )
+        self.stray = Remembered(
+            Counter(
+                "cortex_upstream_stray",
+                "Neuron connections closed for bytes nobody asked for, by reason: idle (while"
+                " pooled), after_answer (past the end of an answer), late (an answer echoing"
+                " an earlier request's x-cortex-request, skipped), crossed (echoing one never"
+                " sent). None of it reached a client.",
+                ["reason"],
+                registry=r,
+            )
+        )
         self.duration = Remembered(
             Histogram(
                 "cortex_request_duration_seconds",

@@ -71,6 +71,20 @@ class Gateway(BaseModel):
     """Seconds a request body may take to arrive once its head has (then 408 and a close)."""
     max_body_memory: Annotated[int, Field(gt=0)] = 1024 * 1024 * 1024
     """Bytes of request bodies all requests in progress may hold; past it: 503, Retry-After."""
+    # What one neuron answer may cost; past any: 502 (an in-band error once streaming) and
+    # that upstream connection closes.
+    upstream_max_head_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024
+    upstream_max_headers: Annotated[int, Field(ge=8)] = 100
+    upstream_head_timeout: Annotated[float, Field(gt=0)] = 10.0
+    """Seconds from an answer head's first byte to its end."""
+    upstream_max_answer_bytes: Annotated[int, Field(gt=0)] = 64 * 1024 * 1024
+    """A whole (not streamed) answer's body."""
+    upstream_answer_timeout: Annotated[float, Field(gt=0)] = 60.0
+    """Seconds from a whole answer's head to the end of its body."""
+    upstream_max_event_bytes: Annotated[int, Field(ge=1024)] = 8 * 1024 * 1024
+    """One server-sent event of a stream."""
+    upstream_event_timeout: Annotated[float, Field(gt=0)] = 60.0
+    """Seconds from an event's first byte to its end."""
 
     _check_listen = field_validator("listen", "metrics_listen")(_listen)
 
@@ -81,6 +95,9 @@ class Poll(BaseModel):
     interval: Annotated[float, Field(gt=0)] = 2.0
     timeout: Annotated[float, Field(gt=0)] = 5.0
     down_after: Annotated[int, Field(ge=1)] = 3
+    max_answer_bytes: Annotated[int, Field(ge=1024)] = 8 * 1024 * 1024
+    """A ``/models``, ``/health`` or ``/discovery`` answer (over it the poll fails), or a
+    neuron's answer to a load or unload."""
     """Consecutive failed polls before a neuron is marked down (one success brings it back)."""
 
 

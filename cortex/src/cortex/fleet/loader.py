@@ -49,6 +49,7 @@ from cortex.fleet.placement import (
 from cortex.fleet.state import Fleet, Node
 from cortex.metrics import CortexMetrics
 from cortex.settings import CatalogueModel, CortexSettings
+from cortex.upstream.client import read_at_most
 
 log = logging.getLogger("cortex.loader")
 
@@ -71,6 +72,7 @@ class Loader:
         self._session = session
         self._cfg = settings.loading
         self._retry_after = settings.gateway.retry_after
+        self._max_answer = settings.poll.max_answer_bytes
         self._metrics = metrics
         self._loads: dict[tuple[str, str | None], asyncio.Task[Node]] = {}
         self._pending: dict[str, set[str]] = {}
@@ -259,7 +261,7 @@ class Loader:
                 headers={**JSON, **node.headers()},
                 timeout=timeout,
             ) as response:
-                body = await response.read()
+                body = await read_at_most(response, self._max_answer)
         except TimeoutError:
             raise LoadFailed(
                 f"neuron {node.name} did not finish loading {entry.id} "
@@ -296,7 +298,7 @@ class Loader:
                 headers={**JSON, **node.headers()},
                 timeout=aiohttp.ClientTimeout(total=self._cfg.load_timeout),
             ) as response:
-                body = await response.read()
+                body = await read_at_most(response, self._max_answer)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise UpstreamError(f"neuron {node.name} could not unload {model}: {exc}") from None
         finally:

@@ -25,6 +25,7 @@ from cortex.fleet import contract
 from cortex.fleet.state import Fleet, Load, Node
 from cortex.metrics import CortexMetrics
 from cortex.settings import Poll
+from cortex.upstream.client import TooLarge, read_at_most
 
 log = logging.getLogger("cortex.poller")
 T = TypeVar("T")
@@ -116,9 +117,15 @@ class Poller:
             self.fleet.changed()
 
     async def _get(self, node: Node, path: str, parse: Callable[[bytes], T]) -> T:
+        """``path``'s answer, parsed; at most ``max_answer_bytes`` of it is read (over it,
+        :class:`contract.BreachError`, and the connection is closed, not reused)."""
         async with self._session.get(node.base + path, headers=node.headers()) as response:
             response.raise_for_status()
-            return parse(await response.read())
+            try:
+                body = await read_at_most(response, self._settings.max_answer_bytes)
+            except TooLarge as exc:
+                raise contract.BreachError(f"{path}: {exc}") from None
+            return parse(body)
 
     def _failed(self, node: Node, exc: BaseException) -> None:
         node.failures += 1

@@ -12,6 +12,25 @@ import aiohttp
 from cortex.settings import Gateway
 
 
+class TooLarge(aiohttp.ClientPayloadError):
+    """A neuron's answer went over the bytes allowed; it was read no further."""
+
+
+async def read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """``response``'s body, or :class:`TooLarge` once it passes ``limit`` bytes (declared or
+    read); the connection is then closed, never reused, and nothing read is kept."""
+    if (response.content_length or 0) > limit:
+        response.close()
+        raise TooLarge(f"answer of {response.content_length} bytes, over {limit}")
+    body = bytearray()
+    async for piece in response.content.iter_any():
+        body += piece
+        if len(body) > limit:
+            response.close()
+            raise TooLarge(f"answer over {limit} bytes")
+    return bytes(body)
+
+
 def make_session(gateway: Gateway) -> aiohttp.ClientSession:
     connector = aiohttp.TCPConnector(
         limit=0,  # no global cap: the neurons and their engines are the back-pressure

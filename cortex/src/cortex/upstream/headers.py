@@ -31,11 +31,13 @@ NOT_FORWARDED = HOP_BY_HOP | {
     b"expect",  # cortex has read the whole body already and sends it in one go
     b"authorization",  # the client's key is for cortex; the neuron gets its own token
     b"x-api-key",
+    b"x-cortex-request",  # the wire client's own (cortex.upstream.wire.ECHO)
 }
 NOT_RETURNED = HOP_BY_HOP | {
     b"server",
     b"date",
     b"content-length",  # cortex sets its own
+    b"x-cortex-request",  # the neuron's echo, for the wire client only
 }
 
 

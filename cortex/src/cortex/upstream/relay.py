@@ -24,13 +24,13 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
-from starlette.types import Receive, Scope, Send
+from starlette.responses import Response
+from starlette.types import Scope
 
 from cortex.auth import caller_of
 from cortex.errors import (
@@ -46,21 +46,17 @@ from cortex.errors import (
 )
 from cortex.fleet.routing import rank
 from cortex.routes.body import BodyReader, asgi_reader, parse_object, read_bounded
+from cortex.upstream.events import Events
 from cortex.upstream.headers import Headers, forwarded, returned
-from cortex.upstream.sse import (
-    USAGE,
-    EventSplitter,
-    Usage,
-    answer_usage,
-    event_payload,
-    is_usage_only,
-    split_events,
-)
-from cortex.upstream.wire import Answer, ConnectFailed, ConnectTimeout, WireError
+from cortex.upstream.responses import Relayed, Whole
+from cortex.upstream.sse import Usage, answer_usage
+from cortex.upstream.wire import Answer, ConnectFailed, ConnectTimeout, OverLimit, WireError
 
 if TYPE_CHECKING:
     from cortex.app import Gateway
     from cortex.fleet.state import Node
+
+__all__ = ["PATHS", "Call", "Events", "Relayed", "Whole", "handle", "relay"]
 
 log = logging.getLogger("cortex.relay")
 
@@ -161,54 +157,6 @@ async def handle(gw: Gateway, scope: Scope, read: BodyReader) -> Response:
     )
 
 
-class Relayed(StreamingResponse):
-    """A streamed answer that stops when the client goes and runs ``on_close`` however it ends.
-
-    Starlette's own ``StreamingResponse`` watches for the disconnect in an anyio task group:
-    about 40 µs per stream here, a sixth of a stream's set-up in a burst. This watches with
-    one plain asyncio task and cancels the stream itself, as Starlette does. And where
-    Starlette's cancel comes before the body iterator started, the iterator's own
-    ``finally`` never runs: ``on_close`` here always does.
-    """
-
-    def __init__(
-        self,
-        content: AsyncIterable[bytes],
-        *,
-        on_close: Callable[[], None],
-        raw_headers: list[tuple[bytes, bytes]] | None = None,
-        **kw: Any,
-    ) -> None:
-        super().__init__(content, **kw)
-        if raw_headers:  # as the neuron sent them: not decoded and encoded again
-            self.raw_headers = raw_headers + self.raw_headers
-        self.on_close = on_close
-        """Run once the answer has ended, however it ended (cortex's server calls it too)."""
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        task = asyncio.current_task()
-        assert task is not None  # noqa: S101 - always inside the server's task
-        cancel = task.cancel
-        gone = False
-
-        async def watch() -> None:
-            nonlocal gone
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            gone = True
-            cancel()  # lands in stream_response below: the only place this task waits
-
-        watcher = asyncio.ensure_future(watch())
-        try:
-            await self.stream_response(send)
-        except asyncio.CancelledError:
-            if not gone or task.uncancel():  # cancelled by the server too: let it through
-                raise
-        finally:
-            watcher.cancel()
-            self.on_close()
-
-
 async def _loaded(gw: Gateway, call: Call) -> list[Node]:
     """Wait for ``call.model`` to load; the neurons to send the call to, best first."""
     await gw.loader.wait(call.model)
@@ -254,8 +202,11 @@ def _cold_stream(
         if not answer.is_event_stream:
             try:
                 data = await answer.read()
-            except (WireError, TimeoutError):
-                data = b""
+            except WireError as exc:
+                finish(502, exc.reason)
+                error = UpstreamError(f"neuron {node.name} broke off the answer: {exc}")
+                yield sse_error(error, call.path)
+                return
             finish(answer.status, None)
             if answer.status >= 400:
                 error = UpstreamError(
@@ -330,7 +281,9 @@ async def _open(
             error = UpstreamError(f"neuron {node.name} could not be reached: {exc}")
             continue
         except WireError as exc:  # connected, but the answer was not HTTP we can use
-            gw.leave(call, node, 502, "upstream_broke")
+            # Not sent again: the neuron may have the request (Dropped says so).
+            gw.leave(call, node, 502, exc.reason)
+            log.warning("neuron %s, %s: %s (%s)", node.name, call.model, exc, exc.reason)
             raise UpstreamError(f"neuron {node.name} sent a broken answer: {exc}") from None
         except BaseException:
             gw.leave(call, node, 499, None)
@@ -352,7 +305,9 @@ async def _whole(gw: Gateway, call: Call, node: Node, answer: Answer) -> Respons
         gw.leave(call, node, 504, "read_timeout")
         raise UpstreamTimeout(f"neuron {node.name} went silent while answering") from None
     except WireError as exc:
-        gw.leave(call, node, 502, "upstream_broke")
+        gw.leave(call, node, 502, exc.reason)
+        if isinstance(exc, OverLimit):
+            log.warning("neuron %s, %s: %s", node.name, call.model, exc)
         raise UpstreamError(f"neuron {node.name} broke off the answer: {exc}") from None
     except BaseException:
         answer.close()
@@ -363,151 +318,6 @@ async def _whole(gw: Gateway, call: Call, node: Node, answer: Answer) -> Respons
     call.usage.add(answer_usage(data))
     gw.leave(call, node, answer.status, None)
     return Whole(data, answer.status, answer.raw_headers)
-
-
-class Whole(Response):
-    """A whole answer: the neuron's bytes, and its headers less the hop-by-hop ones.
-
-    Starlette's ``Response.__init__`` renders a body and builds headers from a mapping; both
-    are at hand already here, so it is not called (about 1 µs a request).
-    """
-
-    def __init__(self, body: bytes, status: int, raw_headers: list[tuple[bytes, bytes]]) -> None:
-        self.status_code = status
-        self.body = body
-        self.background = None
-        headers = returned(raw_headers)
-        if not (status < 200 or status in (204, 304)):  # as Starlette's Response
-            headers.append((b"content-length", b"%d" % len(body)))
-        self.raw_headers = headers
-
-
-class Events:
-    """A streamed answer on its way to the client, event by event.
-
-    Pulled (``async for``: over ASGI, and inside a cold stream) or pushed (:meth:`pipe`: on
-    cortex's own server, each piece goes out from the neuron connection's own callback, and
-    no task wakes up per piece). Both do the same to each piece (:meth:`_out`) and end the
-    same way: the answer closed and the call counted, once.
-    """
-
-    def __init__(
-        self,
-        gw: Gateway,
-        call: Call,
-        node: Node,
-        answer: Answer,
-        drop_usage: bool,
-        finish: Callable[[int, str | None], None],
-    ) -> None:
-        self.call = call
-        self.node = node
-        self.answer = answer
-        self.drop_usage = drop_usage
-        self.finish = finish
-        self.idle_timeout = gw.settings.gateway.idle_timeout
-        self.splitter = EventSplitter()
-        self.status = answer.status
-        self.reason: str | None = None
-        self.last: float | None = None
-        self.ttft = gw.metrics.ttft.labels(call.label)
-        self.gap = gw.metrics.inter_chunk.labels(call.label)
-
-    def _out(self, chunk: bytes) -> bytes:
-        """What of ``chunk`` goes to the client: its whole events, less a dropped usage chunk."""
-        now = time.monotonic()
-        if self.last is None:
-            self.ttft.observe(now - self.call.started)
-        else:
-            self.gap.observe(now - self.last)
-        self.last = now
-        data = self.splitter.whole(chunk)
-        if USAGE not in data:  # nearly every chunk: passed on as it came
-            return data
-        out = []
-        for event in split_events(data):
-            if USAGE in event:
-                payload = event_payload(event)
-                if isinstance(payload, dict):
-                    self.call.usage.add(payload.get("usage"))
-                    self.call.usage.add((payload.get("message") or {}).get("usage"))
-                    if self.drop_usage and is_usage_only(payload):
-                        continue
-            out.append(event)
-        return b"".join(out)
-
-    def _failure(self, exc: BaseException) -> bytes | None:
-        """The in-band error event that ends the stream after ``exc``; None if it is not ours."""
-        if isinstance(exc, TimeoutError):
-            self.status, self.reason = 504, "read_timeout"
-            timeout = UpstreamTimeout(
-                f"neuron {self.node.name} sent nothing for {self.idle_timeout:g}s"
-            )
-            return sse_error(timeout, self.call.path)
-        if isinstance(exc, WireError):
-            self.status, self.reason = 502, "upstream_broke"
-            log.warning(
-                "neuron %s broke off a stream of %s: %s", self.node.name, self.call.model, exc
-            )
-            error = UpstreamError(f"neuron {self.node.name} broke off the answer")
-            return sse_error(error, self.call.path)
-        return None
-
-    async def __aiter__(self) -> AsyncGenerator[bytes, None]:
-        try:
-            async for chunk in self.answer.iter_any():
-                if out := self._out(chunk):
-                    yield out
-            if rest := self.splitter.rest():
-                yield rest
-        except (TimeoutError, WireError) as exc:
-            event = self._failure(exc)
-            assert event is not None  # noqa: S101 - both kinds are ours
-            yield event
-        except BaseException:
-            self.status = 499  # the client went away
-            raise
-        finally:
-            self.finish(self.status, self.reason)
-
-    async def pipe(self, send: Callable[[bytes], None]) -> None:
-        """Push the answer to ``send`` as it comes; return once it has ended and been sent.
-
-        ``send`` is called from the connection's callbacks, so it must not block; the caller
-        applies back-pressure through :meth:`writable`.
-        """
-        done: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
-
-        def data(chunk: bytes) -> None:
-            if out := self._out(chunk):
-                send(out)
-
-        def ended(error: BaseException | None) -> None:
-            if not done.done():
-                done.set_result(error)
-
-        try:
-            self.answer.push(data, ended)
-            error = await done
-            if error is not None:
-                event = self._failure(error)
-                if event is None:
-                    raise error
-                send(event)
-            elif rest := self.splitter.rest():
-                send(rest)
-        except BaseException:
-            self.status = 499  # the client went away (or a fault of cortex's own)
-            raise
-        finally:
-            self.finish(self.status, self.reason)
-
-    def writable(self, yes: bool) -> None:
-        """Whether the client takes more: when it does not, reading from the neuron pauses."""
-        if yes:
-            self.answer.resume()
-        else:
-            self.answer.pause()
 
 
 ASK_USAGE = b'"stream_options":{"include_usage":true},'

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,10 @@ class Usage:
             self.completion = completion
 
 
+class EventTooLarge(Exception):
+    """An SSE event went over ``max_bytes``, or took over ``max_seconds`` to end."""
+
+
 class EventSplitter:
     """Cuts a byte stream into whole SSE events (each ending in a blank line).
 
@@ -38,26 +43,68 @@ class EventSplitter:
     without ever re-serialising it. A blank line is ``\\n\\n``, ``\\r\\n\\r\\n`` or
     ``\\r\\r``: SSE allows all three line ends, and a server framing with CRLF must not
     have its stream held back until it ends.
+
+    Linear in the bytes received: a held event's pieces are kept in a list and joined
+    once, when it ends; each piece is searched once (with the three bytes before it, for
+    a blank line cut between two pieces). A held event over ``max_bytes``, or held for
+    over ``max_seconds`` since its first piece, raises :class:`EventTooLarge`.
     """
 
-    def __init__(self) -> None:
-        self._pending = b""
+    def __init__(self, max_bytes: int = 8 * 1024 * 1024, max_seconds: float = 60.0) -> None:
+        self._held: list[bytes] = []
+        self._tail = b""  # the last three bytes held
+        self._size = 0
+        self._since = 0.0
+        self._max_bytes = max_bytes
+        self._max_seconds = max_seconds
 
     def whole(self, chunk: bytes) -> bytes:
         """The whole events that ``chunk`` completes, as one run of bytes; the rest is held."""
-        data = self._pending + chunk if self._pending else chunk
-        if data.endswith(b"\n\n"):  # the usual case: the chunk ends with its event
-            self._pending = b""
-            return data
-        end = last_end(data)
-        if end == 0:  # no end of an event in it
-            self._pending = data
+        held = self._held
+        if not held:
+            if chunk.endswith(b"\n\n"):  # the usual case: the chunk ends with its event
+                return chunk
+            end = last_end(chunk)
+            if end == len(chunk):
+                return chunk
+            if end:
+                self._hold(chunk[end:])
+                return chunk[:end]
+            self._hold(chunk)
             return b""
-        self._pending = data[end:]
-        return data[:end]
+        tail = self._tail
+        end = last_end(tail + chunk) - len(tail)
+        if end <= 0:  # no end of an event in it
+            self._hold(chunk)
+            return b""
+        held.append(chunk[:end])
+        data = b"".join(held)
+        held.clear()
+        self._tail = b""
+        self._size = 0
+        if end < len(chunk):
+            self._hold(chunk[end:])
+        return data
+
+    def _hold(self, piece: bytes) -> None:
+        now = time.monotonic()
+        if not self._held:
+            self._since = now
+        self._held.append(piece)
+        self._tail = (self._tail + piece)[-3:] if len(piece) < 3 else piece[-3:]
+        self._size += len(piece)
+        if self._size > self._max_bytes:
+            self.rest()
+            raise EventTooLarge(f"an event is over {self._max_bytes} bytes")
+        if now - self._since > self._max_seconds:
+            self.rest()
+            raise EventTooLarge(f"an event took over {self._max_seconds:g}s to end")
 
     def rest(self) -> bytes:
-        rest, self._pending = self._pending, b""
+        rest = b"".join(self._held)
+        self._held.clear()
+        self._tail = b""
+        self._size = 0
         return rest
 
 

@@ -103,6 +103,10 @@ async def proxy(request: Request) -> Response:
     out_headers = {k: v for k, v in answer.headers.items() if k.lower() not in NOT_RETURNED}
     if "content-length" in answer.headers:  # raw bytes are relayed, so the length holds
         out_headers["content-length"] = answer.headers["content-length"]
+    if echo := request.headers.get("x-cortex-request"):
+        # cortex numbers its requests per connection and refuses an answer that echoes
+        # another's number, so a stray answer can never reach another client.
+        out_headers["x-cortex-request"] = echo
 
     async def close() -> None:  # also when the client left before the first chunk
         answer.close()
