@@ -25,8 +25,8 @@ def ready(model: str, used: float = 0.0, **kw: object) -> Resident:
     return Resident(model, "ready", last_used=used, **kw)  # type: ignore[arg-type]
 
 
-def cpu(name: str, *residents: Resident, limit: int | None = 1, in_flight: int = 0) -> Candidate:
-    return Candidate(name, max_models=limit, residents=residents, in_flight=in_flight)
+def cpu(name: str, *residents: Resident, limit: int | None = 1) -> Candidate:
+    return Candidate(name, max_models=limit, residents=residents)
 
 
 WANT = Want("new")
@@ -62,12 +62,6 @@ PLANS = [
         [cpu("a"), cpu("b", ready("y"))],
         Plan("b", ("y",)),
         id="pinned-neuron-first-even-if-it-must-evict",
-    ),
-    pytest.param(
-        WANT,
-        [cpu("a", limit=None, in_flight=3), cpu("b", limit=None, in_flight=1)],
-        Plan("b"),
-        id="tie-goes-to-least-loaded",
     ),
     pytest.param(
         WANT,

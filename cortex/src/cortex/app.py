@@ -97,6 +97,7 @@ def build(settings: CortexSettings, catalogue: Catalogue, *, connector: Connecto
     metrics = CortexMetrics()
     fleet = Fleet.build(settings.neurons, catalogue)
     session = make_session(settings.gateway)
+    poller = Poller(fleet, session, settings.poll, metrics)
     return Gateway(
         settings=settings,
         fleet=fleet,
@@ -109,8 +110,8 @@ def build(settings: CortexSettings, catalogue: Catalogue, *, connector: Connecto
             resolve_every=settings.gateway.resolve_every,
             connector=connector,
         ),
-        poller=Poller(fleet, session, settings.poll, metrics),
-        loader=Loader(fleet, session, settings, metrics),
+        poller=poller,
+        loader=Loader(fleet, session, settings, metrics, poller),
     )
 
 

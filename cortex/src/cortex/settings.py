@@ -10,6 +10,7 @@ is an error.
 from __future__ import annotations
 
 import os
+import socket
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
@@ -78,6 +79,10 @@ class Poll(BaseModel):
     timeout: Annotated[float, Field(gt=0)] = 5.0
     down_after: Annotated[int, Field(ge=1)] = 3
     """Consecutive failed polls before a neuron is marked down (one success brings it back)."""
+    watch: bool = True
+    """Also long-poll each neuron's ``/models/watch``: its changes arrive in milliseconds."""
+    watch_timeout: Annotated[float, Field(gt=0, le=300)] = 25.0
+    """Longest one watch is held open (the neuron caps it at 30 s)."""
 
 
 class Loading(BaseModel):
@@ -189,6 +194,10 @@ class CortexSettings(BaseSettings):
     models_config: Path = DEFAULT_MODELS_CONFIG
     auth: Auth = Field(default_factory=Auth)
     log_level: str = Field(default="info", pattern="^(debug|info|warning|error)$")
+    instance: Annotated[
+        str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
+    ] = Field(default_factory=lambda: socket.gethostname()[:64] or "cortex")
+    """This replica's name in metrics (``cortex_replica_info``), logs and the neurons' logs."""
 
     @field_validator("neurons")
     @classmethod
