@@ -94,7 +94,7 @@ class Gateway:
 def build(settings: CortexSettings, catalogue: Catalogue, *, connector: Connector = tcp) -> Gateway:
     """Everything one cortex owns; ``connector`` opens the relay's connections to neurons
     (:class:`cortex.upstream.memory.MemoryNeuron` serves them in memory, for tests)."""
-    metrics = CortexMetrics()
+    metrics = CortexMetrics(replica=settings.instance)
     fleet = Fleet.build(settings.neurons, catalogue)
     session = make_session(settings.gateway)
     poller = Poller(fleet, session, settings.poll, metrics)
