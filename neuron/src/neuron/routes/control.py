@@ -192,11 +192,22 @@ async def unload(request: Request) -> Response:
     force = body.get("force", False)
     if not isinstance(force, bool):
         raise BadRequest("'force' must be true or false", param="force")
+    idle = body.get("idle_at_least")
+    if idle is not None and (
+        not isinstance(idle, int | float) or isinstance(idle, bool) or not 0 <= idle < 1e9
+    ):
+        raise BadRequest("'idle_at_least' must be a number of seconds >= 0", param="idle_at_least")
     busy = Busy.WAIT if force else Busy.REFUSE
     if n.lifecycle.draining:
         busy = Busy.CUT
     try:
-        await n.registry.unload(model_id, epoch=epoch, busy=busy, patience=n.settings.drain_timeout)
+        await n.registry.unload(
+            model_id,
+            epoch=epoch,
+            busy=busy,
+            patience=n.settings.drain_timeout,
+            idle_at_least=idle,
+        )
     except Fenced as exc:
         exc.extra["state"] = state(n)
         raise
