@@ -8,6 +8,7 @@ Every answer that tells a model's state names it: ``/models`` in its ``X-Neuron-
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,8 @@ from neuron.settings import ModelSpec, describe
 
 if TYPE_CHECKING:
     from neuron.app import Neuron
+
+log = logging.getLogger("neuron.control")
 
 
 def _neuron(request: Request) -> Neuron:
@@ -146,6 +149,11 @@ def _epoch(body: dict[str, Any]) -> int | None:
     return epoch
 
 
+def _asker(request: Request) -> str:
+    """Which cortex replica sent a command (its ``X-Cortex-Instance``), for the log."""
+    return repr(request.headers.get("x-cortex-instance", "?")[:64])
+
+
 async def load(request: Request) -> Response:
     n = _neuron(request)
     body = await read_object(request, n.settings.max_body_bytes)
@@ -162,6 +170,9 @@ async def load(request: Request) -> Response:
     except ValidationError as exc:
         raise BadRequest(f"invalid model spec: {describe(exc)}") from None
     n.policy.check(spec.resolved_source, spec.engine_args)
+    log.info(
+        "load of %s from %s (epoch %s, evict %s)", spec.model_id, _asker(request), epoch, evict
+    )
     try:
         slot, evicted = await n.registry.place(spec, epoch=epoch, evict=tuple(evict))
     except Fenced as exc:
@@ -197,6 +208,9 @@ async def unload(request: Request) -> Response:
         not isinstance(idle, int | float) or isinstance(idle, bool) or not 0 <= idle < 1e9
     ):
         raise BadRequest("'idle_at_least' must be a number of seconds >= 0", param="idle_at_least")
+    log.info(
+        "unload of %r from %s (epoch %s, force %s)", model_id[:256], _asker(request), epoch, force
+    )
     busy = Busy.WAIT if force else Busy.REFUSE
     if n.lifecycle.draining:
         busy = Busy.CUT
