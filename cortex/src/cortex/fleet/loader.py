@@ -533,9 +533,10 @@ class Loader:
     async def _idle_unload(self, node: Node, model: str, idle: float, ttl: float) -> None:
         log.info("%s idle on %s for %.0fs", model, node.name, idle)
         try:
-            # The neuron checks that nobody (no other replica either) used it meanwhile. A
-            # tenth of slack: this cortex's view of the last use is as old as its last read.
-            await self._unload(node, model, "idle", epoch=node.epoch, idle=ttl * 0.9)
+            # The neuron checks that nobody (no other replica either) used it meanwhile (a
+            # tenth of slack: this cortex's view of the last use is as old as its last read).
+            # No epoch: other models' changes there do not bear on this one's idleness.
+            await self._unload(node, model, "idle", idle=ttl * 0.9)
         except Fenced as exc:
             log.info("%s stays on %s: %s", model, node.name, exc)
         except CortexError as exc:
