@@ -20,6 +20,7 @@ tools=(
   firewall-offline-cmd:firewalld
   cpio:cpio curl:curl node:nodejs shellcheck:shellcheck unshare:util-linux ip:iproute2
   promtool:prometheus  # tests/ops: the alert rules and the dashboard
+  haproxy:haproxy  # tests/fleet/test_haproxy.py: the README's high-availability example
 )
 
 # The Python module rpm's dependency generator (pythondistdeps.py) imports. Run from /, so

@@ -94,9 +94,10 @@ class Gateway:
 def build(settings: CortexSettings, catalogue: Catalogue, *, connector: Connector = tcp) -> Gateway:
     """Everything one cortex owns; ``connector`` opens the relay's connections to neurons
     (:class:`cortex.upstream.memory.MemoryNeuron` serves them in memory, for tests)."""
-    metrics = CortexMetrics()
+    metrics = CortexMetrics(replica=settings.instance)
     fleet = Fleet.build(settings.neurons, catalogue)
     session = make_session(settings.gateway)
+    poller = Poller(fleet, session, settings.poll, metrics)
     return Gateway(
         settings=settings,
         fleet=fleet,
@@ -111,8 +112,8 @@ def build(settings: CortexSettings, catalogue: Catalogue, *, connector: Connecto
             limits=Limits.of(settings.gateway),
             stray=lambda reason: metrics.stray.labels(reason).inc(),
         ),
-        poller=Poller(fleet, session, settings.poll, metrics),
-        loader=Loader(fleet, session, settings, metrics),
+        poller=poller,
+        loader=Loader(fleet, session, settings, metrics, poller),
     )
 
 

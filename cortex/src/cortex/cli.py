@@ -104,12 +104,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(
         level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        # The instance names this replica in every line (several write to one journal).
+        format=f"%(asctime)s {settings.instance} %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
     log.info(
-        "cortex %s: %d neuron(s), %d catalogued model(s)",
+        "cortex %s (instance %s): %d neuron(s), %d catalogued model(s)",
         __version__,
+        settings.instance,
         len(settings.neurons),
         len(catalogue.models),
     )

@@ -42,8 +42,13 @@ class Remembered(Generic[M]):
 
 
 class CortexMetrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, *, replica: str = "") -> None:
         self.registry = r = registry or CollectorRegistry()
+        # One series naming this replica (``instance`` in cortex.toml): join on it to tell
+        # replicas apart (Prometheus's own ``instance`` label is the scrape target).
+        Gauge(
+            "cortex_replica_info", "This cortex replica's configured name.", ["replica"], registry=r
+        ).labels(replica or "cortex").set(1)
         self.requests = Remembered(
             Counter(
                 "cortex_requests",

@@ -10,6 +10,7 @@ is an error.
 from __future__ import annotations
 
 import os
+import socket
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
@@ -99,6 +100,10 @@ class Poll(BaseModel):
     """A ``/models``, ``/health`` or ``/discovery`` answer (over it the poll fails), or a
     neuron's answer to a load or unload."""
     """Consecutive failed polls before a neuron is marked down (one success brings it back)."""
+    watch: bool = True
+    """Also long-poll each neuron's ``/models/watch``: its changes arrive in milliseconds."""
+    watch_timeout: Annotated[float, Field(gt=0, le=300)] = 25.0
+    """Longest one watch is held open (the neuron caps it at 30 s)."""
 
 
 class Loading(BaseModel):
@@ -210,6 +215,10 @@ class CortexSettings(BaseSettings):
     models_config: Path = DEFAULT_MODELS_CONFIG
     auth: Auth = Field(default_factory=Auth)
     log_level: str = Field(default="info", pattern="^(debug|info|warning|error)$")
+    instance: Annotated[
+        str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
+    ] = Field(default_factory=lambda: socket.gethostname()[:64] or "cortex")
+    """This replica's name in metrics (``cortex_replica_info``), logs and the neurons' logs."""
 
     @field_validator("neurons")
     @classmethod

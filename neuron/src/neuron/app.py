@@ -94,7 +94,7 @@ class Neuron:
 
     def track(self, slot: Slot) -> Callable[[int], None]:
         """Count a request against ``slot``; the returned callback ends it with its status."""
-        slot.in_flight += 1
+        slot.begin()
         gauge = self.metrics.in_flight.labels(slot.model_id)
         gauge.inc()
         done = False
@@ -104,7 +104,7 @@ class Neuron:
             if done:
                 return
             done = True
-            slot.in_flight -= 1
+            slot.end()
             gauge.dec()
             self.metrics.requests.labels(slot.model_id, str(status)).inc()
 
@@ -209,6 +209,7 @@ def create_app(settings: NeuronSettings, *, neuron: Neuron | None = None) -> ASG
         Route("/models", control.list_models, methods=["GET"]),
         Route("/models/load", control.load, methods=["POST"]),
         Route("/models/unload", control.unload, methods=["POST"]),
+        Route("/models/watch", control.watch, methods=["GET"]),
         Route("/models/{model_id:path}/endpoint", control.endpoint, methods=["GET"]),
         Route("/v1/models", control.openai_models, methods=["GET"]),
         Route("/metrics", control.metrics, methods=["GET"]),

@@ -7,6 +7,9 @@
     ├── ModelNotFound                404 not_found_error / model_not_found
     ├── DoesNotFit                   409 insufficient_resources / does_not_fit
     ├── LoadCancelled                409 conflict_error / load_cancelled (unloaded while loading)
+    ├── Fenced                       409 conflict_error, with the neuron's ``state`` in the body
+    │   ├── StaleEpoch               409 stale_epoch (the state moved on since the command's epoch)
+    │   └── ModelBusy                409 model_busy (an unload or eviction of a model in use)
     ├── PayloadTooLarge              413 invalid_request_error / payload_too_large
     ├── EngineFailed                 502 engine_error / engine_failed (an engine would not start)
     ├── EngineUnavailable            502 engine_error / engine_unavailable (cannot reach it)
@@ -37,13 +40,17 @@ class NeuronError(Exception):
         super().__init__(message)
         self.message = message
         self.param = param
+        self.extra: dict[str, Any] = {}
+        """More top-level members of the answer's body (a :class:`Fenced` one's ``state``)."""
 
     def envelope(self) -> dict[str, Any]:
         return envelope(self.message, self.type, self.code, self.param)
 
     def response(self) -> JSONResponse:
         headers = {"Retry-After": str(self.retry_after)} if self.retry_after else None
-        return JSONResponse(self.envelope(), status_code=self.status, headers=headers)
+        return JSONResponse(
+            {**self.envelope(), **self.extra}, status_code=self.status, headers=headers
+        )
 
 
 class BadRequest(NeuronError):
@@ -77,6 +84,22 @@ class LoadCancelled(NeuronError):
     status = 409
     type = "conflict_error"
     code = "load_cancelled"
+
+
+class Fenced(NeuronError):
+    """A command refused because of the neuron's state; the answer carries that state, so
+    the sender (one cortex replica of several) plans again from it."""
+
+    status = 409
+    type = "conflict_error"
+
+
+class StaleEpoch(Fenced):
+    code = "stale_epoch"
+
+
+class ModelBusy(Fenced):
+    code = "model_busy"
 
 
 class PayloadTooLarge(NeuronError):

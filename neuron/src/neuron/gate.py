@@ -23,9 +23,10 @@ OPEN_PATHS = frozenset({"/health"})
 """Answered without a token (load balancers and cortex probe it)."""
 DRAIN_EXEMPT = frozenset({"/health", "/metrics"})
 """Still answered while draining, and not counted as in-flight work."""
-NOT_DRAINED = frozenset({"/models/load"})
+NOT_DRAINED = frozenset({"/models/load", "/models/watch"})
 """Not waited for by the drain: an engine start can take minutes, longer than systemd's stop
-budget. Deactivation cancels it instead, and the caller gets 409 ``load_cancelled``."""
+budget. Deactivation cancels it instead, and the caller gets 409 ``load_cancelled``. A watch
+is answered when the drain begins (a change of state)."""
 
 
 class Gate:

@@ -66,8 +66,10 @@ class Lifecycle:
                 log.info("default model %s ready in %.1fs", spec.model_id, time.monotonic() - began)
             finally:
                 self.pending.pop(spec.model_id, None)
+                self.registry.changed()
         if self.status == "activating":
             self.status = "ready"
+            self.registry.changed()
             log.info("neuron ready after %.1fs", time.monotonic() - self.started)
             notify_systemd("READY=1")
 
@@ -77,6 +79,7 @@ class Lifecycle:
             return
         self.status = "draining"
         self.pending.clear()
+        self.registry.changed()  # watchers learn of the drain at once
         log.info("draining: %d request(s) in flight", self.in_flight)
         notify_systemd("STOPPING=1")
         self._drainer = asyncio.get_running_loop().create_task(self._drain())

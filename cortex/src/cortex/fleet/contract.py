@@ -12,12 +12,19 @@ Fields a newer neuron adds are kept (``extra="allow"``); fields cortex relies on
 checked. ``running``, ``waiting`` and ``kv_cache_usage`` are optional: the engine's load,
 which neurons report from issue 17 on. Being optional, a value of theirs that breaks the
 contract (a negative count, a usage over 1, NaN, words) is read as ``None`` (not known)
-instead of failing the poll: one engine's odd gauge must not hide the neuron's models.
+instead of failing the poll: one engine's odd gauge must not hide the neuron's models. The
+same holds for ``last_used`` and ``idle_s`` (issue 24).
+
+From issue 24 on a neuron names each state it reports: ``instance`` (one per boot) and
+``epoch`` (bumped by every change of a model's state), in ``/health``, in the headers of
+``/models`` and in the :class:`State` that load, unload, ``/models/watch`` and a 409
+``stale_epoch``/``model_busy`` carry. An older neuron names none: cortex then works as before.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Annotated, Any, TypeVar
 
 from pydantic import (
@@ -32,6 +39,7 @@ from pydantic import (
 
 Count = Annotated[int, Field(ge=0)]
 Amount = Annotated[float, Field(ge=0)]
+Instance = Annotated[str, Field(min_length=1, max_length=64)]
 
 
 class Contract(BaseModel):
@@ -52,8 +60,12 @@ class ModelInfo(Contract):
     running: Count | None = None
     waiting: Count | None = None
     kv_cache_usage: Annotated[float, Field(ge=0, le=1)] | None = None
+    last_used: Amount | None = None
+    """When a request for it last started or ended, by the neuron's clock (unix seconds)."""
+    idle_s: Amount | None = None
+    """Seconds since then as of the answer (0: in use): what replicas compare."""
 
-    @field_validator("running", "waiting", "kv_cache_usage", mode="wrap")
+    @field_validator("running", "waiting", "kv_cache_usage", "last_used", "idle_s", mode="wrap")
     @classmethod
     def _unknown_if_invalid(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
         try:
@@ -83,6 +95,8 @@ class Health(Contract):
     devices: list[DeviceSample] = Field(default_factory=list)
     loaded_models: Count | None = None
     max_loaded_models: Annotated[int, Field(ge=1)] | None = None
+    instance: Instance | None = None
+    epoch: Count | None = None
 
 
 class Device(Contract):
@@ -101,6 +115,15 @@ class Discovery(Contract):
     max_loaded_models: Annotated[int, Field(ge=1)] | None = None
 
 
+class State(Contract):
+    """A neuron's state, named: the ``state`` of load, unload, watch and fenced answers."""
+
+    instance: Instance
+    epoch: Count
+    status: str | None = None
+    models: list[ModelInfo]
+
+
 class BreachError(ValueError):
     """A neuron's answer does not keep the contract; the message says where and how."""
 
@@ -109,11 +132,12 @@ T = TypeVar("T")
 _MODELS = TypeAdapter(list[ModelInfo])
 _HEALTH = TypeAdapter(Health)
 _DISCOVERY = TypeAdapter(Discovery)
+_STATE = TypeAdapter(State)
 
 
 def models(body: bytes) -> dict[str, dict[str, Any]]:
     """``/models``: ``ModelInfo`` by model id."""
-    return {info.id: info.model_dump() for info in _parse(_MODELS, body, "/models")}
+    return by_id(_parse(_MODELS, body, "/models"))
 
 
 def model(value: Any) -> dict[str, Any]:
@@ -122,6 +146,38 @@ def model(value: Any) -> dict[str, Any]:
         return ModelInfo.model_validate(value).model_dump()
     except ValidationError as exc:
         raise BreachError(_describe("the loaded model", exc)) from None
+
+
+def state(body: bytes) -> State:
+    """``/models/watch``."""
+    return _parse(_STATE, body, "/models/watch")
+
+
+def named_state(value: Any) -> State | None:
+    """The ``state`` member of a load, unload or 409 answer already decoded (``None`` when
+    the neuron sent none: it predates epochs)."""
+    if value is None:
+        return None
+    try:
+        return State.model_validate(value)
+    except ValidationError as exc:
+        raise BreachError(_describe("the neuron's state", exc)) from None
+
+
+def named(headers: Mapping[str, str]) -> tuple[str | None, int | None]:
+    """The ``(instance, epoch)`` that ``/models`` headers name; ``(None, None)`` if they name
+    none or not both (an older neuron, or headers that break the contract)."""
+    instance = headers.get("X-Neuron-Instance")
+    epoch = headers.get("X-Neuron-Epoch", "")
+    if not instance or len(instance) > 64 or not (0 < len(epoch) <= 20 and epoch.isascii()):
+        return None, None
+    if not epoch.isdigit():
+        return None, None
+    return instance, int(epoch)
+
+
+def by_id(infos: list[ModelInfo]) -> dict[str, dict[str, Any]]:
+    return {info.id: info.model_dump() for info in infos}
 
 
 def health(body: bytes) -> dict[str, Any]:

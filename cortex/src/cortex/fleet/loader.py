@@ -5,8 +5,14 @@
   :func:`cortex.fleet.placement.plan` over a snapshot of what the poller last saw plus
   what this cortex is doing right now (loads in progress, models being evicted, requests
   in flight), so two loads planned back to back never count the same room twice.
-- Evictions unload through the neuron's ``/models/unload`` before the load is sent; a
-  model being evicted is taken out of routing at once (``Node.evicting``).
+- Several replicas, one fleet: the neuron is the authority. A cold load first re-reads
+  the neurons that are up (:meth:`Poller.refresh`), so every replica plans from the same
+  account of last use; then one ``/models/load`` carries the evictions (``evict``) and the
+  neuron ``epoch`` the plan was made from. The neuron makes room and starts the engine in
+  one step, or answers 409 ``stale_epoch`` / ``model_busy`` with its current state, from
+  which this cortex plans again (at most ``MAX_REPLANS`` times). A load of a model that is
+  already loading there joins it. Older neurons (no epoch) get the unload-then-load of
+  before. A model being evicted is taken out of routing at once (``Node.evicting``).
 - :meth:`Loader.run` checks every ``check_interval`` for idle models (unloaded after their
   ``idle_ttl``; catalogued models only, never pinned ones) and for pinned models missing
   from an up neuron (loaded again; a failed pin load is retried after ``pin_retry``).
@@ -46,6 +52,7 @@ from cortex.fleet.placement import (
     Want,
     plan,
 )
+from cortex.fleet.poller import Poller
 from cortex.fleet.state import Fleet, Node
 from cortex.metrics import CortexMetrics
 from cortex.settings import CatalogueModel, CortexSettings
@@ -54,10 +61,17 @@ from cortex.upstream.client import read_at_most
 log = logging.getLogger("cortex.loader")
 
 JSON = {"Content-Type": "application/json"}
+MAX_REPLANS = 20
+"""Plans one cold load may make again after neurons answered that their state moved on."""
+FENCED = frozenset({"stale_epoch", "model_busy"})
 
 
 class Refused(Exception):
     """A neuron would not take the load now (409, 503, unreachable): try another one."""
+
+
+class Fenced(Exception):
+    """The neuron's state moved on from the plan (its new state is applied): plan again."""
 
 
 class Loader:
@@ -67,8 +81,11 @@ class Loader:
         session: aiohttp.ClientSession,
         settings: CortexSettings,
         metrics: CortexMetrics,
+        poller: Poller,
     ) -> None:
         self.fleet = fleet
+        self._poller = poller
+        self._instance = settings.instance
         self._session = session
         self._cfg = settings.loading
         self._retry_after = settings.gateway.retry_after
@@ -130,20 +147,37 @@ class Loader:
         want = _want(entry)
         began = time.monotonic()
         refused: dict[str, str] = {}
+        replans = 0
+        if not self._ready(model, only):
+            await self._poller.refresh()  # plan from the neurons' word as of now
         while True:
             async with self._planning:
-                if only is None and (ready := self.fleet.ready_nodes(model)):
-                    return ready[0]
-                if only is not None and self.fleet.node(only) in self.fleet.ready_nodes(model):
-                    return self.fleet.node(only)
+                if (ready := self._ready(model, only)) is not None:
+                    return ready
                 target = self._plan(want, only, refused)
                 node = self.fleet.node(target.node)
+                epoch = node.epoch  # what the plan was made from (None: an older neuron)
                 self._pending.setdefault(node.name, set()).add(model)
                 node.evicting.update(target.evict)
                 self.fleet.changed()
             try:
-                await self._evict(node, target.evict, "lru")
-                info = await self._send_load(node, entry)
+                if epoch is None:
+                    await self._evict(node, target.evict, "lru")
+                    info, started, evicted = await self._send_load(node, entry)
+                else:
+                    info, started, evicted = await self._send_load(
+                        node, entry, epoch=epoch, evict=target.evict
+                    )
+            except Fenced as exc:
+                replans += 1
+                log.info("neuron %s: %s; planning %s again", node.name, exc, model)
+                if replans > MAX_REPLANS:
+                    raise NoCapacity(
+                        f"cannot load {model}: the fleet kept changing under "
+                        f"{MAX_REPLANS} plans; retry shortly",
+                        retry_after=self._retry_after,
+                    ) from None
+                continue
             except Refused as exc:
                 refused[node.name] = str(exc)
                 self._metrics.load_failures.labels(model, node.name).inc()
@@ -156,15 +190,29 @@ class Loader:
                 self._pending[node.name].discard(model)
                 node.evicting.difference_update(target.evict)
                 self.fleet.changed()
-            node.models[model] = info
-            self.fleet.changed()
-            node.changed = node.last_used[model] = time.monotonic()
-            elapsed = time.monotonic() - began
-            self._metrics.cold_starts.labels(model, node.name).inc()
-            self._metrics.load_seconds.labels(model, node.name).observe(elapsed)
+            if info is not None:  # an older neuron: its answer is all this cortex knows
+                node.models[model] = info
+                self.fleet.changed()
+                node.changed = time.monotonic()
+            node.last_used[model] = time.monotonic()
+            for victim in evicted:
+                self._metrics.evictions.labels(victim, node.name, "lru").inc()
             self._metrics.observe_node(node)
-            log.info("loaded %s on %s in %.1fs", model, node.name, elapsed)
+            elapsed = time.monotonic() - began
+            if started:
+                self._metrics.cold_starts.labels(model, node.name).inc()
+                self._metrics.load_seconds.labels(model, node.name).observe(elapsed)
+                log.info("loaded %s on %s in %.1fs", model, node.name, elapsed)
+            else:
+                log.info("%s is ready on %s (loaded by another)", model, node.name)
             return node
+
+    def _ready(self, model: str, only: str | None) -> Node | None:
+        ready = self.fleet.ready_nodes(model)
+        if only is None:
+            return ready[0] if ready else None
+        node = self.fleet.node(only)
+        return node if node in ready else None
 
     def _plan(self, want: Want, only: str | None, refused: dict[str, str]) -> Plan:
         nodes = [
@@ -228,7 +276,7 @@ class Loader:
                     vram_mb=int(info.get("vram_used_mb") or 0),
                     devices=tuple(int(d) for d in info.get("devices") or ()),
                     in_flight=node.in_use(model_id),
-                    last_used=node.last_used.get(model_id, 0.0),
+                    last_used=node.used_at(model_id),
                     priority=entry.priority if entry else 0,
                     pinned=entry is not None and node.name in entry.pinned_on,
                 )
@@ -244,24 +292,39 @@ class Loader:
             max_models=int(limit) if isinstance(limit, int) else None,
             residents=tuple(residents),
             harnesses=tuple(harnesses) if isinstance(harnesses, list) else None,
-            in_flight=node.in_flight,
         )
 
-    async def _send_load(self, node: Node, entry: CatalogueModel) -> dict[str, Any]:
-        """``POST /models/load`` on ``node``; the ready ``ModelInfo``.
+    async def _send_load(
+        self,
+        node: Node,
+        entry: CatalogueModel,
+        *,
+        epoch: int | None = None,
+        evict: tuple[str, ...] = (),
+    ) -> tuple[dict[str, Any] | None, bool, tuple[str, ...]]:
+        """``POST /models/load`` on ``node`` (with ``epoch`` and ``evict`` when given).
 
-        Raises :class:`Refused` (try elsewhere) or :class:`LoadFailed` (the model itself).
+        Returns the ready ``ModelInfo`` when the neuron sent no state (else the state is
+        applied to ``node`` and this is ``None``), whether this load started the engine, and
+        what the neuron evicted for it. Raises :class:`Fenced` (plan again), :class:`Refused`
+        (try elsewhere) or :class:`LoadFailed` (the model itself).
         """
         timeout = aiohttp.ClientTimeout(total=self._cfg.load_timeout)
-        log.info("loading %s on %s", entry.id, node.name)
+        body: dict[str, Any] = entry.spec()
+        if epoch is not None:
+            body |= {"epoch": epoch, "evict": list(evict)}
+            log.info("loading %s on %s (epoch %d, evicting %s)", entry.id, node.name, epoch, evict)
+        else:
+            log.info("loading %s on %s", entry.id, node.name)
+        asked = time.monotonic()
         try:
             async with self._session.post(
                 node.base + "/models/load",
-                data=json.dumps(entry.spec()),
-                headers={**JSON, **node.headers()},
+                data=json.dumps(body),
+                headers={**JSON, **node.headers(), **self._from()},
                 timeout=timeout,
             ) as response:
-                body = await read_at_most(response, self._max_answer)
+                raw = await read_at_most(response, self._max_answer)
         except TimeoutError:
             raise LoadFailed(
                 f"neuron {node.name} did not finish loading {entry.id} "
@@ -269,16 +332,51 @@ class Loader:
             ) from None
         except aiohttp.ClientError as exc:
             raise Refused(f"unreachable: {exc}") from None
-        message = upstream_message(body)
+        message = upstream_message(raw)
+        answer = _json(raw)
+        named = self._apply(node, answer, asked)
         if response.status == 200:
-            info = _json(body).get("model")
+            started = answer.get("started", True) is not False
+            evicted = answer.get("evicted")
+            gone = (
+                tuple(m for m in evicted if isinstance(m, str))
+                if isinstance(evicted, list)
+                else evict
+            )
+            if named:
+                return None, started, gone
             try:
-                return contract.model(info)
+                return contract.model(answer.get("model")), started, gone
             except contract.BreachError:  # loaded all the same; the next poll says the rest
-                return contract.model({"id": entry.id, "status": "ready"})
+                return contract.model({"id": entry.id, "status": "ready"}), started, gone
+        if response.status == 409 and named and _code(answer) in FENCED:
+            raise Fenced(message)
         if response.status in (409, 503):
             raise Refused(message)
         raise LoadFailed(f"neuron {node.name} could not load {entry.id}: {message}")
+
+    def _apply(self, node: Node, answer: dict[str, Any], asked: float) -> bool:
+        """Keep the neuron state an answer carries; False if it carries none (or a bad one)."""
+        try:
+            state = contract.named_state(answer.get("state"))
+        except contract.BreachError as exc:
+            log.warning("neuron %s: %s", node.name, exc)
+            return False
+        if state is None:
+            return False
+        self._poller.apply(
+            node,
+            contract.by_id(state.models),
+            instance=state.instance,
+            epoch=state.epoch,
+            asked=asked,
+            ours_before=dict(node.model_in_flight),
+            status=state.status,
+        )
+        return True
+
+    def _from(self) -> dict[str, str]:
+        return {"X-Cortex-Instance": self._instance}
 
     # --- unloading -------------------------------------------------------------------
 
@@ -286,37 +384,66 @@ class Loader:
         if models:
             await asyncio.gather(*(self._unload(node, m, reason) for m in models))
 
-    async def _unload(self, node: Node, model: str, reason: str) -> bool:
-        """Unload ``model`` from ``node``; False if the neuron did not have it."""
+    async def _unload(
+        self,
+        node: Node,
+        model: str,
+        reason: str,
+        *,
+        epoch: int | None = None,
+        idle: float | None = None,
+        force: bool = False,
+    ) -> bool:
+        """Unload ``model`` from ``node``; False if the neuron did not have it.
+
+        ``epoch``: the neuron state the decision was made from; ``idle``: the neuron must
+        have seen no use of it for this long; ``force``: requests in flight finish first
+        (else the neuron refuses). Raises :class:`Fenced` (the neuron said no, and its state
+        is applied) or :class:`UpstreamError`.
+        """
         log.info("unloading %s from %s (%s)", model, node.name, reason)
+        body: dict[str, Any] = {"model_id": model}
+        if epoch is not None:
+            body["epoch"] = epoch
+        if idle is not None:
+            body["idle_at_least"] = idle
+        if force:
+            body["force"] = True
         node.evicting.add(model)
         self.fleet.changed()
+        asked = time.monotonic()
         try:
             async with self._session.post(
                 node.base + "/models/unload",
-                data=json.dumps({"model_id": model}),
-                headers={**JSON, **node.headers()},
+                data=json.dumps(body),
+                headers={**JSON, **node.headers(), **self._from()},
                 timeout=aiohttp.ClientTimeout(total=self._cfg.load_timeout),
             ) as response:
-                body = await read_at_most(response, self._max_answer)
+                raw = await read_at_most(response, self._max_answer)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise UpstreamError(f"neuron {node.name} could not unload {model}: {exc}") from None
         finally:
             node.evicting.discard(model)
             self.fleet.changed()
+        answer = _json(raw)
+        named = self._apply(node, answer, asked)
         if response.status == 404:
+            if not named:
+                node.models.pop(model, None)
+                self.fleet.changed()
+                node.changed = time.monotonic()
+            return False
+        if response.status == 409 and named and _code(answer) in FENCED:
+            raise Fenced(upstream_message(raw))
+        if response.status != 200:
+            raise UpstreamError(
+                f"neuron {node.name} could not unload {model}: {upstream_message(raw)}"
+            )
+        if not named:
             node.models.pop(model, None)
             self.fleet.changed()
             node.changed = time.monotonic()
-            return False
-        if response.status != 200:
-            raise UpstreamError(
-                f"neuron {node.name} could not unload {model}: {upstream_message(body)}"
-            )
-        node.models.pop(model, None)
-        self.fleet.changed()
         node.last_used.pop(model, None)
-        node.changed = time.monotonic()
         self._metrics.evictions.labels(model, node.name, reason).inc()
         self._metrics.observe_node(node)
         return True
@@ -341,7 +468,9 @@ class Loader:
         if not holding:
             where = f"on {node}" if node else "on any neuron"
             raise ModelNotFound(f"model {model!r} is not loaded {where}", param="model")
-        done = await asyncio.gather(*(self._unload(n, model, "manual") for n in holding))
+        done = await asyncio.gather(
+            *(self._unload(n, model, "manual", force=True) for n in holding)
+        )
         for n in holding:
             entry = self.fleet.entry(model)
             if entry is not None and n.name in entry.pinned_on:
@@ -383,12 +512,14 @@ class Loader:
                 if info.get("status") != "ready":
                     continue
                 last = node.last_used.setdefault(model_id, now)  # first seen ready
+                # Another replica's use counts too: the neuron's account, when it gives one.
+                last = max(last, node.used.get(model_id, last))
                 ttl = self._idle_ttl(model_id, node)
                 idle = not node.in_use(model_id) and model_id not in node.evicting
                 if ttl and idle and now - last >= ttl:
                     node.evicting.add(model_id)  # out of routing before anything awaits
                     self.fleet.changed()
-                    jobs.append(self._idle_unload(node, model_id, now - last))
+                    jobs.append(self._idle_unload(node, model_id, now - last, ttl))
         for entry in self.fleet.catalogue.models:
             for name in entry.pinned_on:
                 self._check_pin(entry, name, now)
@@ -401,10 +532,15 @@ class Loader:
             return 0.0  # cortex could not load it back, or it must stay
         return entry.idle_ttl if entry.idle_ttl is not None else self._cfg.idle_ttl
 
-    async def _idle_unload(self, node: Node, model: str, idle: float) -> None:
+    async def _idle_unload(self, node: Node, model: str, idle: float, ttl: float) -> None:
         log.info("%s idle on %s for %.0fs", model, node.name, idle)
         try:
-            await self._unload(node, model, "idle")
+            # The neuron checks that nobody (no other replica either) used it meanwhile (a
+            # tenth of slack: this cortex's view of the last use is as old as its last read).
+            # No epoch: other models' changes there do not bear on this one's idleness.
+            await self._unload(node, model, "idle", idle=ttl * 0.9)
+        except Fenced as exc:
+            log.info("%s stays on %s: %s", model, node.name, exc)
         except CortexError as exc:
             log.warning("idle unload failed: %s", exc.message)
 
@@ -453,6 +589,12 @@ def _want(entry: CatalogueModel) -> Want:
         min_device_vram_mb=entry.min_device_vram_mb,
         pinned_on=frozenset(entry.pinned_on),
     )
+
+
+def _code(answer: dict[str, Any]) -> str | None:
+    error = answer.get("error")
+    code = error.get("code") if isinstance(error, dict) else None
+    return code if isinstance(code, str) else None
 
 
 def _json(body: bytes) -> dict[str, Any]:

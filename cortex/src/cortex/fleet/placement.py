@@ -7,17 +7,22 @@
 3. a neuron where it fits now (free VRAM as reported, and under ``max_loaded_models``);
 4. a neuron where it fits after evicting idle models;
 
-ties going to the least loaded neuron (fewest in-flight requests, then fewest models, then
-the most free VRAM). Neurons with too few devices, devices that are too small, or without
-the model's harness are never chosen.
+ties going to the neuron with the fewest models, then the most free VRAM, then the highest
+rendezvous hash of (model, neuron): only what every replica reads alike from the neurons,
+so that replicas seeing the same fleet choose the same neuron for the same cold model (this
+replica's own requests in flight are not used: the others cannot see them). Neurons with
+too few devices, devices that are too small, or without the model's harness are never
+chosen.
 
 :func:`victims` says which models to unload on a neuron to make room: ``ready`` models that
 are not pinned there and serve no request, lowest ``priority`` first, then least recently
-used, until the new model fits. A model with requests in flight is never evicted.
+used (by the neuron's account of last use, which every replica shares), until the new
+model fits. A model with requests in flight is never evicted.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -56,7 +61,6 @@ class Candidate:
     residents: tuple[Resident, ...] = ()
     harnesses: tuple[str, ...] | None = None
     """``None``: not known yet (discovery not read); assumed to have every harness."""
-    in_flight: int = 0
 
 
 @dataclass(frozen=True)
@@ -111,7 +115,7 @@ def plan(want: Want, candidates: Sequence[Candidate]) -> Plan:
 
     def tie(c: Candidate) -> tuple[int, int, int]:
         holding = sum(1 for r in c.residents if r.status in HOLDING)
-        return (c.in_flight, holding, -sum(d.free_mb for d in c.devices))
+        return (holding, -sum(d.free_mb for d in c.devices), -rendezvous(want.id, c.name))
 
     pinned = [c for c in able if c.name in want.pinned_on]
     for group in (pinned, able):
@@ -136,6 +140,12 @@ def plan(want: Want, candidates: Sequence[Candidate]) -> Plan:
         f"no room for {want.id}: every neuron that can hold it is full, and its models "
         "are serving requests, pinned, or still loading"
     )
+
+
+def rendezvous(model: str, node: str) -> int:
+    """The highest-random-weight of ``node`` for ``model``: the same on every replica."""
+    digest = hashlib.blake2b(f"{model}\0{node}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
 
 
 def never(want: Want, cand: Candidate) -> str | None:

@@ -79,6 +79,14 @@ class Node:
     poll: the neuron's ``in_flight`` less this cortex's own requests at the time."""
     last_used: dict[str, float] = field(default_factory=dict)
     """Model id → when a request for it last started or ended here (monotonic)."""
+    used: dict[str, float] = field(default_factory=dict)
+    """Model id → when a request for it last started or ended on the neuron, from any
+    replica, as the neuron reported it (its ``idle_s``, turned into this cortex's monotonic
+    clock when the answer arrived). Every replica reads the same: eviction ranks by it."""
+    instance: str | None = None
+    """The neuron's boot id, as of ``models`` (``None``: it names none, or not read yet)."""
+    epoch: int | None = None
+    """The neuron's epoch of ``models``: an answer with an older one is not applied."""
     evicting: set[str] = field(default_factory=set)
     """Models this cortex is unloading here: no longer routed to, whatever the poll says."""
     changed: float = 0.0
@@ -109,6 +117,18 @@ class Node:
         until the next poll and could not be evicted.
         """
         return self.busy(model) + self.others.get(model, 0)
+
+    def used_at(self, model: str) -> float:
+        """When ``model`` was last used here: by the neuron's account when it gives one (the
+        same for every replica), else by this cortex's own (0: never)."""
+        neuron = self.used.get(model)
+        return neuron if neuron is not None else self.last_used.get(model, 0.0)
+
+    def newer(self, instance: str | None, epoch: int | None) -> bool:
+        """Is a state named ``(instance, epoch)`` at least as new as what is kept?"""
+        if instance is None or epoch is None or instance != self.instance:
+            return True
+        return self.epoch is None or epoch >= self.epoch
 
     def status_of(self, model: str) -> str | None:
         info = self.models.get(model)

@@ -28,6 +28,7 @@ async def health(request: Request) -> Response:
     return JSONResponse(
         {
             "status": "ok" if up else "degraded",
+            "instance": _gw(request).settings.instance,
             "neurons": {"up": up, "down": len(fleet.nodes) - up, "total": len(fleet.nodes)},
             "models_ready": sum(1 for locs in fleet.locations().values() if _ready(locs)),
         }

@@ -1,9 +1,16 @@
-"""The control plane: health, discovery, model lifecycle, metrics."""
+"""The control plane: health, discovery, model lifecycle, the change stream, metrics.
+
+Every answer that tells a model's state names it: ``/models`` in its ``X-Neuron-Epoch`` and
+``X-Neuron-Instance`` headers, ``/health`` in ``epoch`` and ``instance``, and load, unload,
+``/models/watch`` and every 409 ``stale_epoch`` / ``model_busy`` in a ``state`` object
+(``{"instance", "epoch", "status", "models": [ModelInfo...]}``).
+"""
 
 from __future__ import annotations
 
+import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
@@ -13,13 +20,15 @@ from starlette.responses import JSONResponse, Response
 from neuron import __version__
 from neuron.engine import HARNESSES
 from neuron.engine.stats import UNKNOWN
-from neuron.errors import BadRequest
-from neuron.registry import State
+from neuron.errors import BadRequest, Fenced
+from neuron.registry import Busy, State
 from neuron.routes.body import read_object
 from neuron.settings import ModelSpec, describe
 
 if TYPE_CHECKING:
     from neuron.app import Neuron
+
+log = logging.getLogger("neuron.control")
 
 
 def _neuron(request: Request) -> Neuron:
@@ -34,6 +43,8 @@ async def health(request: Request) -> Response:
             "status": n.lifecycle.status,
             "uptime_secs": round(time.monotonic() - n.lifecycle.started, 1),
             "in_flight": sum(s.in_flight for s in n.registry.slots()),
+            "instance": n.registry.instance,
+            "epoch": n.registry.epoch,
             "loaded_models": len(n.registry.engines()),
             "max_loaded_models": n.registry.max_loaded_models,
             "devices": [s.public() for s in n.health.samples],
@@ -55,8 +66,13 @@ async def discovery(request: Request) -> Response:
     )
 
 
-async def list_models(request: Request) -> Response:
-    n = _neuron(request)
+WATCH_MAX_WAIT = 30.0
+"""Longest a ``/models/watch`` is held (seconds), whatever its ``timeout`` asks."""
+MAX_EVICT = 64
+
+
+def model_infos(n: Neuron) -> list[dict[str, Any]]:
+    """``/models``: every model the registry holds, and default models not yet handed to it."""
     infos = [slot.info() for slot in n.registry.slots()]
     known = {slot.model_id for slot in n.registry.slots()}
     infos += [
@@ -67,6 +83,8 @@ async def list_models(request: Request) -> Response:
             "devices": spec.devices or [],
             "vram_used_mb": 0,
             "in_flight": 0,
+            "last_used": None,
+            "idle_s": None,
             "error": None,
             "engine": None,
             **UNKNOWN.public(),
@@ -74,12 +92,79 @@ async def list_models(request: Request) -> Response:
         for spec in n.lifecycle.pending.values()
         if spec.model_id not in known
     ]
-    return JSONResponse(infos)
+    return infos
+
+
+def state(n: Neuron) -> dict[str, Any]:
+    """This neuron's state as of now, named by its instance and epoch."""
+    return {
+        "instance": n.registry.instance,
+        "epoch": n.registry.epoch,
+        "status": n.lifecycle.status,
+        "models": model_infos(n),
+    }
+
+
+def _headers(n: Neuron) -> dict[str, str]:
+    return {"X-Neuron-Epoch": str(n.registry.epoch), "X-Neuron-Instance": n.registry.instance}
+
+
+async def list_models(request: Request) -> Response:
+    n = _neuron(request)
+    return JSONResponse(model_infos(n), headers=_headers(n))
+
+
+async def watch(request: Request) -> Response:
+    """``GET /models/watch?epoch=N&timeout=S[&instance=I]``: a long poll on the state.
+
+    Answers at once when the epoch is not ``N`` (or the instance is not ``I``), else when it
+    moves on, or after ``min(S, WATCH_MAX_WAIT)`` seconds; always with the current state.
+    """
+    n = _neuron(request)
+    query = request.query_params
+    epoch = _number(query.get("epoch"), "epoch", int)
+    wait = _number(query.get("timeout", str(WATCH_MAX_WAIT)), "timeout", float)
+    instance = query.get("instance")
+    if epoch is not None and (instance is None or instance == n.registry.instance):
+        await n.registry.watch(int(epoch), min(float(wait or 0.0), WATCH_MAX_WAIT))
+    return JSONResponse(state(n), headers=_headers(n))
+
+
+def _number(text: str | None, name: str, kind: type[int] | type[float]) -> float | None:
+    if text is None:
+        return None
+    try:
+        value = kind(text)
+    except ValueError:
+        raise BadRequest(f"{name!r} must be a number, got {text[:40]!r}", param=name) from None
+    if not value >= 0 or value == float("inf"):
+        raise BadRequest(f"{name!r} must be a finite number >= 0", param=name)
+    return value
+
+
+def _epoch(body: dict[str, Any]) -> int | None:
+    epoch = body.pop("epoch", None)
+    if epoch is not None and (not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0):
+        raise BadRequest("'epoch' must be a whole number >= 0", param="epoch")
+    return epoch
+
+
+def _asker(request: Request) -> str:
+    """Which cortex replica sent a command (its ``X-Cortex-Instance``), for the log."""
+    return repr(request.headers.get("x-cortex-instance", "?")[:64])
 
 
 async def load(request: Request) -> Response:
     n = _neuron(request)
     body = await read_object(request, n.settings.max_body_bytes)
+    epoch = _epoch(body)
+    evict = body.pop("evict", [])
+    if (
+        not isinstance(evict, list)
+        or len(evict) > MAX_EVICT
+        or not all(isinstance(m, str) and m for m in evict)
+    ):
+        raise BadRequest(f"'evict' must be a list of at most {MAX_EVICT} model ids", param="evict")
     try:
         spec = ModelSpec.model_validate(body)
     except ValidationError as exc:
@@ -87,18 +172,62 @@ async def load(request: Request) -> Response:
         param = str(where[0]) if where else None
         raise BadRequest(f"invalid model spec: {describe(exc)}", param=param) from None
     n.policy.check(spec.resolved_source, spec.engine_args)
-    slot = await n.registry.load(spec)
-    return JSONResponse({"status": "loaded", "model": slot.info()})
+    log.info(
+        "load of %s from %s (epoch %s, evict %s)", spec.model_id, _asker(request), epoch, evict
+    )
+    try:
+        slot, evicted = await n.registry.place(spec, epoch=epoch, evict=tuple(evict))
+    except Fenced as exc:
+        exc.extra["state"] = state(n)
+        raise
+    return JSONResponse(
+        {
+            "status": "loaded",
+            "model": slot.info(),
+            # Whether this call started the engine (else it joined, or found it ready), and
+            # what it evicted to make room: for the caller's own counts.
+            "started": evicted is not None,
+            "evicted": list(evicted or ()),
+            "state": state(n),
+        }
+    )
 
 
 async def unload(request: Request) -> Response:
+    """``force``: a model with requests in flight leaves routing at once and is stopped when
+    they are done (at most ``drain_timeout``); without it, such an unload is 409 ``model_busy``."""
     n = _neuron(request)
     body = await read_object(request, n.settings.max_body_bytes)
     model_id = body.get("model_id")
     if not isinstance(model_id, str) or not model_id:
         raise BadRequest("'model_id' is required and must be a string", param="model_id")
-    await n.registry.unload(model_id)
-    return JSONResponse({"status": "unloaded"})
+    epoch = _epoch(body)
+    force = body.get("force", False)
+    if not isinstance(force, bool):
+        raise BadRequest("'force' must be true or false", param="force")
+    idle = body.get("idle_at_least")
+    if idle is not None and (
+        not isinstance(idle, int | float) or isinstance(idle, bool) or not 0 <= idle < 1e9
+    ):
+        raise BadRequest("'idle_at_least' must be a number of seconds >= 0", param="idle_at_least")
+    log.info(
+        "unload of %r from %s (epoch %s, force %s)", model_id[:256], _asker(request), epoch, force
+    )
+    busy = Busy.WAIT if force else Busy.REFUSE
+    if n.lifecycle.draining:
+        busy = Busy.CUT
+    try:
+        await n.registry.unload(
+            model_id,
+            epoch=epoch,
+            busy=busy,
+            patience=n.settings.drain_timeout,
+            idle_at_least=idle,
+        )
+    except Fenced as exc:
+        exc.extra["state"] = state(n)
+        raise
+    return JSONResponse({"status": "unloaded", "state": state(n)})
 
 
 async def endpoint(request: Request) -> Response:

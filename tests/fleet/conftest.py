@@ -1,0 +1,1 @@
+"""The fleet suite: several cortex replicas in front of several neurons (stand-in engines)."""
