@@ -114,7 +114,9 @@ async def handle(gw: Gateway, scope: Scope, read: BodyReader) -> Response:
     except ModelNotAllowed:
         gw.metrics.requests.labels(call.label, "none", path, "403", call.key).inc()
         raise
-    nodes = rank(gw.fleet.ready_nodes(model), model, gw.next_turn())
+    nodes, prefix = gw.router.route(
+        gw.fleet.ready_nodes(model), model, call.label, path, payload, gw.next_turn()
+    )
     cold = not nodes and gw.loader.can_load(model)
     if not nodes and not cold:
         status = "404" if not known else "503"
@@ -144,6 +146,8 @@ async def handle(gw: Gateway, scope: Scope, read: BodyReader) -> Response:
             raise
 
     answer, node = await _open(gw, call, nodes[:2], body, headers)
+    if prefix is not None:
+        gw.router.served(model, prefix, node)
     if not answer.is_event_stream:
         return await _whole(gw, call, node, answer)
     # A stream's length changes (a dropped usage chunk) and it goes out chunked.
