@@ -7,7 +7,8 @@ several sizes (a system prompt and a conversation of some turns, already parsed,
 relay has them) it times ``Router.route`` plus ``Router.served`` for ``policy = "prefix"``,
 and ``Router.route`` for ``policy = "load"``: the routing work the relay does per request.
 The prefix index starts warm (every conversation seen once) and stays warm. CPU time
-(``time.process_time``) over ``--requests`` calls, best of ``--repeat``, in µs per request.
+(``time.process_time``) over ``--requests`` calls, best of ``--repeat``, in µs per request;
+``rank`` alone is what the relay ran before (the least-load order, no decision counted).
 It also reports the index's memory per entry (``tracemalloc``) when filled to its bound.
 
 Prints one JSON line per case, then a markdown table.
@@ -22,7 +23,7 @@ import time
 import tracemalloc
 from typing import Any
 
-from cortex.fleet.routing import Router
+from cortex.fleet.routing import Router, rank
 from cortex.fleet.state import Load, Node
 from cortex.metrics import CortexMetrics
 from cortex.settings import Routing
@@ -62,10 +63,21 @@ def bodies(system: int, turns: int, chars: int, users: int = 64) -> list[dict[st
     return out
 
 
+def rank_alone(fleet: list[Node], n: int, r: int) -> float:
+    """What the relay ran before ``Router``: ``rank`` alone."""
+    best = float("inf")
+    for _ in range(r):
+        started = time.process_time()
+        for turn in range(n):
+            rank(fleet, "m0", turn)
+        best = min(best, time.process_time() - started)
+    return best / n * 1e6
+
+
 def per_request(
     policy: str, fleet: list[Node], payloads: list[dict[str, Any]], n: int, r: int
 ) -> float:
-    router = Router(Routing(policy=policy), CortexMetrics())  # type: ignore[arg-type]
+    router = Router(Routing(policy=policy), CortexMetrics())
     for payload in payloads:  # warm: every conversation seen once
         ranked, hashes = router.route(fleet, "m0", "m0", PATH, payload, 0)
         if hashes is not None:
@@ -105,6 +117,7 @@ def main() -> None:
         for case, shape in CASES.items():
             payloads = bodies(*shape)
             row: dict[str, Any] = {"neurons": count, "body": case}
+            row["rank_us"] = round(rank_alone(fleet, args.requests, args.repeat), 2)
             for policy in ("load", "prefix"):
                 us = per_request(policy, fleet, payloads, args.requests, args.repeat)
                 row[f"{policy}_us"] = round(us, 2)
@@ -113,9 +126,15 @@ def main() -> None:
     per_entry = bytes_per_entry()
     print(f"\n{platform.processor() or platform.machine()}, Python {platform.python_version()}")
     print(f"index memory: {per_entry:.0f} bytes per entry\n")
-    print("| neurons | body | least-load µs | prefix µs |\n|---|---|---|---|")
+    print(
+        "| neurons | body | rank() alone µs (before) | policy load µs | policy prefix µs |\n"
+        "|---|---|---|---|---|"
+    )
     for row in rows:
-        print(f"| {row['neurons']} | {row['body']} | {row['load_us']} | {row['prefix_us']} |")
+        print(
+            f"| {row['neurons']} | {row['body']} | {row['rank_us']} | {row['load_us']} "
+            f"| {row['prefix_us']} |"
+        )
 
 
 if __name__ == "__main__":

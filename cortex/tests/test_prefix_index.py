@@ -4,6 +4,7 @@ cost what ``chunk_chars`` and ``max_prompt_chars`` allow and no more."""
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -133,7 +134,7 @@ def test_rendezvous_and_the_anchor_are_the_same_in_every_process() -> None:
 
 
 def test_rendezvous_spreads_conversations_evenly() -> None:
-    winners = [max(("n1", "n2"), key=lambda n, k=k: rendezvous(k, n)) for k in range(1000)]
+    winners = [max(("n1", "n2"), key=functools.partial(rendezvous, k)) for k in range(1000)]
     assert 400 < winners.count("n1") < 600
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -88,8 +89,8 @@ def test_a_new_conversation_goes_to_the_least_loaded() -> None:
 def test_ties_go_to_the_rendezvous_winner_of_the_conversation() -> None:
     nodes = [Node(name=f"n{i}", base="", token=None) for i in range(4)]
     for key in range(50):
-        ranked, _ = choose(nodes, [1, 0, 0, 0], (), lambda k=key: k, 2, 0.5)
-        winner = max(("n1", "n2", "n3"), key=lambda n, k=key: rendezvous(k, n))
+        ranked, _ = choose(nodes, [1, 0, 0, 0], (), functools.partial(int, key), 2, 0.5)
+        winner = max(("n1", "n2", "n3"), key=functools.partial(rendezvous, key))
         assert ranked[0].name == winner
 
 
@@ -104,7 +105,7 @@ def test_the_key_is_only_computed_for_a_tie() -> None:
 
 def router(policy: str = "prefix", **more: Any) -> tuple[Router, CortexMetrics]:
     metrics = CortexMetrics()
-    return Router(Routing(policy=policy, **more), metrics), metrics  # type: ignore[arg-type]
+    return Router(Routing(policy=policy, **more), metrics), metrics
 
 
 def body(*contents: str) -> dict[str, Any]:
