@@ -17,7 +17,7 @@ from cortex_testing import free_port, served
 from fake_neuron import FakeNeuron
 from prometheus_client import generate_latest
 
-from cortex.app import build, create_app
+from cortex.app import Gateway, build, create_app
 from cortex.fleet.prefix import rendezvous
 from cortex.fleet.routing import GUARD, LOAD, PREFIX, Router, choose
 from cortex.fleet.state import Load, Node
@@ -190,7 +190,7 @@ def test_bad_routing_settings_are_refused() -> None:
 @contextlib.asynccontextmanager
 async def gateway(
     policy: str,
-) -> AsyncIterator[tuple[list[FakeNeuron], httpx.AsyncClient, CortexMetrics]]:
+) -> AsyncIterator[tuple[list[FakeNeuron], httpx.AsyncClient, Gateway]]:
     fakes = [FakeNeuron(name, report_load=True) for name in ("n1", "n2")]
     ports = [free_port() for _ in fakes]
     settings = CortexSettings(
@@ -217,11 +217,11 @@ async def gateway(
             if len(gw.fleet.ready_nodes("m1")) == 2:
                 break
             await asyncio.sleep(0.05)
-        yield fakes, c, gw.metrics
+        yield fakes, c, gw
 
 
 async def test_through_the_relay_each_conversation_keeps_its_neuron() -> None:
-    async with gateway("prefix") as (fakes, c, metrics):
+    async with gateway("prefix") as (fakes, c, gw):
         for user in range(6):
             for turns in (("q",), ("q", "a", "q2"), ("q", "a", "q2", "a2", "q3")):
                 payload = body(*(f"user {user} {t}" for t in turns))
@@ -236,7 +236,7 @@ async def test_through_the_relay_each_conversation_keeps_its_neuron() -> None:
         assert len(where) == 6 and all(len(on) == 1 for on in where.values()), where
         # The first request knew nothing; every later one found at least the system prompt
         # (nothing is loaded here, so new conversations follow it too).
-        text = generate_latest(metrics.registry).decode()
+        text = generate_latest(gw.metrics.registry).decode()
         assert 'cortex_routing_decisions_total{model="m1",reason="prefix"} 35.0' in text
         assert 'cortex_routing_decisions_total{model="m1",reason="load"} 1.0' in text
 
@@ -257,3 +257,15 @@ async def test_a_busy_neuron_loses_new_conversations_but_keeps_its_own() -> None
         mine = await c.post(CHAT, json=body("mine", "ok", "more"))
         assert mine.status_code == 200
         assert len(busy.seen) == 2
+
+
+async def test_a_refused_request_teaches_the_index_nothing() -> None:
+    async with gateway("prefix") as (fakes, c, gw):
+        for fake in fakes:
+            fake.answer_status = 400
+        assert (await c.post(CHAT, json=body("hi"))).status_code == 400
+        assert len(gw.router.index) == 0
+        for fake in fakes:
+            fake.answer_status = 200
+        assert (await c.post(CHAT, json=body("hi"))).status_code == 200
+        assert len(gw.router.index) == 2  # the system prompt, and the question
