@@ -10,6 +10,7 @@ through each target in turn:
 
 - ``oracle``: everything to engine 1 alone, straight (the hit rate one engine reaches);
 - ``cortex-prefix`` / ``cortex-load``: cortex with ``[routing] policy = "prefix"`` / ``"load"``;
+  ``cortex-prefix:M:R`` with ``guard_margin = M``, ``guard_ratio = R`` (else the defaults);
 - ``router-cache`` / ``router-rr``: vllm-router (PyPI, a venv of its own) with ``--policy
   cache_aware`` / ``round_robin``, given the two engines' URLs.
 
@@ -144,7 +145,9 @@ def engine_of(neuron: str, timeout: float = 900) -> str:
     raise SystemExit(f"{neuron}: {MODEL} not ready after {timeout:g}s")
 
 
-def cortex_config(work: Path, name: str, policy: str, neurons: list[str]) -> tuple[Path, str]:
+def cortex_config(
+    work: Path, name: str, policy: str, guard: list[str], neurons: list[str]
+) -> tuple[Path, str]:
     port, metrics = free_port(), free_port()
     config = work / f"{name}.toml"
     models = work / "models.toml"
@@ -154,6 +157,7 @@ def cortex_config(work: Path, name: str, policy: str, neurons: list[str]) -> tup
         f'[gateway]\nlisten = "127.0.0.1:{port}"\nmetrics_listen = "127.0.0.1:{metrics}"\n'
         "[poll]\ninterval = 1.0\n"
         f'[routing]\npolicy = "{policy}"\n'
+        + (f"guard_margin = {float(guard[0])}\nguard_ratio = {float(guard[1])}\n" if guard else "")
         + "".join(
             f'[[neurons]]\nname = "n{i + 1}"\nendpoint = "{url}"\n' for i, url in enumerate(neurons)
         )
@@ -301,7 +305,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     targets = args.targets.split(",")
-    unknown = set(targets) - set(TARGETS)
+    unknown = {t.split(":")[0] for t in targets} - set(TARGETS)
     if unknown:
         raise SystemExit(f"unknown targets {sorted(unknown)}; known: {', '.join(TARGETS)}")
     router = None
@@ -344,8 +348,8 @@ def main() -> None:
                     rows.append(run(target, engines[0].url, users, engines, args, None))
                     continue
                 if target.startswith("cortex"):
-                    policy = target.split("-")[1]
-                    config, url = cortex_config(work, target, policy, neurons)
+                    policy, *guard = target.split("-")[1].split(":")
+                    config, url = cortex_config(work, target, policy, guard, neurons)
                     argv = [str(BIN / "cortex"), "serve", "--config", str(config)]
                 else:
                     assert router is not None  # noqa: S101 - installed above
@@ -358,7 +362,7 @@ def main() -> None:
                         "--prometheus-host", "127.0.0.1", "--prometheus-port", str(free_port()),
                         "--log-level", "warning",
                     ]  # fmt: skip
-                log = work / f"{target}-{users}.log"
+                log = work / f"{target.replace(':', '_')}-{users}.log"
                 with process(argv, log) as proc:
                     wait_http(f"{url}/health", 60, proc, log)
                     if target.startswith("cortex"):
