@@ -33,7 +33,7 @@ def chat(*contents: str, system: str | None = None) -> dict[str, Any]:
 def hashes(
     payload: dict[str, Any], path: str = CHAT, chunk: int = 64, limit: int = 10_000
 ) -> list[int]:
-    return prompt_hashes(path, payload, chunk, limit)
+    return prompt_hashes(path, payload, chunk, limit)[0]
 
 
 def test_the_next_turn_of_a_chat_extends_the_previous_one() -> None:
@@ -74,6 +74,14 @@ def test_the_one_pass_chat_hashing_matches_the_general_one() -> None:
     payload["messages"].append({"role": 7, "content": "d"})
     assert prompt_hashes(CHAT, payload, 64, 10_000) == chain(pieces(CHAT, payload)[0], 64, 10_000)
     assert prompt_hashes(CHAT, payload, 64, 100) == chain(pieces(CHAT, payload)[0], 64, 100)
+
+
+def test_each_hash_says_how_much_of_the_prompt_it_covers() -> None:
+    payload = chat("a" * 150, "bb", system="s" * 10)
+    assert prompt_hashes(CHAT, payload, 64, 10_000)[1] == [10, 74, 138, 160, 162]
+    assert prompt_hashes(CHAT, payload, 64, 100)[1] == [10, 74, 100]
+    assert chain(pieces(CHAT, payload)[0], 64, 100)[1] == [10, 74, 100]
+    assert chain([("prompt", "x" * 30)], 64, 20)[1] == [20]
 
 
 def test_unicode_is_hashed_as_text() -> None:
@@ -142,13 +150,13 @@ def test_lookup_finds_the_deepest_known_piece_and_who_served_it() -> None:
     index = PrefixIndex(per_model=100, total=1000)
     turn1 = hashes(chat("hello", system="sys"))
     turn2 = hashes(chat("hello", "hi", "more", system="sys"))
-    assert index.lookup("m1", turn2) == (0, ())
+    assert index.lookup("m1", turn2) == {}
     index.record("m1", turn1, "n1")
-    assert index.lookup("m1", turn2) == (2, ("n1",))
+    assert index.lookup("m1", turn2) == {"n1": 2}
     index.record("m1", hashes(chat("other", system="sys")), "n2")
-    assert index.lookup("m1", turn2) == (2, ("n1",))  # the system prompt alone is both's
-    assert index.lookup("m1", hashes(chat("new", system="sys"))) == (1, ("n2", "n1"))
-    assert index.lookup("m2", turn2) == (0, ())  # per model
+    assert index.lookup("m1", turn2) == {"n1": 2, "n2": 1}  # the system prompt is both's
+    assert index.lookup("m1", hashes(chat("new", system="sys"))) == {"n1": 1, "n2": 1}
+    assert index.lookup("m2", turn2) == {}  # per model
 
 
 def test_an_entry_remembers_a_few_engines_most_recent_first() -> None:
@@ -156,8 +164,8 @@ def test_an_entry_remembers_a_few_engines_most_recent_first() -> None:
     shared = hashes(chat(system="sys"))
     for name in ("n1", "n2", "n3", "n4", "n5", "n2"):
         index.record("m1", shared, name)
-    held = index.lookup("m1", shared)[1]
-    assert held == ("n2", "n5", "n4", "n3") and len(held) == HELD_PER_ENTRY
+    held = index.lookup("m1", shared)
+    assert held == {"n2": 1, "n5": 1, "n4": 1, "n3": 1} and len(held) == HELD_PER_ENTRY
 
 
 def test_bounded_per_model_evicting_the_least_recently_used() -> None:
@@ -169,15 +177,15 @@ def test_bounded_per_model_evicting_the_least_recently_used() -> None:
         if i % 3 == 0:
             index.record("m1", old, "n1")  # used again: kept
     assert index.entries("m1") == 10 and len(index) == 10
-    assert index.lookup("m1", old) == (1, ("n1",))
-    assert index.lookup("m1", hashes(chat("conversation 0"))) == (0, ())
+    assert index.lookup("m1", old) == {"n1": 1}
+    assert index.lookup("m1", hashes(chat("conversation 0"))) == {}
 
 
 def test_deep_pieces_go_before_the_shallow_ones_they_extend() -> None:
     index = PrefixIndex(per_model=3, total=1000)
     index.record("m1", hashes(chat("a", "b", "c")), "n1")
     index.record("m1", hashes(chat("z")), "n2")  # one more than fits: evicts one
-    assert index.lookup("m1", hashes(chat("a", "b", "c"))) == (2, ("n1",))
+    assert index.lookup("m1", hashes(chat("a", "b", "c"))) == {"n1": 2}
 
 
 def test_bounded_in_total_evicting_from_the_model_used_least_recently() -> None:

@@ -43,53 +43,74 @@ def names(nodes: list[Node]) -> list[str]:
 
 
 def decide(
-    load: list[float], held: tuple[str, ...], margin: float = 2, ratio: float = 0.5
+    load: list[float],
+    held: dict[str, int],
+    total: int = 100,
+    margin: float = 2,
+    ratio: float = 0.5,
 ) -> tuple[list[str], str]:
+    """The order and reason for a prompt of ``total`` characters; ``held``: engine → the
+    leading characters of it that engine holds."""
     nodes = [Node(name=f"n{i}", base="", token=None) for i in range(len(load))]
-    ranked, reason = choose(nodes, load, held, lambda: 7, margin, ratio)
+    ranked, reason = choose(nodes, load, held, total, lambda: 7, margin, ratio)
     return names(ranked), reason
 
 
 def test_the_engine_holding_the_prefix_takes_it() -> None:
-    assert decide([0, 0, 0], ("n2",)) == (["n2", "n0", "n1"], PREFIX)
+    assert decide([0, 0, 0], {"n2": 90}) == (["n2", "n0", "n1"], PREFIX)
+
+
+def test_the_one_holding_the_most_of_it() -> None:
+    assert decide([0, 0, 0], {"n0": 30, "n1": 90, "n2": 60}) == (["n1", "n0", "n2"], PREFIX)
 
 
 def test_even_when_busier_within_the_guard() -> None:
-    # allowed: least 2 + margin 2 + ratio 0.5 * 2 = 5
-    assert decide([5, 2], ("n0",)) == (["n0", "n1"], PREFIX)
+    # allowed: (margin 2 + ratio 0.5 * least 2) * all of the prompt = 3
+    assert decide([5, 2], {"n0": 100}) == (["n0", "n1"], PREFIX)
 
 
 def test_the_guard_sends_it_to_the_least_loaded_when_the_prefix_engine_is_too_busy() -> None:
-    assert decide([5.5, 2], ("n0",)) == (["n1", "n0"], GUARD)
-    assert decide([3, 0], ("n0",), margin=2, ratio=0) == (["n1", "n0"], GUARD)
-    assert decide([3, 0], ("n0",), margin=3, ratio=0) == (["n0", "n1"], PREFIX)
+    assert decide([5.5, 2], {"n0": 100}) == (["n1", "n0"], GUARD)
+    assert decide([3, 0], {"n0": 100}, margin=2, ratio=0) == (["n1", "n0"], GUARD)
+    assert decide([3, 0], {"n0": 100}, margin=3, ratio=0) == (["n0", "n1"], PREFIX)
 
 
 def test_the_guard_grows_with_the_load() -> None:
-    assert decide([20, 12], ("n0",)) == (["n0", "n1"], PREFIX)  # 20 <= 12 + 2 + 6
-    assert decide([21, 12], ("n0",)) == (["n1", "n0"], GUARD)
+    assert decide([20, 12], {"n0": 100}) == (["n0", "n1"], PREFIX)  # 20 - 12 <= 2 + 6
+    assert decide([21, 12], {"n0": 100}) == (["n1", "n0"], GUARD)
 
 
-def test_among_several_holders_the_least_loaded() -> None:
-    assert decide([4, 1, 0], ("n0", "n1")) == (["n1", "n2", "n0"], PREFIX)
+def test_the_guard_shrinks_with_what_only_that_engine_holds() -> None:
+    # n1 holds the shared first 80 characters too: n0's gain is a fifth, allowed (2 + 1) / 5
+    assert decide([2.5, 2], {"n0": 100, "n1": 80}) == (["n0", "n1"], PREFIX)
+    assert decide([2.7, 2], {"n0": 100, "n1": 80}) == (["n1", "n0"], GUARD)
+    assert decide([2.7, 2], {"n0": 100}) == (["n0", "n1"], PREFIX)  # all of it: 3 allowed
+
+
+def test_among_several_holders_of_as_much_the_least_loaded() -> None:
+    assert decide([4, 1, 0], {"n0": 50, "n1": 50}) == (["n1", "n2", "n0"], PREFIX)
+
+
+def test_the_least_loaded_holding_the_most_is_a_prefix_decision() -> None:
+    assert decide([3, 1], {"n0": 20, "n1": 50}) == (["n1", "n0"], PREFIX)
 
 
 def test_a_prefix_every_engine_holds_is_decided_by_load() -> None:
-    assert decide([3, 1], ("n0", "n1")) == (["n1", "n0"], LOAD)
+    assert decide([3, 1], {"n0": 40, "n1": 40}) == (["n1", "n0"], LOAD)
 
 
 def test_a_prefix_held_only_by_engines_that_are_gone_is_decided_by_load() -> None:
-    assert decide([3, 1], ("n7",)) == (["n1", "n0"], LOAD)
+    assert decide([3, 1], {"n7": 100}) == (["n1", "n0"], LOAD)
 
 
 def test_a_new_conversation_goes_to_the_least_loaded() -> None:
-    assert decide([3, 1, 2], ()) == (["n1", "n2", "n0"], LOAD)
+    assert decide([3, 1, 2], {}) == (["n1", "n2", "n0"], LOAD)
 
 
 def test_ties_go_to_the_rendezvous_winner_of_the_conversation() -> None:
     nodes = [Node(name=f"n{i}", base="", token=None) for i in range(4)]
     for key in range(50):
-        ranked, _ = choose(nodes, [1, 0, 0, 0], (), functools.partial(int, key), 2, 0.5)
+        ranked, _ = choose(nodes, [1, 0, 0, 0], {}, 0, functools.partial(int, key), 2, 0.5)
         winner = max(("n1", "n2", "n3"), key=functools.partial(rendezvous, key))
         assert ranked[0].name == winner
 
@@ -100,7 +121,7 @@ def test_the_key_is_only_computed_for_a_tie() -> None:
     def key() -> int:
         raise AssertionError("no tie, no key")
 
-    assert names(choose(nodes, [1, 0], (), key, 2, 0.5)[0]) == ["n1", "n0"]
+    assert names(choose(nodes, [1, 0], {}, 0, key, 2, 0.5)[0]) == ["n1", "n0"]
 
 
 def router(policy: str = "prefix", **more: Any) -> tuple[Router, CortexMetrics]:
@@ -126,7 +147,7 @@ def decisions(metrics: CortexMetrics) -> dict[str, float]:
 
 
 def test_a_conversation_stays_on_its_engine_turn_after_turn() -> None:
-    r, metrics = router()
+    r, metrics = router(guard_margin=4)
     nodes = fleet(0, 0)
     first, hashes = r.route(nodes, "m1", "m1", CHAT, body("hi"), 0)
     assert hashes is not None
@@ -243,7 +264,8 @@ async def test_through_the_relay_each_conversation_keeps_its_neuron() -> None:
 
 async def test_a_busy_neuron_loses_new_conversations_but_keeps_its_own() -> None:
     async with gateway("prefix") as (fakes, c, _):
-        first = await c.post(CHAT, json=body("mine"))
+        mine = "my own long question " * 10  # most of the prompt: worth waiting for
+        first = await c.post(CHAT, json=body(mine))
         assert first.status_code == 200
         busy = next(f for f in fakes if f.seen)
         busy.in_flight["m1"] = 0
@@ -252,10 +274,11 @@ async def test_a_busy_neuron_loses_new_conversations_but_keeps_its_own() -> None
         fresh = await c.post(CHAT, json=body("somebody new"))
         assert fresh.status_code == 200
         assert len(busy.seen) == 1  # the guard: 20 queued against 0
-        busy.running["m1"] = 1  # within the guard: 1 + KV 0.1 / 2 against 0 + 2
+        # Within the guard: 1 + KV 0.1 / 2 against 0 + 2 * the 88% of the prompt only it has.
+        busy.running["m1"] = 1
         await asyncio.sleep(0.3)
-        mine = await c.post(CHAT, json=body("mine", "ok", "more"))
-        assert mine.status_code == 200
+        again = await c.post(CHAT, json=body(mine, "ok", "more"))
+        assert again.status_code == 200
         assert len(busy.seen) == 2
 
 

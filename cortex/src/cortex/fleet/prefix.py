@@ -100,13 +100,18 @@ def _add(out: list[Piece], tag: str, content: object) -> None:
         out.append((tag, ""))  # no content (an assistant's tool calls): still a turn
 
 
-def chain(parts: list[Piece], chunk: int, limit: int) -> list[int]:
+Prompt = tuple[list[int], list[int]]
+"""A prompt's chained hashes, and for each the characters of the prompt it covers."""
+
+
+def chain(parts: list[Piece], chunk: int, limit: int) -> Prompt:
     """The chained hashes of ``parts``: one per piece of at most ``chunk`` characters.
 
     Hashes stop once ``limit`` characters have been hashed, so a very long prompt costs
     at most ``limit`` characters' worth of work.
     """
     hashes: list[int] = []
+    ends: list[int] = []
     append = hashes.append
     h = 0
     left = limit
@@ -115,18 +120,20 @@ def chain(parts: list[Piece], chunk: int, limit: int) -> list[int]:
         if size <= chunk:  # nearly every message: no copy
             h = hash((h, tag, text if size <= left else text[:left]))
             append(h)
-            left -= size
+            ends.append(limit - max(left - size, 0))
         else:
+            done = limit - left
             for start in range(0, min(size, left), chunk):
                 h = hash((h, tag, text[start : start + min(chunk, left - start)]))
                 append(h)
-            left -= size
+                ends.append(done + min(start + chunk, size, left))
+        left -= size
         if left <= 0:
             break
-    return hashes
+    return hashes, ends
 
 
-def prompt_hashes(path: str, payload: dict[str, Any], chunk: int, limit: int) -> list[int]:
+def prompt_hashes(path: str, payload: dict[str, Any], chunk: int, limit: int) -> Prompt:
     """``chain(pieces(path, payload)[0], chunk, limit)``, in one pass for chat requests.
 
     Chat completions are nearly all of the traffic that has a prefix worth routing by, and
@@ -137,6 +144,7 @@ def prompt_hashes(path: str, payload: dict[str, Any], chunk: int, limit: int) ->
     if path != "/v1/chat/completions" or not isinstance(messages, list):
         return chain(pieces(path, payload)[0], chunk, limit)
     hashes: list[int] = []
+    ends: list[int] = []
     append = hashes.append
     h = 0
     left = limit
@@ -155,14 +163,17 @@ def prompt_hashes(path: str, payload: dict[str, Any], chunk: int, limit: int) ->
         if size <= chunk and size <= left:  # nearly every message: no copy
             h = hash((h, tag, text))
             append(h)
+            ends.append(limit - left + size)
         else:
+            done = limit - left
             for start in range(0, min(size, left), chunk):
                 h = hash((h, tag, text[start : start + min(chunk, left - start)]))
                 append(h)
+                ends.append(done + min(start + chunk, size, left))
         left -= size
         if left <= 0:
             break
-    return hashes
+    return hashes, ends
 
 
 def anchor_key(parts: list[Piece], anchor: int, chunk: int) -> int:
@@ -208,25 +219,27 @@ class PrefixIndex:
         entries = self._models.get(model)
         return len(entries) if entries is not None else 0
 
-    def lookup(self, model: str, hashes: list[int]) -> tuple[int, tuple[str, ...]]:
-        """How many leading pieces of ``hashes`` are known, and who served the deepest one.
+    def lookup(self, model: str, hashes: list[int]) -> dict[str, int]:
+        """Engine → how many leading pieces of ``hashes`` it is known to hold (none: absent).
 
-        The walk stops at the first unknown piece: a deeper one is behind it in every prompt
-        that has it, and deep pieces are evicted before shallow ones (see :meth:`record`).
+        An engine listed for piece *k* served a prompt with that whole prefix. The walk
+        stops at the first unknown piece: a deeper one is behind it in every prompt that has
+        it, and deep pieces are evicted before shallow ones (see :meth:`record`).
         """
         entries = self._models.get(model)
+        depths: dict[str, int] = {}
         if entries is None:
-            return 0, ()
-        depth = 0
-        held: tuple[str, ...] = ()
+            return depths
         get = entries.get
+        depth = 0
         for h in hashes:
             found = get(h)
             if found is None:
                 break
-            held = found
             depth += 1
-        return depth, held
+            for engine in found:
+                depths[engine] = depth
+        return depths
 
     def record(self, model: str, hashes: list[int], engine: str) -> None:
         """``engine`` served a prompt with these pieces: it now comes first for each of them.

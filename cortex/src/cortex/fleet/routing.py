@@ -73,44 +73,55 @@ def scores(nodes: list[Node], model: str) -> list[float]:
 
 
 PREFIX = "prefix"
-"""The engine that holds the request's prefix took it (no more loaded than the guard allows)."""
+"""A neuron holding more of the prompt than the least loaded one took it (within the guard),
+or the least loaded one holds the most of it."""
 LOAD = "load"
-"""No engine is known to hold more of the prefix than the others: the least loaded took it."""
+"""No neuron is known to hold more of the prompt than the others: the least loaded took it."""
 GUARD = "guard"
-"""The engine holding the prefix was too loaded: the least loaded took it instead."""
+"""The neuron holding more of the prompt was too loaded: the least loaded took it instead."""
 
 
 def choose(
     nodes: list[Node],
     load: list[float],
-    held: tuple[str, ...],
+    held: dict[str, int],
+    total: int,
     key: Callable[[], int],
     margin: float,
     ratio: float,
 ) -> tuple[list[Node], str]:
-    """``nodes`` best first for a request whose prefix the engines ``held`` hold, and why.
+    """``nodes`` best first, and why, for a prompt of ``total`` characters of which each
+    engine named in ``held`` holds that many leading characters.
 
-    ``load`` is each node's score (:func:`scores`). Among the nodes named in ``held`` the
-    least loaded comes first, unless its score exceeds the least loaded node's by more than
-    ``margin + ratio * that score`` (the guard, on the load of this moment): then, and when
-    ``held`` names none of ``nodes`` or all of them, the least loaded one does. Equal scores
-    go to the highest rendezvous weight of ``key()`` (:func:`cortex.fleet.prefix.rendezvous`;
-    ``key`` is called only then),
-    so replicas that know nothing of a conversation send it to the same engine. The rest
-    follow by load (the relay's second try).
+    ``load`` is each node's score (:func:`scores`). The node holding the most of the prompt
+    (the least loaded among equals) comes first unless the guard, on the load of this
+    moment, says no: its score may exceed the least loaded node's by at most ``(margin +
+    ratio * that score) * gain``, where ``gain`` is the share of the prompt it holds beyond
+    what the least loaded node holds. A prompt whose only cached part is one every engine
+    holds (a common system prompt) gains nothing, so load decides; a conversation whose
+    whole history is on one engine may wait for it behind up to ``margin`` requests more.
+    Otherwise the least loaded node comes first. Equal scores go to the highest rendezvous
+    weight of ``key()`` (:func:`cortex.fleet.prefix.rendezvous`; ``key`` is called only
+    then), so replicas that know nothing of a conversation send it to the same engine. The
+    rest follow by load (the relay's second try).
     """
     order = sorted(range(len(nodes)), key=load.__getitem__)
     first = _tie_break(nodes, load, order, key)
     reason = LOAD
-    if held:
-        mine = [i for i in order if nodes[i].name in held]
-        if mine and len(mine) < len(nodes):
-            best = _tie_break(nodes, load, mine, key)
+    if held and total > 0:
+        get = held.get
+        base = get(nodes[first].name, 0)
+        best = max(order, key=lambda i: get(nodes[i].name, 0))  # the least loaded of equals
+        top = get(nodes[best].name, 0)
+        if top > base:
             least = load[first]
-            if load[best] > least + margin + ratio * least:
+            allowed = (margin + ratio * least) * (top - base) / total
+            if load[best] - least > allowed:
                 reason = GUARD
             else:
                 first, reason = best, PREFIX
+        elif top > min(get(n.name, 0) for n in nodes):
+            reason = PREFIX  # the least loaded holds the most of it
     ranked = [nodes[first]]
     ranked.extend(nodes[i] for i in order if i != first)
     return ranked, reason
@@ -159,14 +170,16 @@ class Router:
             self.decisions.labels(label, LOAD).inc()
             return rank(nodes, model, turn), None
         s = self.settings
-        hashes = prompt_hashes(path, payload, s.chunk_chars, s.max_prompt_chars)
-        _, held = self.index.lookup(model, hashes)
+        hashes, ends = prompt_hashes(path, payload, s.chunk_chars, s.max_prompt_chars)
+        depths = self.index.lookup(model, hashes)
+        held = {engine: ends[depth - 1] for engine, depth in depths.items()}
 
         def key() -> int:
             return anchor_key(*pieces(path, payload), s.chunk_chars)
 
         load = scores(nodes, model)
-        ranked, reason = choose(nodes, load, held, key, s.guard_margin, s.guard_ratio)
+        total = ends[-1] if ends else 0
+        ranked, reason = choose(nodes, load, held, total, key, s.guard_margin, s.guard_ratio)
         self.decisions.labels(label, reason).inc()
         return ranked, hashes or None
 
