@@ -110,9 +110,11 @@ class Routing(BaseModel):
     """``prefix``: the engine most likely to hold the prompt's prefix, within the guard;
     ``load``: the least loaded engine."""
     guard_margin: Annotated[float, Field(ge=0)] = 2.0
-    """Requests (running + waiting) the prefix's engine may have beyond the least loaded one."""
+    """Requests (running + waiting) the prefix's engine may have beyond the least loaded one,
+    when it holds all of the prompt and the least loaded none (scaled by the share it holds
+    beyond the least loaded one's)."""
     guard_ratio: Annotated[float, Field(ge=0)] = 0.5
-    """Plus this fraction of the least loaded engine's requests."""
+    """Plus this fraction of the least loaded engine's requests (scaled the same way)."""
     chunk_chars: Annotated[int, Field(ge=16, le=65536)] = 1024
     """Characters per hashed piece of a long message (messages are pieces of their own)."""
     max_prompt_chars: Annotated[int, Field(ge=16)] = 65536
