@@ -110,9 +110,10 @@ def choose(
     reason = LOAD
     if held and total > 0:
         get = held.get
+        has = [get(nodes[i].name, 0) for i in order]
+        top = max(has)
+        best = order[has.index(top)]  # the least loaded of those holding the most
         base = get(nodes[first].name, 0)
-        best = max(order, key=lambda i: get(nodes[i].name, 0))  # the least loaded of equals
-        top = get(nodes[best].name, 0)
         if top > base:
             least = load[first]
             allowed = (margin + ratio * least) * (top - base) / total
@@ -120,7 +121,7 @@ def choose(
                 reason = GUARD
             else:
                 first, reason = best, PREFIX
-        elif top > min(get(n.name, 0) for n in nodes):
+        elif top > min(has):
             reason = PREFIX  # the least loaded holds the most of it
     ranked = [nodes[first]]
     ranked.extend(nodes[i] for i in order if i != first)
