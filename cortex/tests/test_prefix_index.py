@@ -11,6 +11,7 @@ import sys
 from typing import Any
 
 from cortex.fleet.prefix import (
+    CHARS_PER_PIECE,
     HELD_PER_ENTRY,
     PrefixIndex,
     anchor_key,
@@ -72,15 +73,17 @@ def test_the_one_pass_chat_hashing_matches_the_general_one() -> None:
     payload = chat("a" * 150, [{"type": "text", "text": "b"}, {"type": "image_url"}], "c")  # type: ignore[arg-type]
     payload["messages"].append({"role": "assistant", "content": None, "tool_calls": []})
     payload["messages"].append({"role": 7, "content": "d"})
-    assert prompt_hashes(CHAT, payload, 64, 10_000) == chain(pieces(CHAT, payload)[0], 64, 10_000)
-    assert prompt_hashes(CHAT, payload, 64, 100) == chain(pieces(CHAT, payload)[0], 64, 100)
+    assert prompt_hashes(CHAT, payload, 64, 10_000) == chain(
+        pieces(CHAT, payload, 1000)[0], 64, 10_000
+    )
+    assert prompt_hashes(CHAT, payload, 64, 100) == chain(pieces(CHAT, payload, 1000)[0], 64, 100)
 
 
 def test_each_hash_says_how_much_of_the_prompt_it_covers() -> None:
     payload = chat("a" * 150, "bb", system="s" * 10)
     assert prompt_hashes(CHAT, payload, 64, 10_000)[1] == [10, 74, 138, 160, 162]
     assert prompt_hashes(CHAT, payload, 64, 100)[1] == [10, 74, 100]
-    assert chain(pieces(CHAT, payload)[0], 64, 100)[1] == [10, 74, 100]
+    assert chain(pieces(CHAT, payload, 1000)[0], 64, 100)[1] == [10, 74, 100]
     assert chain([("prompt", "x" * 30)], 64, 20)[1] == [20]
 
 
@@ -90,48 +93,59 @@ def test_unicode_is_hashed_as_text() -> None:
     assert emoji == again and len(emoji) == 7  # 440 characters (not bytes) in chunks of 64
     lone = chat("\ud800 a lone surrogate, valid in JSON")  # not encodable as UTF-8
     assert hashes(lone)
-    assert isinstance(anchor_key(*pieces(CHAT, lone), 64), int)
+    assert isinstance(anchor_key(*pieces(CHAT, lone, 1000), 64), int)
 
 
 def test_a_very_long_prompt_hashes_at_most_max_prompt_chars() -> None:
     huge = chat("z" * 10_000_000, "more")
     assert len(hashes(huge, chunk=1024, limit=65536)) == 64
     many = chat(*(["short"] * 100_000))
-    assert len(hashes(many, chunk=1024, limit=1000)) == 200
+    assert len(hashes(many, chunk=1024, limit=1000)) == 1000 // CHARS_PER_PIECE + 1
+
+
+def test_many_tiny_messages_cost_no_more_than_a_long_prompt() -> None:
+    empty = {"messages": [{"role": "user", "content": ""}] * 1_000_000}
+    assert len(hashes(empty, chunk=1024, limit=65536)) == 65536 // CHARS_PER_PIECE + 1
+    parts = {"messages": [{"role": "user", "content": [{"type": "text", "text": "x"}] * 10**6}]}
+    assert len(pieces(CHAT, parts, 100)[0][0][1]) == 199  # 100 parts and their separators
+    responses = {"input": [{"role": "user", "content": "q"}] * 10**6}
+    assert len(pieces("/v1/responses", responses, 100)[0]) == 100
 
 
 def test_other_endpoints_and_shapes() -> None:
-    completion = pieces("/v1/completions", {"prompt": "once upon a time"})
+    completion = pieces("/v1/completions", {"prompt": "once upon a time"}, 1000)
     assert completion == ([("prompt", "once upon a time")], 1)
-    assert pieces("/v1/completions", {"prompt": ["first", "second"]})[0] == [("prompt", "first")]
-    assert pieces("/v1/completions", {"prompt": [1, 2, 3]}) == ([], 0)  # token ids: by load
+    assert pieces("/v1/completions", {"prompt": ["first", "second"]}, 1000)[0] == [
+        ("prompt", "first")
+    ]
+    assert pieces("/v1/completions", {"prompt": [1, 2, 3]}, 1000) == ([], 0)  # token ids: by load
     messages = pieces(
-        "/v1/messages", {"system": "sys", "messages": [{"role": "user", "content": "q"}]}
+        "/v1/messages", {"system": "sys", "messages": [{"role": "user", "content": "q"}]}, 1000
     )
     assert messages == ([("system", "sys"), ("user", "q")], 2)
-    responses = pieces("/v1/responses", {"instructions": "sys", "input": "q"})
+    responses = pieces("/v1/responses", {"instructions": "sys", "input": "q"}, 1000)
     assert responses == ([("system", "sys"), ("user", "q")], 2)
-    assert pieces("/v1/embeddings", {"input": "text"}) == ([], 0)
-    assert pieces(CHAT, {"messages": "not a list"}) == ([], 0)
-    assert pieces(CHAT, {"messages": ["not an object"]}) == ([], 0)
+    assert pieces("/v1/embeddings", {"input": "text"}, 1000) == ([], 0)
+    assert pieces(CHAT, {"messages": "not a list"}, 1000) == ([], 0)
+    assert pieces(CHAT, {"messages": ["not an object"]}, 1000) == ([], 0)
 
 
 def test_the_anchor_is_the_conversation_up_to_its_first_user_message() -> None:
-    first = pieces(CHAT, chat("hello", system="sys"))
-    later = pieces(CHAT, chat("hello", "hi", "more", system="sys"))
+    first = pieces(CHAT, chat("hello", system="sys"), 1000)
+    later = pieces(CHAT, chat("hello", "hi", "more", system="sys"), 1000)
     assert first[1] == later[1] == 2
     assert anchor_key(*first, 64) == anchor_key(*later, 64)
-    assert anchor_key(*first, 64) != anchor_key(*pieces(CHAT, chat("bye", system="sys")), 64)
+    assert anchor_key(*first, 64) != anchor_key(*pieces(CHAT, chat("bye", system="sys"), 1000), 64)
 
 
 def test_rendezvous_and_the_anchor_are_the_same_in_every_process() -> None:
     """Replicas must agree; Python's own ``hash`` is salted per process, these are not."""
     code = (
         "from cortex.fleet.prefix import anchor_key, pieces, rendezvous;"
-        "p = pieces('/v1/chat/completions', {'messages': [{'role': 'user', 'content': 'hé'}]});"
+        "p = pieces('/v1/chat/completions', {'messages': [{'role': 'user', 'content': 'hé'}]}, 1000);"
         "print(anchor_key(*p, 64), rendezvous(anchor_key(*p, 64), 'n1'))"
     )
-    here = pieces(CHAT, {"messages": [{"role": "user", "content": "hé"}]})
+    here = pieces(CHAT, {"messages": [{"role": "user", "content": "hé"}]}, 1000)
     mine = f"{anchor_key(*here, 64)} {rendezvous(anchor_key(*here, 64), 'n1')}"
     for seed in ("1", "2"):
         env = {**os.environ, "PYTHONHASHSEED": seed}

@@ -31,9 +31,15 @@ the prefix is common, and then load decides among them anyway."""
 Piece = tuple[str, str]
 """``(tag, text)``: a message's role (or a field name) and its text."""
 
+CHARS_PER_PIECE = 16
+"""At most ``limit // CHARS_PER_PIECE`` messages (and content parts) are read, whatever
+their size: a body of a million empty messages costs no more than a long prompt."""
 
-def pieces(path: str, payload: dict[str, Any]) -> tuple[list[Piece], int]:
+
+def pieces(path: str, payload: dict[str, Any], most: int) -> tuple[list[Piece], int]:
     """The prompt text of a request body, in order, and how many pieces make its *anchor*.
+
+    At most ``most`` messages or input items, and ``most`` parts of each, are read.
 
     The anchor is the start of a conversation that stays the same over its turns: every
     piece up to and including the first user message (the first piece of a plain prompt).
@@ -44,15 +50,15 @@ def pieces(path: str, payload: dict[str, Any]) -> tuple[list[Piece], int]:
     if path == "/v1/chat/completions" or path == "/v1/messages":
         system = payload.get("system")  # Anthropic's messages API keeps it apart
         if system is not None:
-            _add(out, "system", system)
+            _add(out, "system", system, most)
         messages = payload.get("messages")
         if isinstance(messages, list):
-            for message in messages:
+            for message in messages[:most]:
                 if not isinstance(message, dict):
                     break
                 role = message.get("role")
                 tag = role if isinstance(role, str) else "?"
-                _add(out, tag, message.get("content"))
+                _add(out, tag, message.get("content"), most)
                 if not anchor and tag == "user":
                     anchor = len(out)
     elif path == "/v1/completions":
@@ -65,30 +71,30 @@ def pieces(path: str, payload: dict[str, Any]) -> tuple[list[Piece], int]:
     elif path == "/v1/responses":
         instructions = payload.get("instructions")
         if instructions is not None:
-            _add(out, "system", instructions)
+            _add(out, "system", instructions, most)
         given = payload.get("input")
         if isinstance(given, str):
             out.append(("user", given))
             anchor = len(out)
         elif isinstance(given, list):
-            for item in given:
+            for item in given[:most]:
                 if not isinstance(item, dict):
                     break
                 role = item.get("role")
                 tag = role if isinstance(role, str) else str(item.get("type"))
-                _add(out, tag, item.get("content"))
+                _add(out, tag, item.get("content"), most)
                 if not anchor and tag == "user":
                     anchor = len(out)
     return out, anchor or len(out)
 
 
-def _add(out: list[Piece], tag: str, content: object) -> None:
+def _add(out: list[Piece], tag: str, content: object, most: int) -> None:
     """Append ``content`` (a string, or a list of parts with ``text``) as one piece."""
     if isinstance(content, str):
         out.append((tag, content))
     elif isinstance(content, list):
         texts = []
-        for part in content:
+        for part in content[:most]:
             if isinstance(part, dict):
                 text = part.get("text")
                 # An image or a tool call: its kind stands for it (approximate on purpose).
@@ -134,7 +140,8 @@ def chain(parts: list[Piece], chunk: int, limit: int) -> Prompt:
 
 
 def prompt_hashes(path: str, payload: dict[str, Any], chunk: int, limit: int) -> Prompt:
-    """``chain(pieces(path, payload)[0], chunk, limit)``, in one pass for chat requests.
+    """``chain(pieces(path, payload, limit // CHARS_PER_PIECE + 1)[0], chunk, limit)``, in
+    one pass for chat requests.
 
     Chat completions are nearly all of the traffic that has a prefix worth routing by, and
     this is their hot path: the messages are hashed where they lie, without building the
@@ -142,20 +149,20 @@ def prompt_hashes(path: str, payload: dict[str, Any], chunk: int, limit: int) ->
     """
     messages = payload.get("messages")
     if path != "/v1/chat/completions" or not isinstance(messages, list):
-        return chain(pieces(path, payload)[0], chunk, limit)
+        return chain(pieces(path, payload, limit // CHARS_PER_PIECE + 1)[0], chunk, limit)
     hashes: list[int] = []
     ends: list[int] = []
     append = hashes.append
     h = 0
     left = limit
-    for message in messages:
+    for message in messages[: limit // CHARS_PER_PIECE + 1]:
         if type(message) is not dict:
             break
         tag = message.get("role")
         text = message.get("content")
         if type(text) is not str:
             one: list[Piece] = []
-            _add(one, "", text)
+            _add(one, "", text, limit // CHARS_PER_PIECE + 1)
             text = one[0][1]
         if type(tag) is not str:
             tag = "?"

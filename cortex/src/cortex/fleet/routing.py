@@ -176,7 +176,7 @@ class Router:
         held = {engine: ends[depth - 1] for engine, depth in depths.items()}
 
         def key() -> int:
-            return anchor_key(*pieces(path, payload), s.chunk_chars)
+            return anchor_key(*pieces(path, payload, 4), s.chunk_chars)
 
         load = scores(nodes, model)
         total = ends[-1] if ends else 0
