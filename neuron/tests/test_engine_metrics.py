@@ -48,6 +48,7 @@ async def test_vllm_metrics_are_re_exported_with_a_model_label(neuron: Running) 
         assert s["vllm:num_requests_waiting", engine(model)] == 0
         assert s["vllm:kv_cache_usage_perc", engine(model)] == 0
         assert s["vllm:prefix_cache_hits_total", engine(model)] == 30
+        assert s["vllm:prefix_cache_queries_total", engine(model)] == 120  # the hit-rate panel
         assert s["vllm:time_to_first_token_seconds_bucket", engine(model, le="+Inf")] == 4
     assert s["neuron_models", (("state", "ready"),)] == 2  # the neuron's own, as before
     assert text.count("# TYPE vllm:num_requests_running gauge") == 1  # one family, two engines

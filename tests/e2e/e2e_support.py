@@ -107,13 +107,14 @@ def write_config(
     stop_timeout: float = 15.0,
     env: dict[str, str] | None = None,
     max_loaded_models: int | None = None,
+    health_interval: float = 5.0,
 ) -> Path:
     lines = [
         'host = "127.0.0.1"',
         f"port = {port}",
         *([f"max_loaded_models = {max_loaded_models}"] if max_loaded_models else []),
         f"drain_timeout = {drain_timeout!r}",
-        "health_interval = 5.0",
+        f"health_interval = {health_interval!r}",
         'log_level = "info"',
         "",
         "[harness.vllm]",
@@ -433,6 +434,7 @@ def cortex_serving(
     neurons: dict[str, str],
     catalogue: Sequence[dict[str, Any]] = (),
     loading: dict[str, Any] | None = None,
+    routing: dict[str, Any] | None = None,
 ) -> Iterator[tuple[str, str]]:
     """``cortex serve`` with ``catalogue`` in front of ``neurons``; yields (API, metrics) URLs."""
     api, metrics = free_port(), free_port()
@@ -451,6 +453,8 @@ def cortex_serving(
         "[poll]\ninterval = 0.5\ntimeout = 2.0\ndown_after = 2\n"
         "[loading]\n"
         + "".join(f"{k} = {toml_value(v)}\n" for k, v in (loading or {}).items())
+        + "[routing]\n"
+        + "".join(f"{k} = {toml_value(v)}\n" for k, v in (routing or {}).items())
         + "".join(
             f"[[neurons]]\nname = {toml_value(n)}\nendpoint = {toml_value(url)}\n"
             for n, url in neurons.items()

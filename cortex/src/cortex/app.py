@@ -21,6 +21,7 @@ from cortex.auth import Gatekeeper, Keyring
 from cortex.errors import CortexError, MethodNotAllowed, RouteNotFound, ShuttingDown, sse_error
 from cortex.fleet.loader import Loader
 from cortex.fleet.poller import Poller
+from cortex.fleet.routing import Router
 from cortex.fleet.state import Fleet, Node
 from cortex.metrics import CortexMetrics
 from cortex.routes import admin
@@ -48,6 +49,7 @@ class Gateway:
     """The relay's requests."""
     poller: Poller
     loader: Loader
+    router: Router
     draining: list[bool] = field(default_factory=lambda: [False])
     started: float = field(default_factory=time.monotonic)
     started_wall: float = field(default_factory=time.time)
@@ -114,6 +116,7 @@ def build(settings: CortexSettings, catalogue: Catalogue, *, connector: Connecto
         ),
         poller=poller,
         loader=Loader(fleet, session, settings, metrics, poller),
+        router=Router(settings.routing, metrics),
     )
 
 

@@ -120,6 +120,16 @@ class CortexMetrics:
                 registry=r,
             )
         )
+        self.routing = Remembered(
+            Counter(
+                "cortex_routing_decisions",
+                "Requests for a model ready on several neurons, by why their neuron was chosen:"
+                " prefix (it holds the prompt's prefix), load (the least loaded), guard (the"
+                " prefix's neuron was too loaded).",
+                ["model", "reason"],
+                registry=r,
+            )
+        )
         self.in_flight = Remembered(
             Gauge(
                 "cortex_inflight_requests", "Requests being relayed.", ["model", "node"], registry=r

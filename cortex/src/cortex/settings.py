@@ -127,6 +127,30 @@ class Loading(BaseModel):
     """Seconds before a pinned model whose load failed is tried again."""
 
 
+class Routing(BaseModel):
+    """``[routing]``: which neuron gets a request for a model that several neurons serve."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    policy: Literal["prefix", "load"] = "load"
+    """``prefix``: the engine most likely to hold the prompt's prefix, within the guard;
+    ``load``: the least loaded engine."""
+    guard_margin: Annotated[float, Field(ge=0)] = 2.0
+    """Requests (running + waiting) the prefix's engine may have beyond the least loaded one,
+    when it holds all of the prompt and the least loaded none (scaled by the share it holds
+    beyond the least loaded one's)."""
+    guard_ratio: Annotated[float, Field(ge=0)] = 0.5
+    """Plus this fraction of the least loaded engine's requests (scaled the same way)."""
+    chunk_chars: Annotated[int, Field(ge=16, le=65536)] = 1024
+    """Characters per hashed piece of a long message (messages are pieces of their own)."""
+    max_prompt_chars: Annotated[int, Field(ge=16)] = 65536
+    """Characters of a prompt hashed at most, per request."""
+    index_entries_per_model: Annotated[int, Field(ge=1)] = 65536
+    """Prefix pieces remembered per model (least recently used evicted first)."""
+    index_entries: Annotated[int, Field(ge=1)] = 262144
+    """Prefix pieces remembered for all models together."""
+
+
 class NeuronEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -211,6 +235,7 @@ class CortexSettings(BaseSettings):
     gateway: Gateway = Field(default_factory=Gateway)
     poll: Poll = Field(default_factory=Poll)
     loading: Loading = Field(default_factory=Loading)
+    routing: Routing = Field(default_factory=Routing)
     neurons: list[NeuronEntry] = Field(default_factory=list)
     models_config: Path = DEFAULT_MODELS_CONFIG
     auth: Auth = Field(default_factory=Auth)

@@ -1,10 +1,18 @@
-"""Which neuron serves a request: plain values in, plain values out."""
+"""Which neuron serves a request: plain values in, plain values out (and :class:`Router`,
+which applies the configured policy and counts its decisions)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from operator import attrgetter
+from typing import TYPE_CHECKING, Any
 
+from cortex.fleet.prefix import PrefixIndex, anchor_key, pieces, prompt_hashes, rendezvous
 from cortex.fleet.state import Node
+
+if TYPE_CHECKING:
+    from cortex.metrics import CortexMetrics
+    from cortex.settings import Routing
 
 _in_flight = attrgetter("in_flight")
 
@@ -45,3 +53,137 @@ def rank(nodes: list[Node], model: str, turn: int = 0) -> list[Node]:
         append(queued + (load.kv_cache_usage or 0.0) / 2)
     order = sorted(range(len(ranked)), key=keys.__getitem__)
     return [ranked[i] for i in order]
+
+
+def scores(nodes: list[Node], model: str) -> list[float]:
+    """Each node's load score for ``model``, as :func:`rank` orders them (lower is emptier).
+
+    The engine's load score where every node reports one; otherwise this cortex's requests
+    in flight on each node.
+    """
+    out: list[float] = []
+    append = out.append
+    for node in nodes:
+        load = node.loads.get(model)
+        if load is None:
+            return [float(n.in_flight) for n in nodes]
+        queued = node.queued_others.get(model, 0) + node.model_in_flight.get(model, 0)
+        append(queued + (load.kv_cache_usage or 0.0) / 2)
+    return out
+
+
+PREFIX = "prefix"
+"""A neuron holding more of the prompt than the least loaded one took it (within the guard),
+or the least loaded one holds the most of it."""
+LOAD = "load"
+"""No neuron is known to hold more of the prompt than the others: the least loaded took it."""
+GUARD = "guard"
+"""The neuron holding more of the prompt was too loaded: the least loaded took it instead."""
+
+
+def choose(
+    nodes: list[Node],
+    load: list[float],
+    held: dict[str, int],
+    total: int,
+    key: Callable[[], int],
+    margin: float,
+    ratio: float,
+) -> tuple[list[Node], str]:
+    """``nodes`` best first, and why, for a prompt of ``total`` characters of which each
+    engine named in ``held`` holds that many leading characters.
+
+    ``load`` is each node's score (:func:`scores`). The node holding the most of the prompt
+    (the least loaded among equals) comes first unless the guard, on the load of this
+    moment, says no: its score may exceed the least loaded node's by at most ``(margin +
+    ratio * that score) * gain``, where ``gain`` is the share of the prompt it holds beyond
+    what the least loaded node holds. A prompt whose only cached part is one every engine
+    holds (a common system prompt) gains nothing, so load decides; a conversation whose
+    whole history is on one engine may wait for it behind up to ``margin`` requests more.
+    Otherwise the least loaded node comes first. Equal scores go to the highest rendezvous
+    weight of ``key()`` (:func:`cortex.fleet.prefix.rendezvous`; ``key`` is called only
+    then), so replicas that know nothing of a conversation send it to the same engine. The
+    rest follow by load (the relay's second try).
+    """
+    order = sorted(range(len(nodes)), key=load.__getitem__)
+    first = _tie_break(nodes, load, order, key)
+    reason = LOAD
+    if held and total > 0:
+        get = held.get
+        has = [get(nodes[i].name, 0) for i in order]
+        top = max(has)
+        best = order[has.index(top)]  # the least loaded of those holding the most
+        base = get(nodes[first].name, 0)
+        if top > base:
+            least = load[first]
+            allowed = (margin + ratio * least) * (top - base) / total
+            if load[best] - least > allowed:
+                reason = GUARD
+            else:
+                first, reason = best, PREFIX
+        elif top > min(has):
+            reason = PREFIX  # the least loaded holds the most of it
+    ranked = [nodes[first]]
+    ranked.extend(nodes[i] for i in order if i != first)
+    return ranked, reason
+
+
+def _tie_break(
+    nodes: list[Node], load: list[float], order: list[int], key: Callable[[], int]
+) -> int:
+    """The first of ``order`` (sorted by ``load``), or among equals the rendezvous winner."""
+    first = order[0]
+    if len(order) < 2 or load[order[1]] != load[first]:
+        return first  # the usual case under load: no hashing at all
+    tied = [i for i in order if load[i] == load[first]]
+    k = key()
+    return max(tied, key=lambda i: rendezvous(k, nodes[i].name))
+
+
+class Router:
+    """The relay's routing: :func:`rank` by load, or prefix affinity (``[routing] policy``).
+
+    Only models ready on two or more neurons are routed by prefix; for those, each
+    decision is counted in ``cortex_routing_decisions_total`` by reason. The index learns
+    from :meth:`served`, called with the neuron that took the request.
+    """
+
+    def __init__(self, settings: Routing, metrics: CortexMetrics) -> None:
+        self.settings = settings
+        self.prefix = settings.policy == "prefix"
+        self.index = PrefixIndex(settings.index_entries_per_model, settings.index_entries)
+        self.decisions = metrics.routing
+
+    def route(
+        self,
+        nodes: list[Node],
+        model: str,
+        label: str,
+        path: str,
+        payload: dict[str, Any],
+        turn: int,
+    ) -> tuple[list[Node], list[int] | None]:
+        """``nodes`` (all serving ``model``) best first, and the prompt's prefix hashes to
+        pass to :meth:`served` (None when there is nothing to learn)."""
+        if len(nodes) < 2:
+            return nodes, None
+        if not self.prefix:
+            self.decisions.labels(label, LOAD).inc()
+            return rank(nodes, model, turn), None
+        s = self.settings
+        hashes, ends = prompt_hashes(path, payload, s.chunk_chars, s.max_prompt_chars)
+        depths = self.index.lookup(model, hashes)
+        held = {engine: ends[depth - 1] for engine, depth in depths.items()}
+
+        def key() -> int:
+            return anchor_key(*pieces(path, payload, 4), s.chunk_chars)
+
+        load = scores(nodes, model)
+        total = ends[-1] if ends else 0
+        ranked, reason = choose(nodes, load, held, total, key, s.guard_margin, s.guard_ratio)
+        self.decisions.labels(label, reason).inc()
+        return ranked, hashes or None
+
+    def served(self, model: str, hashes: list[int], node: Node) -> None:
+        """``node`` took a request whose prompt had ``hashes``: its engine now caches them."""
+        self.index.record(model, hashes, node.name)

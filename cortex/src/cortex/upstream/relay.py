@@ -1,7 +1,8 @@
 """The hot path: route one inference request to a neuron and relay the answer.
 
 Only ``model`` and ``stream`` are read from the body (plus ``stream_options`` for OpenAI
-streams, see below); the body goes upstream unchanged otherwise. Answers stream back as
+streams, see below, and the prompt's text under prefix routing, from the same parse); the
+body goes upstream unchanged otherwise. Answers stream back as
 they arrive, in whole SSE events, never re-serialised.
 
 - Before the first byte reaches the client, a request that provably never reached the
@@ -114,7 +115,9 @@ async def handle(gw: Gateway, scope: Scope, read: BodyReader) -> Response:
     except ModelNotAllowed:
         gw.metrics.requests.labels(call.label, "none", path, "403", call.key).inc()
         raise
-    nodes = rank(gw.fleet.ready_nodes(model), model, gw.next_turn())
+    nodes, prefix = gw.router.route(
+        gw.fleet.ready_nodes(model), model, call.label, path, payload, gw.next_turn()
+    )
     cold = not nodes and gw.loader.can_load(model)
     if not nodes and not cold:
         status = "404" if not known else "503"
@@ -144,6 +147,8 @@ async def handle(gw: Gateway, scope: Scope, read: BodyReader) -> Response:
             raise
 
     answer, node = await _open(gw, call, nodes[:2], body, headers)
+    if prefix is not None and answer.status < 400:
+        gw.router.served(model, prefix, node)
     if not answer.is_event_stream:
         return await _whole(gw, call, node, answer)
     # A stream's length changes (a dropped usage chunk) and it goes out chunked.
