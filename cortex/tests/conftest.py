@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import logging
-import traceback
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+from logged_errors import raised_in_cortex
 
-import cortex
 from cortex.fleet.state import Fleet, Node
 
 WATCHED = ("cortex.http", "cortex.upstream")
 """Loggers whose ERROR records fail a test: an ERROR there is a bug of cortex's own."""
-CORTEX_SOURCE = str(Path(cortex.__file__).parent)
-"""An ``asyncio`` ERROR whose exception was raised in here is a bug of cortex's own too: an
-exception out of ``Connection.data_received`` (which catches nothing) is logged by the event
-loop under ``asyncio``, not ``cortex.http``, and the connection is closed."""
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -47,7 +41,7 @@ def no_errors_logged(
         for when in ("setup", "call")
         for record in caplog.get_records(when)  # type: ignore[arg-type]
         if record.levelno >= logging.ERROR
-        and (record.name.startswith(WATCHED) or _raised_in_cortex(record))
+        and (record.name.startswith(WATCHED) or raised_in_cortex(record))
         and not any(text in _said(record) for text in allowed)
     ]
     if errors:
@@ -55,14 +49,6 @@ def no_errors_logged(
             "cortex logged an ERROR: " + "; ".join(f"{r.name}: {_said(r)}" for r in errors),
             pytrace=False,
         )
-
-
-def _raised_in_cortex(record: logging.LogRecord) -> bool:
-    """An ``asyncio`` record carrying an exception raised in cortex's own code."""
-    if record.name != "asyncio" or not record.exc_info or record.exc_info[2] is None:
-        return False
-    frames = traceback.extract_tb(record.exc_info[2])
-    return any(frame.filename.startswith(CORTEX_SOURCE) for frame in frames)
 
 
 def _said(record: logging.LogRecord) -> str:

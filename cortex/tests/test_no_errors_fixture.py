@@ -8,7 +8,7 @@ import logging
 import sys
 
 import pytest
-from conftest import _raised_in_cortex
+from logged_errors import raised_in_cortex
 
 from cortex.upstream.sse import EventSplitter, EventTooLarge
 
@@ -21,8 +21,8 @@ def test_an_asyncio_error_raised_in_cortexs_code_counts() -> None:
     with pytest.raises(EventTooLarge) as info:
         EventSplitter(max_bytes=1).whole(b"data: more than one byte")
     raised = (info.type, info.value, info.tb)
-    assert _raised_in_cortex(record("asyncio", raised))
-    assert not _raised_in_cortex(record("aiohttp", raised)), "other loggers: by name only"
+    assert raised_in_cortex(record("asyncio", raised))
+    assert not raised_in_cortex(record("aiohttp", raised)), "other loggers: by name only"
 
 
 def test_an_asyncio_error_from_elsewhere_does_not() -> None:
@@ -30,5 +30,5 @@ def test_an_asyncio_error_from_elsewhere_does_not() -> None:
         raise ValueError("not cortex")
     except ValueError:
         raised = sys.exc_info()
-    assert not _raised_in_cortex(record("asyncio", raised))
-    assert not _raised_in_cortex(record("asyncio", None))
+    assert not raised_in_cortex(record("asyncio", raised))
+    assert not raised_in_cortex(record("asyncio", None))
