@@ -6,6 +6,7 @@ import logging
 from collections.abc import Iterator
 
 import pytest
+from logged_errors import raised_in_cortex
 
 from cortex.fleet.state import Fleet, Node
 
@@ -25,7 +26,8 @@ def pytest_configure(config: pytest.Config) -> None:
 def no_errors_logged(
     request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
 ) -> Iterator[None]:
-    """Fail a test in which ``cortex.http`` or ``cortex.upstream`` logged an ERROR.
+    """Fail a test in which ``cortex.http`` or ``cortex.upstream`` logged an ERROR (or the
+    event loop logged an exception raised in cortex's code).
 
     Those loggers say ERROR only for a bug of cortex's own (an exception out of a protocol
     callback or an app), which a test may otherwise pass right through: the connection is
@@ -39,7 +41,7 @@ def no_errors_logged(
         for when in ("setup", "call")
         for record in caplog.get_records(when)  # type: ignore[arg-type]
         if record.levelno >= logging.ERROR
-        and record.name.startswith(WATCHED)
+        and (record.name.startswith(WATCHED) or raised_in_cortex(record))
         and not any(text in _said(record) for text in allowed)
     ]
     if errors:

@@ -224,15 +224,18 @@ async def test_a_slow_cold_start_is_503_for_a_waiting_request_and_the_load_goes_
 
 
 async def test_an_idle_model_is_unloaded_after_its_ttl_but_a_pinned_one_stays() -> None:
-    neuron = FakeNeuron("n1", models={"a": "ready", "p": "ready", "other": "ready"})
-    catalogue = ({"id": "a", "idle_ttl": 0.2}, {"id": "p", "pinned_on": ["n1"]})
-    async with cortex(neuron, catalogue=catalogue, loading={"idle_ttl": 0.2}) as c:
+    # "a" starts unloaded: were it ready at start, its idle clock would start at the
+    # lifespan's own first housekeeping, and a machine slow enough to spend the TTL before the
+    # test's first step would unload it early, cold-load it for the chat and unload it twice.
+    neuron = FakeNeuron("n1", models={"p": "ready", "other": "ready"})
+    catalogue = ({"id": "a", "idle_ttl": 0.5}, {"id": "p", "pinned_on": ["n1"]})
+    async with cortex(neuron, catalogue=catalogue, loading={"idle_ttl": 0.5}) as c:
         await c.poll()
-        await c.housekeeping()
         assert (await c.client.post(CHAT, json={"model": "a"})).status_code == 200
+        assert [load["model_id"] for load in neuron.loads] == ["a"]
         await c.housekeeping()
         assert "a" in neuron.models, "used just now"
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.6)
         await c.housekeeping()
         assert neuron.unloads == ["a"], "pinned and uncatalogued models stay"
         metrics = await c.metrics()

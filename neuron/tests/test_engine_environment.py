@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from neuron_testing import fake_harness, running, settings_for
 
 from neuron.engine.process import engine_env
-from neuron.settings import DEFAULT_PORT, ConfigError, Harnesses, VllmHarness, load_settings
+from neuron.settings import ConfigError, Harnesses, VllmHarness, load_settings
 
 
 def environ(pid: int) -> dict[str, str]:
@@ -71,15 +74,38 @@ def test_harness_env_cannot_hand_engines_lower_case_neuron_variables(tmp_path: P
         load_settings(path)
 
 
-def test_only_the_upper_case_prefix_is_read_as_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    """What the neuron reads as its token is what it keeps from engines: one spelling."""
-    monkeypatch.setenv("neuron_auth_token", "lower")
-    monkeypatch.setenv("Neuron_Port", "2000")
-    settings = load_settings(None)
-    assert settings.auth_token is None
-    assert settings.port == DEFAULT_PORT
+@pytest.mark.parametrize("name", ["neuron_auth_token", "Neuron_Port", "nEURON_X"])
+def test_a_neuron_variable_not_in_upper_case_is_refused_naming_it(
+    monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """What the neuron reads as its token is what it keeps from engines: one spelling.
+
+    pydantic-settings would read ``neuron_auth_token`` as the token (it matches names in any
+    case) while the engine filter drops it; rather than read it, the neuron refuses to start.
+    """
+    monkeypatch.setenv(name, "lower")
+    with pytest.raises(ConfigError, match=rf"environment: {name}: the prefix must be upper case"):
+        load_settings(None)
+
+
+def test_the_cli_exits_2_naming_a_lower_case_neuron_variable() -> None:
+    env = {**os.environ, "neuron_auth_token": "lower"}
+    done = subprocess.run(
+        [sys.executable, "-m", "neuron.cli"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "invalid configuration: environment: neuron_auth_token" in done.stderr
+
+
+def test_the_upper_case_prefix_is_read_as_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NEURON_AUTH_TOKEN", "upper")
     monkeypatch.setenv("NEURON_HARNESS__VLLM__STARTUP_TIMEOUT", "60")
+    monkeypatch.setenv("OTHER_neuron_x", "not ours")
     settings = load_settings(None)
     assert settings.auth_token == "upper"
     assert settings.harness.vllm.startup_timeout == 60

@@ -174,3 +174,48 @@ async def test_the_answer_echoes_cortexs_request_number(neuron: Running) -> None
         )
         assert response.status_code == 200
         assert response.headers["x-cortex-request"] == "17"
+
+
+async def test_every_answer_to_a_numbered_request_echoes_it_errors_included() -> None:
+    """cortex numbers each request on a connection; whatever the neuron answers carries the
+    number back, refusals and errors as much as engine answers, so that cortex can tell a
+    late answer from the one it waits for on every path."""
+    echo = {"x-cortex-request": "5"}
+    settings = settings_for(auth_token="t")
+    async with running(settings) as neuron:
+        client = neuron.client
+        token = {"authorization": "Bearer t", **echo}
+        answers = {
+            "401 without the token": await client.post(
+                "/v1/chat/completions", json={"model": "m1"}, headers=echo
+            ),
+            "400 bad body": await client.post("/v1/chat/completions", content=b"{", headers=token),
+            "404 model not loaded": await client.post(
+                "/v1/chat/completions", json={"model": "nope"}, headers=token
+            ),
+            "404 no route": await client.get("/nowhere", headers=token),
+        }
+        await client.post("/models/load", json={"model_id": "m1"}, headers=token)
+        slot = neuron.neuron.registry.get("m1")
+        assert slot is not None
+        for stream in (False, True):
+            answers[f"200 stream={stream}"] = await client.post(
+                "/v1/chat/completions",
+                json={"model": "m1", "stream": stream, "max_tokens": 2},
+                headers=token,
+            )
+        slot.engine.url = "http://127.0.0.1:9"
+        answers["502 engine unreachable"] = await client.post(
+            "/v1/chat/completions", json={"model": "m1"}, headers=token
+        )
+        neuron.neuron.lifecycle.begin_drain()
+        answers["503 draining"] = await client.post(
+            "/v1/chat/completions", json={"model": "m1"}, headers=token
+        )
+        unanswered = await client.post(
+            "/v1/chat/completions", json={"model": "m1"}, headers={"authorization": "Bearer t"}
+        )
+    for what, answer in answers.items():
+        assert str(answer.status_code) == what.split()[0], (what, answer.text)
+        assert answer.headers.get_list("x-cortex-request") == ["5"], what
+    assert "x-cortex-request" not in unanswered.headers, "no number asked, none given"

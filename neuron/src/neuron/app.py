@@ -18,6 +18,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from neuron.discovery import GpuProbe
+from neuron.echo import Echo
 from neuron.engine.policy import LaunchPolicy
 from neuron.errors import ModelLoading, ModelNotFound, ModelUnloading, NeuronError, envelope
 from neuron.gate import Gate
@@ -226,11 +227,13 @@ def create_app(settings: NeuronSettings, *, neuron: Neuron | None = None) -> ASG
         },
     )
     app.state.neuron = n
-    return Gate(
-        FastPath(app),
-        token=settings.auth_token,
-        lifecycle=n.lifecycle,
-        on_trusted=n.listener.trust,
+    return Echo(
+        Gate(
+            FastPath(app),
+            token=settings.auth_token,
+            lifecycle=n.lifecycle,
+            on_trusted=n.listener.trust,
+        )
     )
 
 

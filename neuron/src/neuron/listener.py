@@ -5,8 +5,9 @@ one is ``keep_alive_timeout`` (75 s here, so cortex's pooled connections live): 
 opens hundreds of connections and trickles their heads holds them that long, before any
 token is checked. So the accept step is the neuron's own, and each accepted connection is
 then served by Hypercorn's ``TCPServer`` exactly as ``hypercorn.asyncio.serve`` serves it
-(the same lifespan, the same graceful shutdown). This is the one module that uses Hypercorn
-below its ``serve`` function: ``neuron/tests/test_listener.py`` pins the behaviour.
+(the same lifespan, the same graceful shutdown). The Hypercorn internals that takes sit
+behind :mod:`neuron.hypercorn_seam`, which checks them at start;
+``neuron/tests/test_listener.py`` pins the behaviour.
 
 - At most ``max_connections`` connections are open; one more is answered a fixed 503 (with
   ``Retry-After``) and closed before anything is read from it.
@@ -24,15 +25,11 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 
-from hypercorn.asyncio.lifespan import Lifespan
-from hypercorn.asyncio.tcp_server import TCPServer
-from hypercorn.asyncio.worker_context import WorkerContext
 from hypercorn.config import Config
-from hypercorn.typing import LifespanState
-from hypercorn.utils import wrap_app
 from starlette.types import ASGIApp
 
 from neuron.errors import envelope
+from neuron.hypercorn_seam import Serving
 from neuron.metrics import NeuronMetrics
 
 log = logging.getLogger("neuron.listener")
@@ -93,15 +90,8 @@ class Listener:
         """Serve ``app`` on ``config.bind`` until ``shutdown_trigger`` returns; then stop
         accepting, let open connections finish for ``config.graceful_timeout`` seconds, cancel
         the rest and run the app's lifespan shutdown."""
-        loop = asyncio.get_running_loop()
-        wrapped = wrap_app(app, config.wsgi_max_body_size, "asgi")  # type: ignore[arg-type]
-        state: LifespanState = {}
-        lifespan = Lifespan(wrapped, config, loop, state)
-        lifespan_task = loop.create_task(lifespan.handle_lifespan())
-        await lifespan.wait_for_startup()
-        if lifespan_task.done() and (error := lifespan_task.exception()) is not None:
-            raise error
-        context = WorkerContext(None)
+        serving = Serving(app, config)
+        await serving.start()
         tasks: set[asyncio.Task[None]] = set()
 
         async def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -109,7 +99,7 @@ class Listener:
             if task is not None:
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
-            await self._connection(wrapped, config, context, state, reader, writer)
+            await self._connection(serving, reader, writer)
 
         servers = []
         for sock in config.create_sockets().insecure_sockets:
@@ -120,7 +110,7 @@ class Listener:
         try:
             await shutdown_trigger()
         finally:
-            await context.terminated.set()  # Hypercorn closes idle keep-alive connections
+            await serving.closing()  # Hypercorn closes idle keep-alive connections
             for server in servers:
                 server.close()
             if tasks:
@@ -130,17 +120,11 @@ class Listener:
                 await asyncio.gather(*late, return_exceptions=True)
             for server in servers:
                 await server.wait_closed()
-            await lifespan.wait_for_shutdown()
-            lifespan_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await lifespan_task
+            await serving.stop()
 
     async def _connection(
         self,
-        app: object,
-        config: Config,
-        context: WorkerContext,
-        state: LifespanState,
+        serving: Serving,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
     ) -> None:
@@ -165,8 +149,7 @@ class Listener:
         self.open += 1
         self._gauge.inc()
         try:
-            loop = asyncio.get_running_loop()
-            await TCPServer(app, loop, config, context, state, reader, writer)  # type: ignore[arg-type]
+            await serving.connection(reader, writer)
         except asyncio.CancelledError:
             if deadline is None or not deadline.expired or (task := asyncio.current_task()) is None:
                 raise

@@ -2,7 +2,9 @@
 
 Precedence, highest first: ``NEURON_*`` environment variables (nested keys joined
 with ``__``, e.g. ``NEURON_HARNESS__VLLM__STARTUP_TIMEOUT=900``), then the TOML file,
-then the defaults below. Only the upper-case prefix counts (``neuron_port`` is not read).
+then the defaults below. Only the upper-case prefix counts: a variable such as
+``neuron_port`` or ``Neuron_Auth_Token`` is refused at start (:func:`load_settings`), so what
+the neuron reads and what it keeps from engines (any case) cannot drift apart.
 Unknown keys and wrong types are errors: :func:`load_settings`
 raises :class:`ConfigError` with one message naming the file and the key.
 """
@@ -20,7 +22,6 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
-    EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
@@ -285,7 +286,7 @@ class NeuronSettings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The TOML file arrives as init kwargs; the environment must win over it.
-        return (Environment(settings_cls), init_settings)
+        return (env_settings, init_settings)
 
 
 def is_neuron_variable(name: str) -> bool:
@@ -293,17 +294,16 @@ def is_neuron_variable(name: str) -> bool:
     return name.upper().startswith(ENV_PREFIX)
 
 
-class Environment(EnvSettingsSource):
-    """The ``NEURON_*`` environment variables, read only with the prefix in upper case.
+def misspelt_neuron_variables(environ: Mapping[str, str]) -> list[str]:
+    """``NEURON_*`` names that are not in upper case (``neuron_auth_token``, ``Neuron_Port``).
 
-    pydantic-settings matches names case-insensitively, so ``neuron_auth_token`` would be
-    read as the token too; one spelling keeps what the neuron reads and what it keeps from
-    engines (:func:`is_neuron_variable`, any case) from drifting apart.
+    pydantic-settings matches names case-insensitively, so such a variable would be read as
+    a setting (the token among them); :func:`load_settings` refuses to start with one
+    rather than guess, through nothing but this public check.
     """
-
-    def _load_env_vars(self) -> Mapping[str, str | None]:
-        # Lower-cased keys: what the case-insensitive source expects to look fields up in.
-        return {k.lower(): v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}
+    return sorted(
+        name for name in environ if is_neuron_variable(name) and not name.startswith(ENV_PREFIX)
+    )
 
 
 def load_settings(path: Path | None) -> NeuronSettings:
@@ -313,6 +313,12 @@ def load_settings(path: Path | None) -> NeuronSettings:
     """
     data: dict[str, Any] = {}
     where = str(path) if path else "environment"
+    misspelt = misspelt_neuron_variables(os.environ)
+    if misspelt:
+        raise ConfigError(
+            f"environment: {', '.join(misspelt)}: the prefix must be upper case "
+            f"({ENV_PREFIX}...); rename or unset it"
+        )
     if path is not None:
         try:
             data = tomllib.loads(path.read_text(encoding="utf-8"))

@@ -61,6 +61,8 @@ HOP_BY_HOP = frozenset(
 NOT_FORWARDED = HOP_BY_HOP | {"authorization"}
 # Hypercorn writes its own; passing the engine's on would send each header twice.
 NOT_RETURNED = HOP_BY_HOP | {"date", "server"}
+# (x-cortex-request: the echo of cortex's request number, added by neuron.echo.Echo to
+# every answer, this one included.)
 
 
 async def proxy(request: Request) -> Response:
@@ -103,10 +105,6 @@ async def proxy(request: Request) -> Response:
     out_headers = {k: v for k, v in answer.headers.items() if k.lower() not in NOT_RETURNED}
     if "content-length" in answer.headers:  # raw bytes are relayed, so the length holds
         out_headers["content-length"] = answer.headers["content-length"]
-    if echo := request.headers.get("x-cortex-request"):
-        # cortex numbers its requests per connection and refuses an answer that echoes
-        # another's number, so a stray answer can never reach another client.
-        out_headers["x-cortex-request"] = echo
 
     async def close() -> None:  # also when the client left before the first chunk
         answer.close()
