@@ -153,32 +153,35 @@ def prompt_hashes(path: str, payload: dict[str, Any], chunk: int, limit: int) ->
     hashes: list[int] = []
     ends: list[int] = []
     append = hashes.append
+    end = ends.append
+    most = limit // CHARS_PER_PIECE + 1
     h = 0
-    left = limit
-    for message in messages[: limit // CHARS_PER_PIECE + 1]:
+    done = 0  # characters hashed so far
+    for message in messages[:most] if len(messages) > most else messages:
         if type(message) is not dict:
             break
-        tag = message.get("role")
         text = message.get("content")
         if type(text) is not str:
             one: list[Piece] = []
-            _add(one, "", text, limit // CHARS_PER_PIECE + 1)
+            _add(one, "", text, most)
             text = one[0][1]
+        tag = message.get("role")
         if type(tag) is not str:
             tag = "?"
         size = len(text)
-        if size <= chunk and size <= left:  # nearly every message: no copy
+        if size <= chunk and done + size <= limit:  # nearly every message: no copy
             h = hash((h, tag, text))
             append(h)
-            ends.append(limit - left + size)
-        else:
-            done = limit - left
-            for start in range(0, min(size, left), chunk):
-                h = hash((h, tag, text[start : start + min(chunk, left - start)]))
-                append(h)
-                ends.append(done + min(start + chunk, size, left))
-        left -= size
-        if left <= 0:
+            done += size
+            end(done)
+            continue
+        stop = min(size, limit - done)
+        for start in range(0, stop, chunk):
+            h = hash((h, tag, text[start : min(start + chunk, stop)]))
+            append(h)
+            end(done + min(start + chunk, stop))
+        done += stop
+        if done >= limit:
             break
     return hashes, ends
 
@@ -218,6 +221,7 @@ class PrefixIndex:
         self.total = total
         self.size = 0
         self._models: OrderedDict[str, OrderedDict[int, tuple[str, ...]]] = OrderedDict()
+        self._solo: dict[str, tuple[str]] = {}  # one shared ``(engine,)`` per engine name
 
     def __len__(self) -> int:
         return self.size
@@ -226,27 +230,35 @@ class PrefixIndex:
         entries = self._models.get(model)
         return len(entries) if entries is not None else 0
 
-    def lookup(self, model: str, hashes: list[int]) -> dict[str, int]:
-        """Engine → how many leading pieces of ``hashes`` it is known to hold (none: absent).
+    def lookup(
+        self, model: str, hashes: list[int], ends: list[int] | None = None
+    ) -> dict[str, int]:
+        """Engine → how many leading pieces of ``hashes`` it is known to hold (none: absent);
+        given ``ends`` (:func:`prompt_hashes`'), how many leading characters instead.
 
         An engine listed for piece *k* served a prompt with that whole prefix. The walk
         stops at the first unknown piece: a deeper one is behind it in every prompt that has
         it, and deep pieces are evicted before shallow ones (see :meth:`record`).
         """
         entries = self._models.get(model)
-        depths: dict[str, int] = {}
+        held: dict[str, int] = {}
         if entries is None:
-            return depths
+            return held
         get = entries.get
         depth = 0
+        last: tuple[str, ...] = ()
         for h in hashes:
             found = get(h)
             if found is None:
                 break
+            if found != last:  # a conversation's pieces mostly name the same engines
+                for engine in last:
+                    held[engine] = ends[depth - 1] if ends else depth
+                last = found
             depth += 1
-            for engine in found:
-                depths[engine] = depth
-        return depths
+        for engine in last:
+            held[engine] = ends[depth - 1] if ends else depth
+        return held
 
     def record(self, model: str, hashes: list[int], engine: str) -> None:
         """``engine`` served a prompt with these pieces: it now comes first for each of them.
@@ -263,11 +275,14 @@ class PrefixIndex:
             self._models.move_to_end(model)
         get = entries.get
         move = entries.move_to_end
+        solo = self._solo.get(engine)
+        if solo is None:
+            solo = self._solo[engine] = (engine,)
         added = 0
         for h in reversed(hashes):
             held = get(h)
             if held is None:
-                entries[h] = (engine,)
+                entries[h] = solo
                 added += 1
             else:
                 if held[0] != engine:

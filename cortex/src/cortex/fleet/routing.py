@@ -89,6 +89,7 @@ def choose(
     key: Callable[[], int],
     margin: float,
     ratio: float,
+    model: str | None = None,
 ) -> tuple[list[Node], str]:
     """``nodes`` best first, and why, for a prompt of ``total`` characters of which each
     engine named in ``held`` holds that many leading characters.
@@ -97,47 +98,55 @@ def choose(
     (the least loaded among equals) comes first unless the guard, on the load of this
     moment, says no: its score may exceed the least loaded node's by at most ``(margin +
     ratio * that score) * gain``, where ``gain`` is the share of the prompt it holds beyond
-    what the least loaded node holds. A prompt whose only cached part is one every engine
-    holds (a common system prompt) gains nothing, so load decides; a conversation whose
-    whole history is on one engine may wait for it behind up to ``margin`` requests more.
-    Otherwise the least loaded node comes first. Equal scores go to the highest rendezvous
-    weight of ``key()`` (:func:`cortex.fleet.prefix.rendezvous`; ``key`` is called only
-    then), so replicas that know nothing of a conversation send it to the same engine. The
-    rest follow by load (the relay's second try).
+    what the least loaded node holds; and, given ``model``, its engine must not have had
+    requests waiting at the last poll while the least loaded one's had none (a queue there
+    costs this request more than the prefix saves). A prompt whose only cached part is one
+    every engine holds (a common system prompt) gains nothing, so load decides; a
+    conversation whose whole history is on one engine may wait for it behind up to
+    ``margin`` requests more. Otherwise the least loaded node comes first. Equal scores go
+    to the highest rendezvous weight of ``key()`` (:func:`cortex.fleet.prefix.rendezvous`;
+    ``key`` is called only then), so replicas that know nothing of a conversation send it
+    to the same engine. The rest follow by load (the relay's second try).
     """
-    order = sorted(range(len(nodes)), key=load.__getitem__)
-    first = _tie_break(nodes, load, order, key)
+    least = min(load)
+    first = load.index(least)
+    if load.count(least) > 1:  # rare under load: no hashing at all otherwise
+        k = key()
+        tied = [i for i, score in enumerate(load) if score == least]
+        first = max(tied, key=lambda i: rendezvous(k, nodes[i].name))
     reason = LOAD
     if held and total > 0:
         get = held.get
-        has = [get(nodes[i].name, 0) for i in order]
-        top = max(has)
-        best = order[has.index(top)]  # the least loaded of those holding the most
         base = get(nodes[first].name, 0)
+        top = low = base
+        best = first
+        for i, node in enumerate(nodes):
+            has = get(node.name, 0)
+            if has > top or (has == top and load[i] < load[best]):
+                top, best = has, i
+            if has < low:
+                low = has
         if top > base:
-            least = load[first]
             allowed = (margin + ratio * least) * (top - base) / total
-            if load[best] - least > allowed:
+            if load[best] - least > allowed or (
+                model is not None and _waits(nodes[best], model) and not _waits(nodes[first], model)
+            ):
                 reason = GUARD
             else:
                 first, reason = best, PREFIX
-        elif top > min(has):
+        elif top > low:
             reason = PREFIX  # the least loaded holds the most of it
+    if len(nodes) == 2:
+        return [nodes[first], nodes[1 - first]], reason
     ranked = [nodes[first]]
-    ranked.extend(nodes[i] for i in order if i != first)
+    ranked.extend(nodes[i] for i in sorted(range(len(nodes)), key=load.__getitem__) if i != first)
     return ranked, reason
 
 
-def _tie_break(
-    nodes: list[Node], load: list[float], order: list[int], key: Callable[[], int]
-) -> int:
-    """The first of ``order`` (sorted by ``load``), or among equals the rendezvous winner."""
-    first = order[0]
-    if len(order) < 2 or load[order[1]] != load[first]:
-        return first  # the usual case under load: no hashing at all
-    tied = [i for i in order if load[i] == load[first]]
-    k = key()
-    return max(tied, key=lambda i: rendezvous(k, nodes[i].name))
+def _waits(node: Node, model: str) -> bool:
+    """Whether ``node``'s engine had requests for ``model`` waiting at the last poll."""
+    load = node.loads.get(model)
+    return load is not None and bool(load.waiting)
 
 
 class Router:
@@ -172,15 +181,16 @@ class Router:
             return rank(nodes, model, turn), None
         s = self.settings
         hashes, ends = prompt_hashes(path, payload, s.chunk_chars, s.max_prompt_chars)
-        depths = self.index.lookup(model, hashes)
-        held = {engine: ends[depth - 1] for engine, depth in depths.items()}
+        held = self.index.lookup(model, hashes, ends)
 
         def key() -> int:
             return anchor_key(*pieces(path, payload, 4), s.chunk_chars)
 
         load = scores(nodes, model)
         total = ends[-1] if ends else 0
-        ranked, reason = choose(nodes, load, held, total, key, s.guard_margin, s.guard_ratio)
+        ranked, reason = choose(
+            nodes, load, held, total, key, s.guard_margin, s.guard_ratio, model
+        )
         self.decisions.labels(label, reason).inc()
         return ranked, hashes or None
 
