@@ -223,3 +223,21 @@ def test_memory_stays_bounded_under_any_traffic() -> None:
         index.record(f"m{i % 3}", hashes(chat(f"user {i}", "x" * (i % 700))), f"n{i % 5}")
         assert len(index) <= 800
         assert all(index.entries(f"m{j}") <= 500 for j in range(3))
+
+
+def test_forgetting_one_engine_keeps_what_the_others_hold() -> None:
+    index = PrefixIndex(per_model=1000, total=1000)
+    shared = hashes(chat("hi", system="sys"))
+    index.record("m1", shared, "n1")
+    index.record("m1", shared, "n2")
+    mine = hashes(chat("hi", "hello", "more", system="sys"))
+    index.record("m1", mine, "n1")
+    index.record("m2", shared, "n1")
+    size = len(index)
+    index.forget("m1", "n1")
+    assert index.lookup("m1", mine) == {"n2": 2}  # n1's own pieces are gone, shared ones n2's
+    assert index.entries("m1") == 2 and len(index) == size - 2
+    assert index.lookup("m2", shared) == {"n1": 2}  # per model
+    index.forget("m1", "n2")
+    assert index.entries("m1") == 0 and "m1" not in index.models() and len(index) == 2
+    index.forget("m9", "n1")  # nothing known: nothing to do

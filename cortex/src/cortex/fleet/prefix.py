@@ -158,14 +158,18 @@ def prompt_hashes(path: str, payload: dict[str, Any], chunk: int, limit: int) ->
     h = 0
     done = 0  # characters hashed so far
     for message in messages[:most] if len(messages) > most else messages:
-        if type(message) is not dict:
-            break
-        text = message.get("content")
+        try:  # a subscript is cheaper than .get(): a message without them goes below
+            text = message["content"]
+            tag = message["role"]
+        except (KeyError, TypeError):
+            if type(message) is not dict:
+                break
+            text = message.get("content")
+            tag = message.get("role")
         if type(text) is not str:
             one: list[Piece] = []
             _add(one, "", text, most)
             text = one[0][1]
-        tag = message.get("role")
         if type(tag) is not str:
             tag = "?"
         size = len(text)
@@ -225,6 +229,10 @@ class PrefixIndex:
 
     def __len__(self) -> int:
         return self.size
+
+    def models(self) -> list[str]:
+        """The models anything is known of."""
+        return list(self._models)
 
     def entries(self, model: str) -> int:
         entries = self._models.get(model)
@@ -300,8 +308,26 @@ class PrefixIndex:
             if not oldest:
                 del self._models[oldest_model]
 
-    def forget(self, model: str) -> None:
-        """Drop everything known of ``model`` (its engines restarted, or it was unloaded)."""
-        entries = self._models.pop(model, None)
-        if entries is not None:
-            self.size -= len(entries)
+    def forget(self, model: str, engine: str | None = None) -> None:
+        """Drop what is known of ``engine``'s cache for ``model`` (all engines: None).
+
+        For when ``model`` stops being ready there (unloaded, failed, the neuron down or
+        restarted): its KV cache is gone. One pass over the model's entries (at most
+        ``per_model``), on a change of the fleet, never per request.
+        """
+        entries = self._models.get(model)
+        if entries is None:
+            return
+        if engine is not None:
+            for h, held in list(entries.items()):
+                if engine in held:
+                    rest = tuple(e for e in held if e != engine)
+                    if rest:
+                        entries[h] = rest  # (keeps its place: a value set in place)
+                    else:
+                        del entries[h]
+                        self.size -= 1
+            if entries:
+                return
+        del self._models[model]
+        self.size -= len(entries)

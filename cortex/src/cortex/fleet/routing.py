@@ -8,7 +8,7 @@ from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 from cortex.fleet.prefix import PrefixIndex, anchor_key, pieces, prompt_hashes, rendezvous
-from cortex.fleet.state import Node
+from cortex.fleet.state import Fleet, Node
 
 if TYPE_CHECKING:
     from cortex.metrics import CortexMetrics
@@ -154,7 +154,8 @@ class Router:
 
     Only models ready on two or more neurons are routed by prefix; for those, each
     decision is counted in ``cortex_routing_decisions_total`` by reason. The index learns
-    from :meth:`served`, called with the neuron that took the request.
+    from :meth:`served`, called with the neuron that took the request, and forgets a
+    neuron's part for a model when the model stops being ready there (:meth:`watch`).
     """
 
     def __init__(self, settings: Routing, metrics: CortexMetrics) -> None:
@@ -162,6 +163,33 @@ class Router:
         self.prefix = settings.policy == "prefix"
         self.index = PrefixIndex(settings.index_entries_per_model, settings.index_entries)
         self.decisions = metrics.routing
+        self._fleet: Fleet | None = None
+        self._ready: dict[str, dict[str, str | None]] = {}
+        """Per model in the index: the neurons it was ready on (name → instance) when last
+        seen; one whose model is no longer ready, or that restarted, is forgotten."""
+
+    def watch(self, fleet: Fleet) -> None:
+        """Forget what the index knows of a neuron for a model once ``fleet`` no longer has
+        the model ready there, or the neuron restarted (a new ``instance``): its engine's
+        KV cache is gone. Checked on every change of the fleet (not per request)."""
+        self._fleet = fleet
+        fleet.listeners.append(self.fleet_changed)
+
+    def fleet_changed(self) -> None:
+        if self._fleet is None:
+            return
+        ready = self._ready
+        models = self.index.models()
+        for model in ready.keys() - set(models):
+            del ready[model]
+        for model in models:
+            now = {n.name: n.instance for n in self._fleet.scan(model)}
+            before = ready.get(model)
+            if before is not None:
+                for name, instance in before.items():
+                    if name not in now or now[name] != instance:
+                        self.index.forget(model, name)
+            ready[model] = now
 
     def route(
         self,
@@ -188,12 +216,12 @@ class Router:
 
         load = scores(nodes, model)
         total = ends[-1] if ends else 0
-        ranked, reason = choose(
-            nodes, load, held, total, key, s.guard_margin, s.guard_ratio, model
-        )
+        ranked, reason = choose(nodes, load, held, total, key, s.guard_margin, s.guard_ratio, model)
         self.decisions.labels(label, reason).inc()
         return ranked, hashes or None
 
     def served(self, model: str, hashes: list[int], node: Node) -> None:
         """``node`` took a request whose prompt had ``hashes``: its engine now caches them."""
+        if model not in self._ready and self._fleet is not None:
+            self._ready[model] = {n.name: n.instance for n in self._fleet.scan(model)}
         self.index.record(model, hashes, node.name)
