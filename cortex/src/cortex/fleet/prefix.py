@@ -259,7 +259,7 @@ class PrefixIndex:
             found = get(h)
             if found is None:
                 break
-            if found != last:  # a conversation's pieces mostly name the same engines
+            if found is not last:  # a conversation's pieces mostly share one (see record)
                 for engine in last:
                     held[engine] = ends[depth - 1] if ends else depth
                 last = found
@@ -289,7 +289,9 @@ class PrefixIndex:
         added = 0
         for h in reversed(hashes):
             held = get(h)
-            if held is None:
+            if held is solo:  # the usual case: this engine alone, again
+                move(h)
+            elif held is None:
                 entries[h] = solo
                 added += 1
             else:

@@ -162,7 +162,7 @@ class Router:
         self.settings = settings
         self.prefix = settings.policy == "prefix"
         self.index = PrefixIndex(settings.index_entries_per_model, settings.index_entries)
-        self.decisions = metrics.routing
+        self.decisions = metrics.routing.counts
         self._fleet: Fleet | None = None
         self._ready: dict[str, dict[str, str | None]] = {}
         """Per model in the index: the neurons it was ready on (name → instance) when last
@@ -205,7 +205,8 @@ class Router:
         if len(nodes) < 2:
             return nodes, None
         if not self.prefix:
-            self.decisions.labels(label, LOAD).inc()
+            decided = (label, LOAD)
+            self.decisions[decided] = self.decisions.get(decided, 0) + 1
             return rank(nodes, model, turn), None
         s = self.settings
         hashes, ends = prompt_hashes(path, payload, s.chunk_chars, s.max_prompt_chars)
@@ -217,7 +218,8 @@ class Router:
         load = scores(nodes, model)
         total = ends[-1] if ends else 0
         ranked, reason = choose(nodes, load, held, total, key, s.guard_margin, s.guard_ratio, model)
-        self.decisions.labels(label, reason).inc()
+        decided = (label, reason)
+        self.decisions[decided] = self.decisions.get(decided, 0) + 1
         return ranked, hashes or None
 
     def served(self, model: str, hashes: list[int], node: Node) -> None:
