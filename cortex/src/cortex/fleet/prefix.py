@@ -179,12 +179,15 @@ def prompt_hashes(path: str, payload: dict[str, Any], chunk: int, limit: int) ->
             done += size
             end(done)
             continue
-        stop = min(size, limit - done)
-        for start in range(0, stop, chunk):
-            h = hash((h, tag, text[start : min(start + chunk, stop)]))
+        if size > limit - done:
+            text = text[: limit - done]  # (the last piece hashed)
+            size = len(text)
+        for start in range(0, size, chunk):
+            piece = text[start : start + chunk]
+            h = hash((h, tag, piece))
             append(h)
-            end(done + min(start + chunk, stop))
-        done += stop
+            end(done + start + len(piece))
+        done += size
         if done >= limit:
             break
     return hashes, ends
