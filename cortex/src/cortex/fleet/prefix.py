@@ -28,6 +28,11 @@ HELD_PER_ENTRY = 4
 """Engines remembered per prefix: more than that many engines serving the same prefix means
 the prefix is common, and then load decides among them anyway."""
 
+ASSISTANT = "assistant"
+"""A short answer is no piece of its own: it is hashed with the message after it (the next
+turn's question), so each turn of a chat costs one piece, not two. A conversation's previous
+request ended at its question, so nothing that could match is lost."""
+
 Piece = tuple[str, str]
 """``(tag, text)``: a message's role (or a field name) and its text."""
 
@@ -121,21 +126,43 @@ def chain(parts: list[Piece], chunk: int, limit: int) -> Prompt:
     append = hashes.append
     h = 0
     left = limit
+    carry: str | None = None  # a short answer, hashed with the piece after it
     for tag, text in parts:
         size = len(text)
-        if size <= chunk:  # nearly every message: no copy
-            h = hash((h, tag, text if size <= left else text[:left]))
-            append(h)
-            ends.append(limit - max(left - size, 0))
-        else:
-            done = limit - left
-            for start in range(0, min(size, left), chunk):
-                h = hash((h, tag, text[start : start + min(chunk, left - start)]))
+        if size <= chunk and size <= left:
+            if carry is None:
+                if tag == ASSISTANT:
+                    carry = text
+                else:
+                    h = hash((h, tag, text))
+                    append(h)
+                    ends.append(limit - left + size)
+            else:
+                h = hash((h, ASSISTANT, carry, tag, text))
                 append(h)
-                ends.append(done + min(start + chunk, size, left))
+                ends.append(limit - left + size)
+                carry = None
+            left -= size
+            if left <= 0:
+                break
+            continue
+        if carry is not None:
+            h = hash((h, ASSISTANT, carry))
+            append(h)
+            ends.append(limit - left)
+            carry = None
+        done = limit - left
+        for start in range(0, min(size, left), chunk):
+            h = hash((h, tag, text[start : start + min(chunk, left - start)]))
+            append(h)
+            ends.append(done + min(start + chunk, size, left))
         left -= size
         if left <= 0:
             break
+    if carry is not None:
+        h = hash((h, ASSISTANT, carry))
+        append(h)
+        ends.append(limit - max(left, 0))
     return hashes, ends
 
 
@@ -157,6 +184,7 @@ def prompt_hashes(path: str, payload: dict[str, Any], chunk: int, limit: int) ->
     most = limit // CHARS_PER_PIECE + 1
     h = 0
     done = 0  # characters hashed so far
+    carry: str | None = None  # a short answer, hashed with the piece after it
     for message in messages[:most] if len(messages) > most else messages:
         try:  # a subscript is cheaper than .get(): a message without them goes below
             text = message["content"]
@@ -174,11 +202,23 @@ def prompt_hashes(path: str, payload: dict[str, Any], chunk: int, limit: int) ->
             tag = "?"
         size = len(text)
         if size <= chunk and done + size <= limit:  # nearly every message: no copy
-            h = hash((h, tag, text))
-            append(h)
             done += size
+            if carry is None:
+                if tag == ASSISTANT:
+                    carry = text
+                    continue
+                h = hash((h, tag, text))
+            else:
+                h = hash((h, ASSISTANT, carry, tag, text))
+                carry = None
+            append(h)
             end(done)
             continue
+        if carry is not None:
+            h = hash((h, ASSISTANT, carry))
+            append(h)
+            end(done)
+            carry = None
         if size > limit - done:
             text = text[: limit - done]  # (the last piece hashed)
             size = len(text)
@@ -190,6 +230,10 @@ def prompt_hashes(path: str, payload: dict[str, Any], chunk: int, limit: int) ->
         done += size
         if done >= limit:
             break
+    if carry is not None:
+        h = hash((h, ASSISTANT, carry))
+        append(h)
+        end(done)
     return hashes, ends
 
 
