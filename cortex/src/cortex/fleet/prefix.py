@@ -1,7 +1,8 @@
 """Prefix affinity: which engine most likely still holds the longest prefix of a prompt.
 
 cortex keeps an approximate index per model: a prompt's text is cut into pieces (each message
-of a chat, each part cut into ``chunk_chars`` slices), each piece hashed together with the
+of a chat, a short answer together with the message after it, a long part cut into
+``chunk_chars`` slices), each piece hashed together with the
 hash of everything before it, so the hash of piece *k* stands for the whole prefix up to *k*.
 The index maps such a hash to the engines (neuron names) that recently served a prompt with
 that prefix, most recent first. A request's deepest piece found in the index names the
