@@ -176,6 +176,7 @@ class Router:
         fleet.listeners.append(self.fleet_changed)
 
     def fleet_changed(self) -> None:
+        """:meth:`Fleet.changed`'s listener: one scan per model in the index."""
         if self._fleet is None:
             return
         ready = self._ready
