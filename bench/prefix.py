@@ -147,7 +147,8 @@ def engine_of(neuron: str, timeout: float = 900) -> str:
 
 def cortex_config(
     work: Path, name: str, policy: str, guard: list[str], neurons: list[str]
-) -> tuple[Path, str]:
+) -> tuple[Path, str, str]:
+    """The config of a cortex target, its API's URL and its metrics' URL."""
     port, metrics = free_port(), free_port()
     config = work / f"{name}.toml"
     models = work / "models.toml"
@@ -162,7 +163,17 @@ def cortex_config(
             f'[[neurons]]\nname = "n{i + 1}"\nendpoint = "{url}"\n' for i, url in enumerate(neurons)
         )
     )
-    return config, f"http://127.0.0.1:{port}"
+    return config, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics}/metrics"
+
+
+def decisions(metrics_url: str) -> dict[str, float]:
+    """cortex's routing decisions by reason (``cortex_routing_decisions_total``)."""
+    out: dict[str, float] = {}
+    for line in httpx.get(metrics_url, timeout=30).text.splitlines():
+        if line.startswith("cortex_routing_decisions_total{"):
+            reason = line.split('reason="', 1)[1].split('"', 1)[0]
+            out[reason] = out.get(reason, 0.0) + float(line.rsplit(" ", 1)[1])
+    return out
 
 
 # ------------------------------------------------------------------------ measuring
@@ -349,7 +360,7 @@ def main() -> None:
                     continue
                 if target.startswith("cortex"):
                     policy, *guard = target.split("-")[1].split(":")
-                    config, url = cortex_config(work, target, policy, guard, neurons)
+                    config, url, metrics_url = cortex_config(work, target, policy, guard, neurons)
                     argv = [str(BIN / "cortex"), "serve", "--config", str(config)]
                 else:
                     assert router is not None  # noqa: S101 - installed above
@@ -368,6 +379,9 @@ def main() -> None:
                     if target.startswith("cortex"):
                         time.sleep(2.5)  # a poll of both neurons' load first
                     rows.append(run(target, url, users, engines, args, proc.pid))
+                    if target.startswith("cortex"):
+                        rows[-1]["decisions"] = decisions(metrics_url)
+                        print(f"# {target} {users} users: {rows[-1]['decisions']}", flush=True)
     print(
         f"\n{args.users} users at once, {args.rounds} rounds, system prompt "
         f"{args.system_chars} chars, questions {args.question_chars} chars, answers "

@@ -40,10 +40,24 @@ def hashes(
 def test_the_next_turn_of_a_chat_extends_the_previous_one() -> None:
     one = hashes(chat("hello", system="be brief"))
     two = hashes(chat("hello", "hi there", "and now?", system="be brief"))
-    assert len(one) == 2 and len(two) == 4
+    assert len(one) == 2 and len(two) == 3  # an answer is hashed with the question after it
     assert two[:2] == one
     other = hashes(chat("good evening", system="be brief"))
     assert other[0] == one[0] and other[1] != one[1]  # the same system prompt, then not
+
+
+def test_an_answer_is_hashed_with_the_question_after_it_or_alone_at_the_end() -> None:
+    asked = hashes(chat("q1", "a1", "q2"))
+    answered = hashes(chat("q1", "a1"))  # a prompt that ends in an answer (a prefill)
+    long_next = hashes(chat("q1", "a1", "x" * 200))  # the next message is cut in chunks
+    assert len(asked) == 2 and len(answered) == 2 and len(long_next) == 6
+    assert asked[0] == answered[0] == long_next[0]
+    assert asked[1] != answered[1]  # the answer with the question, or alone
+    assert long_next[1] == answered[1]  # the answer alone, then the chunks
+    for payload in (chat("q1", "a1", "q2"), chat("q1", "a1"), chat("q1", "a1", "x" * 200)):
+        assert prompt_hashes(CHAT, payload, 64, 10_000) == chain(
+            pieces(CHAT, payload, 1000)[0], 64, 10_000
+        )
 
 
 def test_a_piece_stands_for_its_whole_prefix() -> None:
@@ -99,8 +113,10 @@ def test_unicode_is_hashed_as_text() -> None:
 def test_a_very_long_prompt_hashes_at_most_max_prompt_chars() -> None:
     huge = chat("z" * 10_000_000, "more")
     assert len(hashes(huge, chunk=1024, limit=65536)) == 64
-    many = chat(*(["short"] * 100_000))
+    many = {"messages": [{"role": "user", "content": "short"}] * 100_000}
     assert len(hashes(many, chunk=1024, limit=1000)) == 1000 // CHARS_PER_PIECE + 1
+    turns = chat(*(["short"] * 100_000))  # question, answer, ...: one piece per turn
+    assert len(hashes(turns, chunk=1024, limit=1000)) == (1000 // CHARS_PER_PIECE + 2) // 2
 
 
 def test_many_tiny_messages_cost_no_more_than_a_long_prompt() -> None:
@@ -223,3 +239,21 @@ def test_memory_stays_bounded_under_any_traffic() -> None:
         index.record(f"m{i % 3}", hashes(chat(f"user {i}", "x" * (i % 700))), f"n{i % 5}")
         assert len(index) <= 800
         assert all(index.entries(f"m{j}") <= 500 for j in range(3))
+
+
+def test_forgetting_one_engine_keeps_what_the_others_hold() -> None:
+    index = PrefixIndex(per_model=1000, total=1000)
+    shared = hashes(chat("hi", system="sys"))
+    index.record("m1", shared, "n1")
+    index.record("m1", shared, "n2")
+    mine = hashes(chat("hi", "hello", "more", system="sys"))
+    index.record("m1", mine, "n1")
+    index.record("m2", shared, "n1")
+    size = len(index)
+    index.forget("m1", "n1")
+    assert index.lookup("m1", mine) == {"n2": 2}  # n1's own pieces are gone, shared ones n2's
+    assert index.entries("m1") == 2 and len(index) == size - 1
+    assert index.lookup("m2", shared) == {"n1": 2}  # per model
+    index.forget("m1", "n2")
+    assert index.entries("m1") == 0 and "m1" not in index.models() and len(index) == 2
+    index.forget("m9", "n1")  # nothing known: nothing to do

@@ -11,6 +11,7 @@ import functools
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import httpx
 import pytest
 from cortex_testing import free_port, served
@@ -18,11 +19,12 @@ from fake_neuron import FakeNeuron
 from prometheus_client import generate_latest
 
 from cortex.app import Gateway, build, create_app
+from cortex.fleet.poller import Poller
 from cortex.fleet.prefix import rendezvous
 from cortex.fleet.routing import GUARD, LOAD, PREFIX, Router, choose
-from cortex.fleet.state import Load, Node
+from cortex.fleet.state import Fleet, Load, Node
 from cortex.metrics import CortexMetrics
-from cortex.settings import Catalogue, CortexSettings, Routing
+from cortex.settings import Catalogue, CortexSettings, NeuronEntry, Poll, Routing
 
 CHAT = "/v1/chat/completions"
 
@@ -292,3 +294,78 @@ async def test_a_refused_request_teaches_the_index_nothing() -> None:
             fake.answer_status = 200
         assert (await c.post(CHAT, json=body("hi"))).status_code == 200
         assert len(gw.router.index) == 2  # the system prompt, and the question
+
+
+def two_ready(instance: str = "boot1") -> Fleet:
+    fleet = Fleet.build(
+        [NeuronEntry(name=f"n{i}", endpoint=f"http://127.0.0.1:{i + 1}") for i in range(2)],
+        Catalogue(),
+    )
+    for node in fleet.nodes:
+        node.up = True
+        node.instance = instance
+        node.models = {"m1": {"id": "m1", "status": "ready", "in_flight": 0}}
+    return fleet
+
+
+@pytest.mark.parametrize("change", ["unloaded", "failed", "down", "draining", "restarted"])
+def test_a_neuron_whose_model_stops_being_ready_is_forgotten(change: str) -> None:
+    fleet = two_ready()
+    r, _ = router()
+    r.watch(fleet)
+    mine = body("hi", "hello", "more")
+    n0, n1 = fleet.nodes
+    _, hashes = r.route([n0, n1], "m1", "m1", CHAT, mine, 0)
+    assert hashes is not None
+    r.served("m1", hashes, n0)
+    r.served("m1", hashes[:1], n1)  # both hold the system prompt
+    fleet.changed()  # a change elsewhere forgets nothing
+    assert r.index.lookup("m1", hashes) == {"n0": len(hashes), "n1": 1}
+    if change == "unloaded":
+        del n0.models["m1"]
+    elif change == "failed":
+        n0.models["m1"]["status"] = "failed"
+    elif change == "down":
+        n0.up = False
+    elif change == "draining":
+        n0.health = {"status": "draining"}
+    else:
+        n0.instance = "boot2"  # ready again at once, with an empty cache
+    fleet.changed()
+    assert r.index.lookup("m1", hashes) == {"n1": 1}
+
+
+async def test_the_poller_tells_the_index_of_a_restart() -> None:
+    fleet = two_ready()
+    r, _ = router()
+    r.watch(fleet)
+    n0, n1 = fleet.nodes
+    _, hashes = r.route([n0, n1], "m1", "m1", CHAT, body("hi"), 0)
+    assert hashes is not None
+    r.served("m1", hashes, n0)
+    models = {"m1": {"id": "m1", "status": "ready", "in_flight": 0}}
+    async with aiohttp.ClientSession() as session:
+        poller = Poller(fleet, session, Poll(), CortexMetrics())
+        assert poller.apply(n0, dict(models), instance="boot1", epoch=3, asked=0.0)
+        assert r.index.lookup("m1", hashes) == {"n0": len(hashes)}  # the same boot
+        assert poller.apply(n0, dict(models), instance="boot2", epoch=0, asked=0.0)
+    assert r.index.lookup("m1", hashes) == {}
+
+
+@pytest.mark.parametrize(
+    ("waiting", "reason"),
+    [((0, 0), PREFIX), ((1, 0), GUARD), ((1, 2), PREFIX), ((0, 3), PREFIX)],
+)
+def test_a_queue_at_the_prefix_engine_trips_the_guard_when_the_other_has_none(
+    waiting: tuple[int, int], reason: str
+) -> None:
+    nodes = fleet(1, 0)  # n0 holds all of it, one request more: within the margin
+    for node, queued in zip(nodes, waiting, strict=True):
+        node.loads["m1"] = Load(running=1, waiting=queued, kv_cache_usage=0.0)
+    ranked, why = choose(nodes, [1, 0], {"n0": 100}, 100, lambda: 7, 2, 0.5, "m1")
+    assert why == reason
+    assert names(ranked) == (["n0", "n1"] if reason == PREFIX else ["n1", "n0"])
+    # Without the model (or a neuron that does not report load), the margin alone decides.
+    assert choose(nodes, [1, 0], {"n0": 100}, 100, lambda: 7, 2, 0.5)[1] == PREFIX
+    del nodes[0].loads["m1"]
+    assert choose(nodes, [1, 0], {"n0": 100}, 100, lambda: 7, 2, 0.5, "m1")[1] == PREFIX

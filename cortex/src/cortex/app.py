@@ -100,6 +100,8 @@ def build(settings: CortexSettings, catalogue: Catalogue, *, connector: Connecto
     fleet = Fleet.build(settings.neurons, catalogue)
     session = make_session(settings.gateway)
     poller = Poller(fleet, session, settings.poll, metrics)
+    router = Router(settings.routing, metrics)
+    router.watch(fleet)
     return Gateway(
         settings=settings,
         fleet=fleet,
@@ -116,7 +118,7 @@ def build(settings: CortexSettings, catalogue: Catalogue, *, connector: Connecto
         ),
         poller=poller,
         loader=Loader(fleet, session, settings, metrics, poller),
-        router=Router(settings.routing, metrics),
+        router=router,
     )
 
 

@@ -7,9 +7,12 @@ is ``_unknown``), ``node`` a configured neuron name, ``endpoint`` one of the fix
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from cortex.fleet.state import Node
@@ -39,6 +42,29 @@ class Remembered(Generic[M]):
         if child is None:
             child = self._children[values] = self.metric.labels(*values)
         return child
+
+
+class Tally(Collector):
+    """A counter for the routing hot path: ``counts[labels] += 1`` is plain Python (0.1 µs
+    against 0.5 µs for a ``Counter`` child's ``inc()``, which takes a lock). Everything runs
+    on the event loop, the scrape too, so nothing is locked. Its label values are bounded
+    like every other metric's (see above)."""
+
+    def __init__(
+        self, name: str, documentation: str, labels: tuple[str, ...], registry: CollectorRegistry
+    ) -> None:
+        self.name, self.documentation, self.labels = name, documentation, list(labels)
+        self.counts: dict[tuple[str, ...], int] = {}
+        registry.register(self)
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labels)
+        for values, count in list(self.counts.items()):
+            family.add_metric(values, count)
+        yield family
+
+    def describe(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(self.name, self.documentation, labels=self.labels)
 
 
 class CortexMetrics:
@@ -120,15 +146,13 @@ class CortexMetrics:
                 registry=r,
             )
         )
-        self.routing = Remembered(
-            Counter(
-                "cortex_routing_decisions",
-                "Requests for a model ready on several neurons, by why their neuron was chosen:"
-                " prefix (it holds the prompt's prefix), load (the least loaded), guard (the"
-                " prefix's neuron was too loaded).",
-                ["model", "reason"],
-                registry=r,
-            )
+        self.routing = Tally(
+            "cortex_routing_decisions",
+            "Requests for a model ready on several neurons, by why their neuron was chosen:"
+            " prefix (it holds the prompt's prefix), load (the least loaded), guard (the"
+            " prefix's neuron was too loaded).",
+            ("model", "reason"),
+            registry=r,
         )
         self.in_flight = Remembered(
             Gauge(

@@ -249,7 +249,7 @@ class Poller:
         self._changed(node, before)
         self._metrics.observe_node(node)
 
-    def _changed(self, node: Node, before: tuple[bool, str, dict[str, Any]]) -> None:
+    def _changed(self, node: Node, before: tuple[bool, str, dict[str, Any], str | None]) -> None:
         if _routed(node) != before:  # a poll that changes nothing keeps routing's views
             self.fleet.changed()
 
@@ -306,6 +306,12 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _routed(node: Node) -> tuple[bool, str, dict[str, Any]]:
-    """What routing reads of ``node`` (see ``Fleet.changed``)."""
-    return node.up, node.status, {m: info.get("status") for m, info in node.models.items()}
+def _routed(node: Node) -> tuple[bool, str, dict[str, Any], str | None]:
+    """What routing reads of ``node`` (see ``Fleet.changed``; a new ``instance`` is a
+    restart, whose engines' caches are empty: the prefix index must hear of it)."""
+    return (
+        node.up,
+        node.status,
+        {m: info.get("status") for m, info in node.models.items()},
+        node.instance,
+    )

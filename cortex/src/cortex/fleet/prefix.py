@@ -1,7 +1,8 @@
 """Prefix affinity: which engine most likely still holds the longest prefix of a prompt.
 
 cortex keeps an approximate index per model: a prompt's text is cut into pieces (each message
-of a chat, each part cut into ``chunk_chars`` slices), each piece hashed together with the
+of a chat, a short answer together with the message after it, a long part cut into
+``chunk_chars`` slices), each piece hashed together with the
 hash of everything before it, so the hash of piece *k* stands for the whole prefix up to *k*.
 The index maps such a hash to the engines (neuron names) that recently served a prompt with
 that prefix, most recent first. A request's deepest piece found in the index names the
@@ -27,6 +28,11 @@ from typing import Any
 HELD_PER_ENTRY = 4
 """Engines remembered per prefix: more than that many engines serving the same prefix means
 the prefix is common, and then load decides among them anyway."""
+
+ASSISTANT = "assistant"
+"""A short answer is no piece of its own: it is hashed with the message after it (the next
+turn's question), so each turn of a chat costs one piece, not two. A conversation's previous
+request ended at its question, so nothing that could match is lost."""
 
 Piece = tuple[str, str]
 """``(tag, text)``: a message's role (or a field name) and its text."""
@@ -121,21 +127,43 @@ def chain(parts: list[Piece], chunk: int, limit: int) -> Prompt:
     append = hashes.append
     h = 0
     left = limit
+    carry: str | None = None  # a short answer, hashed with the piece after it
     for tag, text in parts:
         size = len(text)
-        if size <= chunk:  # nearly every message: no copy
-            h = hash((h, tag, text if size <= left else text[:left]))
-            append(h)
-            ends.append(limit - max(left - size, 0))
-        else:
-            done = limit - left
-            for start in range(0, min(size, left), chunk):
-                h = hash((h, tag, text[start : start + min(chunk, left - start)]))
+        if size <= chunk and size <= left:
+            if carry is None:
+                if tag == ASSISTANT:
+                    carry = text
+                else:
+                    h = hash((h, tag, text))
+                    append(h)
+                    ends.append(limit - left + size)
+            else:
+                h = hash((h, ASSISTANT, carry, tag, text))
                 append(h)
-                ends.append(done + min(start + chunk, size, left))
+                ends.append(limit - left + size)
+                carry = None
+            left -= size
+            if left <= 0:
+                break
+            continue
+        if carry is not None:
+            h = hash((h, ASSISTANT, carry))
+            append(h)
+            ends.append(limit - left)
+            carry = None
+        done = limit - left
+        for start in range(0, min(size, left), chunk):
+            h = hash((h, tag, text[start : start + min(chunk, left - start)]))
+            append(h)
+            ends.append(done + min(start + chunk, size, left))
         left -= size
         if left <= 0:
             break
+    if carry is not None:
+        h = hash((h, ASSISTANT, carry))
+        append(h)
+        ends.append(limit - max(left, 0))
     return hashes, ends
 
 
@@ -153,33 +181,60 @@ def prompt_hashes(path: str, payload: dict[str, Any], chunk: int, limit: int) ->
     hashes: list[int] = []
     ends: list[int] = []
     append = hashes.append
+    end = ends.append
+    most = limit // CHARS_PER_PIECE + 1
     h = 0
-    left = limit
-    for message in messages[: limit // CHARS_PER_PIECE + 1]:
-        if type(message) is not dict:
-            break
-        tag = message.get("role")
-        text = message.get("content")
+    done = 0  # characters hashed so far
+    carry: str | None = None  # a short answer, hashed with the piece after it
+    for message in messages[:most] if len(messages) > most else messages:
+        try:  # a subscript is cheaper than .get(): a message without them goes below
+            text = message["content"]
+            tag = message["role"]
+        except (KeyError, TypeError):
+            if type(message) is not dict:
+                break
+            text = message.get("content")
+            tag = message.get("role")
         if type(text) is not str:
             one: list[Piece] = []
-            _add(one, "", text, limit // CHARS_PER_PIECE + 1)
+            _add(one, "", text, most)
             text = one[0][1]
         if type(tag) is not str:
             tag = "?"
         size = len(text)
-        if size <= chunk and size <= left:  # nearly every message: no copy
-            h = hash((h, tag, text))
+        if size <= chunk and done + size <= limit:  # nearly every message: no copy
+            done += size
+            if carry is None:
+                if tag == ASSISTANT:
+                    carry = text
+                    continue
+                h = hash((h, tag, text))
+            else:
+                h = hash((h, ASSISTANT, carry, tag, text))
+                carry = None
             append(h)
-            ends.append(limit - left + size)
-        else:
-            done = limit - left
-            for start in range(0, min(size, left), chunk):
-                h = hash((h, tag, text[start : start + min(chunk, left - start)]))
-                append(h)
-                ends.append(done + min(start + chunk, size, left))
-        left -= size
-        if left <= 0:
+            end(done)
+            continue
+        if carry is not None:
+            h = hash((h, ASSISTANT, carry))
+            append(h)
+            end(done)
+            carry = None
+        if size > limit - done:
+            text = text[: limit - done]  # (the last piece hashed)
+            size = len(text)
+        for start in range(0, size, chunk):
+            piece = text[start : start + chunk]
+            h = hash((h, tag, piece))
+            append(h)
+            end(done + start + len(piece))
+        done += size
+        if done >= limit:
             break
+    if carry is not None:
+        h = hash((h, ASSISTANT, carry))
+        append(h)
+        end(done)
     return hashes, ends
 
 
@@ -218,35 +273,48 @@ class PrefixIndex:
         self.total = total
         self.size = 0
         self._models: OrderedDict[str, OrderedDict[int, tuple[str, ...]]] = OrderedDict()
+        self._solo: dict[str, tuple[str]] = {}  # one shared ``(engine,)`` per engine name
 
     def __len__(self) -> int:
         return self.size
+
+    def models(self) -> list[str]:
+        """The models anything is known of."""
+        return list(self._models)
 
     def entries(self, model: str) -> int:
         entries = self._models.get(model)
         return len(entries) if entries is not None else 0
 
-    def lookup(self, model: str, hashes: list[int]) -> dict[str, int]:
-        """Engine → how many leading pieces of ``hashes`` it is known to hold (none: absent).
+    def lookup(
+        self, model: str, hashes: list[int], ends: list[int] | None = None
+    ) -> dict[str, int]:
+        """Engine → how many leading pieces of ``hashes`` it is known to hold (none: absent);
+        given ``ends`` (:func:`prompt_hashes`'), how many leading characters instead.
 
         An engine listed for piece *k* served a prompt with that whole prefix. The walk
         stops at the first unknown piece: a deeper one is behind it in every prompt that has
         it, and deep pieces are evicted before shallow ones (see :meth:`record`).
         """
         entries = self._models.get(model)
-        depths: dict[str, int] = {}
+        held: dict[str, int] = {}
         if entries is None:
-            return depths
+            return held
         get = entries.get
         depth = 0
+        last: tuple[str, ...] = ()
         for h in hashes:
             found = get(h)
             if found is None:
                 break
+            if found is not last:  # a conversation's pieces mostly share one (see record)
+                for engine in last:
+                    held[engine] = ends[depth - 1] if ends else depth
+                last = found
             depth += 1
-            for engine in found:
-                depths[engine] = depth
-        return depths
+        for engine in last:
+            held[engine] = ends[depth - 1] if ends else depth
+        return held
 
     def record(self, model: str, hashes: list[int], engine: str) -> None:
         """``engine`` served a prompt with these pieces: it now comes first for each of them.
@@ -263,11 +331,16 @@ class PrefixIndex:
             self._models.move_to_end(model)
         get = entries.get
         move = entries.move_to_end
+        solo = self._solo.get(engine)
+        if solo is None:
+            solo = self._solo[engine] = (engine,)
         added = 0
         for h in reversed(hashes):
             held = get(h)
-            if held is None:
-                entries[h] = (engine,)
+            if held is solo:  # the usual case: this engine alone, again
+                move(h)
+            elif held is None:
+                entries[h] = solo
                 added += 1
             else:
                 if held[0] != engine:
@@ -285,8 +358,26 @@ class PrefixIndex:
             if not oldest:
                 del self._models[oldest_model]
 
-    def forget(self, model: str) -> None:
-        """Drop everything known of ``model`` (its engines restarted, or it was unloaded)."""
-        entries = self._models.pop(model, None)
-        if entries is not None:
-            self.size -= len(entries)
+    def forget(self, model: str, engine: str | None = None) -> None:
+        """Drop what is known of ``engine``'s cache for ``model`` (all engines: None).
+
+        For when ``model`` stops being ready there (unloaded, failed, the neuron down or
+        restarted): its KV cache is gone. One pass over the model's entries (at most
+        ``per_model``), on a change of the fleet, never per request.
+        """
+        entries = self._models.get(model)
+        if entries is None:
+            return
+        if engine is not None:
+            for h, held in list(entries.items()):
+                if engine in held:
+                    rest = tuple(e for e in held if e != engine)
+                    if rest:
+                        entries[h] = rest  # (keeps its place: a value set in place)
+                    else:
+                        del entries[h]
+                        self.size -= 1
+            if entries:
+                return
+        del self._models[model]
+        self.size -= len(entries)

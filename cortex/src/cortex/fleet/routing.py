@@ -8,7 +8,7 @@ from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 from cortex.fleet.prefix import PrefixIndex, anchor_key, pieces, prompt_hashes, rendezvous
-from cortex.fleet.state import Node
+from cortex.fleet.state import Fleet, Node
 
 if TYPE_CHECKING:
     from cortex.metrics import CortexMetrics
@@ -89,6 +89,7 @@ def choose(
     key: Callable[[], int],
     margin: float,
     ratio: float,
+    model: str | None = None,
 ) -> tuple[list[Node], str]:
     """``nodes`` best first, and why, for a prompt of ``total`` characters of which each
     engine named in ``held`` holds that many leading characters.
@@ -97,47 +98,55 @@ def choose(
     (the least loaded among equals) comes first unless the guard, on the load of this
     moment, says no: its score may exceed the least loaded node's by at most ``(margin +
     ratio * that score) * gain``, where ``gain`` is the share of the prompt it holds beyond
-    what the least loaded node holds. A prompt whose only cached part is one every engine
-    holds (a common system prompt) gains nothing, so load decides; a conversation whose
-    whole history is on one engine may wait for it behind up to ``margin`` requests more.
-    Otherwise the least loaded node comes first. Equal scores go to the highest rendezvous
-    weight of ``key()`` (:func:`cortex.fleet.prefix.rendezvous`; ``key`` is called only
-    then), so replicas that know nothing of a conversation send it to the same engine. The
-    rest follow by load (the relay's second try).
+    what the least loaded node holds; and, given ``model``, its engine must not have had
+    requests waiting at the last poll while the least loaded one's had none (a queue there
+    costs this request more than the prefix saves). A prompt whose only cached part is one
+    every engine holds (a common system prompt) gains nothing, so load decides; a
+    conversation whose whole history is on one engine may wait for it behind up to
+    ``margin`` requests more. Otherwise the least loaded node comes first. Equal scores go
+    to the highest rendezvous weight of ``key()`` (:func:`cortex.fleet.prefix.rendezvous`;
+    ``key`` is called only then), so replicas that know nothing of a conversation send it
+    to the same engine. The rest follow by load (the relay's second try).
     """
-    order = sorted(range(len(nodes)), key=load.__getitem__)
-    first = _tie_break(nodes, load, order, key)
+    least = min(load)
+    first = load.index(least)
+    if load.count(least) > 1:  # rare under load: no hashing at all otherwise
+        k = key()
+        tied = [i for i, score in enumerate(load) if score == least]
+        first = max(tied, key=lambda i: rendezvous(k, nodes[i].name))
     reason = LOAD
     if held and total > 0:
         get = held.get
-        has = [get(nodes[i].name, 0) for i in order]
-        top = max(has)
-        best = order[has.index(top)]  # the least loaded of those holding the most
         base = get(nodes[first].name, 0)
+        top = low = base
+        best = first
+        for i, node in enumerate(nodes):
+            has = get(node.name, 0)
+            if has > top or (has == top and load[i] < load[best]):
+                top, best = has, i
+            if has < low:
+                low = has
         if top > base:
-            least = load[first]
             allowed = (margin + ratio * least) * (top - base) / total
-            if load[best] - least > allowed:
+            if load[best] - least > allowed or (
+                model is not None and _waits(nodes[best], model) and not _waits(nodes[first], model)
+            ):
                 reason = GUARD
             else:
                 first, reason = best, PREFIX
-        elif top > min(has):
+        elif top > low:
             reason = PREFIX  # the least loaded holds the most of it
+    if len(nodes) == 2:
+        return [nodes[first], nodes[1 - first]], reason
     ranked = [nodes[first]]
-    ranked.extend(nodes[i] for i in order if i != first)
+    ranked.extend(nodes[i] for i in sorted(range(len(nodes)), key=load.__getitem__) if i != first)
     return ranked, reason
 
 
-def _tie_break(
-    nodes: list[Node], load: list[float], order: list[int], key: Callable[[], int]
-) -> int:
-    """The first of ``order`` (sorted by ``load``), or among equals the rendezvous winner."""
-    first = order[0]
-    if len(order) < 2 or load[order[1]] != load[first]:
-        return first  # the usual case under load: no hashing at all
-    tied = [i for i in order if load[i] == load[first]]
-    k = key()
-    return max(tied, key=lambda i: rendezvous(k, nodes[i].name))
+def _waits(node: Node, model: str) -> bool:
+    """Whether ``node``'s engine had requests for ``model`` waiting at the last poll."""
+    load = node.loads.get(model)
+    return load is not None and bool(load.waiting)
 
 
 class Router:
@@ -145,14 +154,43 @@ class Router:
 
     Only models ready on two or more neurons are routed by prefix; for those, each
     decision is counted in ``cortex_routing_decisions_total`` by reason. The index learns
-    from :meth:`served`, called with the neuron that took the request.
+    from :meth:`served`, called with the neuron that took the request, and forgets a
+    neuron's part for a model when the model stops being ready there (:meth:`watch`).
     """
 
     def __init__(self, settings: Routing, metrics: CortexMetrics) -> None:
         self.settings = settings
         self.prefix = settings.policy == "prefix"
         self.index = PrefixIndex(settings.index_entries_per_model, settings.index_entries)
-        self.decisions = metrics.routing
+        self.decisions = metrics.routing.counts
+        self._fleet: Fleet | None = None
+        self._ready: dict[str, dict[str, str | None]] = {}
+        """Per model in the index: the neurons it was ready on (name → instance) when last
+        seen; one whose model is no longer ready, or that restarted, is forgotten."""
+
+    def watch(self, fleet: Fleet) -> None:
+        """Forget what the index knows of a neuron for a model once ``fleet`` no longer has
+        the model ready there, or the neuron restarted (a new ``instance``): its engine's
+        KV cache is gone. Checked on every change of the fleet (not per request)."""
+        self._fleet = fleet
+        fleet.listeners.append(self.fleet_changed)
+
+    def fleet_changed(self) -> None:
+        """:meth:`Fleet.changed`'s listener: one scan per model in the index."""
+        if self._fleet is None:
+            return
+        ready = self._ready
+        models = self.index.models()
+        for model in ready.keys() - set(models):
+            del ready[model]
+        for model in models:
+            now = {n.name: n.instance for n in self._fleet.scan(model)}
+            before = ready.get(model)
+            if before is not None:
+                for name, instance in before.items():
+                    if name not in now or now[name] != instance:
+                        self.index.forget(model, name)
+            ready[model] = now
 
     def route(
         self,
@@ -168,22 +206,25 @@ class Router:
         if len(nodes) < 2:
             return nodes, None
         if not self.prefix:
-            self.decisions.labels(label, LOAD).inc()
+            decided = (label, LOAD)
+            self.decisions[decided] = self.decisions.get(decided, 0) + 1
             return rank(nodes, model, turn), None
         s = self.settings
         hashes, ends = prompt_hashes(path, payload, s.chunk_chars, s.max_prompt_chars)
-        depths = self.index.lookup(model, hashes)
-        held = {engine: ends[depth - 1] for engine, depth in depths.items()}
+        held = self.index.lookup(model, hashes, ends)
 
         def key() -> int:
             return anchor_key(*pieces(path, payload, 4), s.chunk_chars)
 
         load = scores(nodes, model)
         total = ends[-1] if ends else 0
-        ranked, reason = choose(nodes, load, held, total, key, s.guard_margin, s.guard_ratio)
-        self.decisions.labels(label, reason).inc()
+        ranked, reason = choose(nodes, load, held, total, key, s.guard_margin, s.guard_ratio, model)
+        decided = (label, reason)
+        self.decisions[decided] = self.decisions.get(decided, 0) + 1
         return ranked, hashes or None
 
     def served(self, model: str, hashes: list[int], node: Node) -> None:
         """``node`` took a request whose prompt had ``hashes``: its engine now caches them."""
+        if model not in self._ready and self._fleet is not None:
+            self._ready[model] = {n.name: n.instance for n in self._fleet.scan(model)}
         self.index.record(model, hashes, node.name)

@@ -6,6 +6,7 @@ the fleet views. Everything runs on one event loop, so no locks are needed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -158,6 +159,8 @@ class Fleet:
     _by_name: dict[str, Node] = field(init=False, repr=False)
     _ready: dict[str, list[Node]] = field(init=False, repr=False, default_factory=dict)
     _reported: frozenset[str] | None = field(init=False, repr=False, default=None)
+    listeners: list[Callable[[], None]] = field(init=False, repr=False, default_factory=list)
+    """Called by :meth:`changed`, after the views are cleared (they must not await)."""
 
     def __post_init__(self) -> None:
         self._entries = {m.id: m for m in self.catalogue.models}
@@ -167,6 +170,8 @@ class Fleet:
         """A node's ``up``, ``health``, ``models`` or ``evicting`` changed: rebuild the views."""
         self._ready.clear()
         self._reported = None
+        for listener in self.listeners:
+            listener()
 
     def entry(self, model: str) -> CatalogueModel | None:
         """The catalogue entry of ``model``, if it has one."""
