@@ -205,6 +205,7 @@ async def test_a_canary_mismatch_loads_the_model_afresh(settings: dict[str, Any]
         assert await wait_gone(pid, timeout=5)
         labels = {"model": "m1", "outcome": "canary_mismatch"}
         assert await metric(n, "neuron_model_wakes_total", **labels) == 1.0
+        assert await metric(n, "neuron_model_wakes_total", model="m1", outcome="failed") == 0.0
 
 
 async def test_a_level_2_wake_with_the_same_token_keeps_the_engine() -> None:

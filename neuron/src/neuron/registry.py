@@ -180,6 +180,7 @@ class Slot:
             "idle_s": self.idle_s(),
             "error": self.error,
             "since": self.since,
+            "state_s": round(max(0.0, time.time() - self.since), 3),
             "sleep_level": self.sleep_level if self.state in ASLEEP else None,
             "host_ram_mb": self.host_ram_mb if self.slept else 0,
             "last_load_s": self.load_s,
@@ -639,6 +640,7 @@ class Registry:
             await asyncio.wait(before)  # its own sleep, and the room, first
         began = time.monotonic()
         level = slot.sleep_level or conf.level
+        outcome = "failed"
         try:
             await engine_sleep.wake(self._client, engine.url, conf.timeout)
             if self._needs_canary(level) and slot.canary is not None:
@@ -646,7 +648,7 @@ class Registry:
                     self._client, engine.url, slot.model_id, conf.canary_prompt, conf.timeout
                 )
                 if token != slot.canary:
-                    self._metrics.wakes.labels(slot.model_id, "canary_mismatch").inc()
+                    outcome = "canary_mismatch"
                     raise EngineFailed(
                         f"canary mismatch after a level-{level} wake: "
                         f"{token!r}, recorded {slot.canary!r}"
@@ -655,7 +657,7 @@ class Registry:
             if slot.state is not State.WAKING:
                 return  # unloaded meanwhile
             log.warning("waking %s failed (%s); loading it afresh", slot.model_id, exc.message)
-            self._metrics.wakes.labels(slot.model_id, "failed").inc()
+            self._metrics.wakes.labels(slot.model_id, outcome).inc()
             await self._reload(slot)
             return
         slot.state, slot.sleep_level = State.READY, None

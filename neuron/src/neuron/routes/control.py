@@ -20,7 +20,7 @@ from neuron import __version__
 from neuron.engine import HARNESSES
 from neuron.engine.stats import UNKNOWN
 from neuron.errors import BadRequest, Fenced
-from neuron.registry import Busy, State
+from neuron.registry import ASLEEP, Busy, State
 from neuron.routes.body import read_object
 from neuron.settings import ModelSpec, describe
 
@@ -86,6 +86,7 @@ def model_infos(n: Neuron) -> list[dict[str, Any]]:
             "idle_s": None,
             "error": None,
             "since": None,
+            "state_s": None,
             "sleep_level": None,
             "host_ram_mb": 0,
             "last_load_s": None,
@@ -174,6 +175,8 @@ async def load(request: Request) -> Response:
     except ValidationError as exc:
         raise BadRequest(f"invalid model spec: {describe(exc)}") from None
     n.policy.check(spec.resolved_source, spec.engine_args)
+    was = n.registry.get(spec.model_id)
+    asleep = was is not None and was.state in ASLEEP
     try:
         slot, evicted = await n.registry.place(spec, epoch=epoch, evict=evict)
     except Fenced as exc:
@@ -187,7 +190,9 @@ async def load(request: Request) -> Response:
             "slept": [m for m in evicted or () if _asleep(n, m)],
             # Whether this call started the engine (else it joined, or found it ready), and
             # what it evicted to make room: for the caller's own counts.
-            "started": evicted is not None,
+            "started": evicted is not None and not asleep,
+            # A load of a sleeping model wakes it (no engine started).
+            "woken": evicted is not None and asleep,
             "evicted": list(evicted or ()),
             "state": state(n),
         }

@@ -1,0 +1,54 @@
+"""The residency ladder through cortex: a neuron with room for one awake model, stand-in
+engines with a slow cold start and a quick wake."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from replica_support import fleet, sample, starts, stops
+
+COLD, WAKE = 3.0, 0.3
+
+
+async def test_a_b_a_wakes_the_sleeper_instead_of_a_cold_start(tmp_path: Path) -> None:
+    async with fleet(
+        tmp_path, replicas=1, neurons=1, startup_delay=COLD, sleep=True, wake_delay=WAKE
+    ) as f:
+        neuron = f.neurons[0]
+        assert (await f.chat(0, "m1")).status_code == 200
+        assert (await f.chat(0, "m2")).status_code == 200
+        assert f.truth() == {"n1": {"m1": "sleeping", "m2": "ready"}}
+        await f.settled()
+        listed = (await f.client.get(f"{f.replicas[0].url}/v1/models")).json()["data"]
+        m1 = next(m for m in listed if m["id"] == "m1")
+        assert m1["state"] == "sleeping" and m1["estimated_ready_s"] > 0
+        m3 = next(m for m in listed if m["id"] == "m3")
+        assert m3["state"] == "stopped" and m3["estimated_ready_s"] == 60.0
+
+        began = time.monotonic()
+        assert (await f.chat(0, "m1")).status_code == 200
+        took = time.monotonic() - began
+        assert took < COLD, f"a wake took {took:.1f}s (a cold start is {COLD}s)"
+        assert f.truth() == {"n1": {"m1": "ready", "m2": "sleeping"}}
+        assert starts([neuron], "m1") + starts([neuron], "m2") == 2
+        assert stops([neuron]) == 0
+
+        # Ten concurrent requests for the sleeper: one wake.
+        answers = await asyncio.gather(*(f.chat(0, "m2") for _ in range(10)))
+        assert [a.status_code for a in answers] == [200] * 10
+        assert sample(neuron, "neuron_model_wakes_total", model="m2", outcome="ok") == 1.0
+        assert starts([neuron], "m2") == 1
+
+        replica = f.replicas[0]
+        metrics = (await f.client.get(f"http://127.0.0.1:{replica.metrics_port}/metrics")).text
+        assert 'cortex_wakes_total{model="m1",node="n1"} 1.0' in metrics
+        assert 'cortex_model_ready_seconds_count{kind="wake",model="m1"} 1.0' in metrics
+        assert "woke m1 on n1" in replica.log()
+
+        # The measured wake now drives the estimate.
+        await f.settled()
+        listed = (await f.client.get(f"{f.replicas[0].url}/v1/models")).json()["data"]
+        m1 = next(m for m in listed if m["id"] == "m1")
+        assert m1["state"] == "sleeping" and m1["estimated_ready_s"] < COLD
