@@ -182,24 +182,32 @@ async def reset(client: httpx.AsyncClient, fleet: Fleet, wanted: list[str | None
     await until(seen)
 
 
-async def lag(client: httpx.AsyncClient, fleet: Fleet, model: str) -> float:
+async def lag(client: httpx.AsyncClient, fleet: Fleet, model: str) -> tuple[float, float]:
     """An upper bound of the time between the neuron's ``ready`` and replica B's seeing it:
     from the start of the last look at the neuron that did not show it ready yet, to the
-    end of the first look at B that does."""
+    end of the first look at B that does. Also the median time of one look at each (the
+    resolution of the bound)."""
     asking = asyncio.create_task(
         client.post(f"{fleet.replica(0)}/v1/chat/completions", json=chat(model))
     )
+    where = None
+    while where is None:  # the neuron it goes to: from then on only that one is looked at
+        states = await truth(client, fleet)
+        where = next((i for i, t in enumerate(states) if model in t), None)
     not_ready = time.monotonic()
+    rounds = []
     while True:
         began = time.monotonic()
-        if not any(t.get(model) == "ready" for t in await truth(client, fleet)):
+        listed = await client.get(f"{fleet.neuron(where)}/models")
+        if not any(m["id"] == model and m["status"] == "ready" for m in listed.json()):
             not_ready = began
         elif await visible_on(client, fleet.replica(1), model):
             break
+        rounds.append(time.monotonic() - began)
         await asyncio.sleep(0.001)
     seen = time.monotonic()
     (await asking).raise_for_status()
-    return seen - not_ready
+    return seen - not_ready, statistics.median(rounds) if rounds else 0.0
 
 
 async def burst_trial(client: httpx.AsyncClient, fleet: Fleet) -> dict[str, Any]:
@@ -255,11 +263,13 @@ async def main() -> int:
                     return True
 
                 await until(up)
-                lags = []
+                lags, looks = [], []
                 for n in range(args.lags):
                     await reset(client, fleet, [None, None, None])
-                    lags.append(await lag(client, fleet, MODELS[n % 4]))
-                    emit({"lag_ms": round(lags[-1] * 1000, 1)})
+                    bound, look = await lag(client, fleet, MODELS[n % 4])
+                    lags.append(bound)
+                    looks.append(look)
+                    emit({"lag_ms": round(bound * 1000, 1), "look_ms": round(look * 1000, 1)})
                 trials = []
                 for _ in range(args.trials):
                     trials.append(await burst_trial(client, fleet))
@@ -269,6 +279,7 @@ async def main() -> int:
                         "summary": True,
                         "lag_ms_median": round(statistics.median(lags) * 1000, 1),
                         "lag_ms_max": round(max(lags) * 1000, 1),
+                        "look_ms_median": round(statistics.median(looks) * 1000, 1),
                         "trials": len(trials),
                         "trials_with_one_start_one_eviction": sum(
                             t["engines_started"] == 1 and t["evicted"] == 1 for t in trials

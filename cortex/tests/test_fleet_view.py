@@ -21,6 +21,7 @@ async def test_a_neuron_is_down_only_after_several_failures_and_back_on_one_succ
         health = (await c.client.get("/health")).json()
         assert health == {
             "status": "degraded",
+            "instance": c.gateway.settings.instance,
             "neurons": {"up": 0, "down": 1, "total": 1},
             "models_ready": 0,
         }

@@ -13,6 +13,7 @@ from cortex.fleet.placement import (
     Resident,
     Want,
     plan,
+    rendezvous,
     victims,
 )
 
@@ -203,3 +204,21 @@ def test_victims_order_is_priority_then_age_then_name() -> None:
     chosen = victims(WANT, cand)
     assert chosen is not None
     assert [r.id for r in chosen] == ["old", "a-new", "b-new"]
+
+
+def test_replicas_that_see_the_same_fleet_choose_the_same_neuron() -> None:
+    """Equal neurons: the rendezvous hash of (model, neuron) decides, whatever the order."""
+    names = [f"n{i}" for i in range(6)]
+    chosen = {}
+    for model in (f"model-{i}" for i in range(40)):
+        cands = [cpu(n) for n in names]
+        first = plan(Want(model), cands).node
+        assert plan(Want(model), list(reversed(cands))).node == first
+        assert first == max(names, key=lambda n: rendezvous(model, n))
+        chosen[model] = first
+    assert len(set(chosen.values())) >= 4, "cold models spread over equal neurons"
+
+
+def test_fewest_models_goes_before_the_hash() -> None:
+    emptier, fuller = cpu("a", limit=2), cpu("b", ready("x"), limit=2)
+    assert plan(Want("new"), [fuller, emptier]).node == "a"

@@ -34,6 +34,8 @@ from cortex.settings import Poll
 
 log = logging.getLogger("cortex.poller")
 T = TypeVar("T")
+WATCH_MIN_GAP = 0.01
+"""Shortest time between the starts of two watches of one neuron (seconds)."""
 NO_STREAM_RETRY = 60.0
 """Seconds before a neuron without ``/models/watch`` (older than issue 24) is asked again."""
 
@@ -194,9 +196,12 @@ class Poller:
             status=state.status,
         )
         unchanged = (state.instance, state.epoch) == sent
-        quick = time.monotonic() - asked < wait / 2
-        # A neuron that answers at once with nothing new would make this a busy loop.
-        return self._settings.interval if unchanged and quick else 0.0
+        took = time.monotonic() - asked
+        # A neuron that answers at once with nothing new would make this a busy loop; one
+        # whose epoch never stops moving gets at most one watch per WATCH_MIN_GAP.
+        if unchanged and took < wait / 2:
+            return self._settings.interval
+        return max(0.0, WATCH_MIN_GAP - took)
 
     async def _poll_guarded(self, node: Node) -> None:
         """One node's poll; a fault of cortex's own there is that node's failed poll only."""

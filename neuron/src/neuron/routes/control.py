@@ -8,6 +8,7 @@ Every answer that tells a model's state names it: ``/models`` in its ``X-Neuron-
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,8 @@ from neuron.settings import ModelSpec, describe
 
 if TYPE_CHECKING:
     from neuron.app import Neuron
+
+log = logging.getLogger("neuron.control")
 
 
 def _neuron(request: Request) -> Neuron:
@@ -154,6 +157,11 @@ def _epoch(body: dict[str, Any]) -> int | None:
     return epoch
 
 
+def _asker(request: Request) -> str:
+    """Which cortex replica sent a command (its ``X-Cortex-Instance``), for the log."""
+    return repr(request.headers.get("x-cortex-instance", "?")[:64])
+
+
 def _evict(body: dict[str, Any]) -> tuple[str, ...]:
     evict = body.pop("evict", [])
     if (
@@ -175,6 +183,9 @@ async def load(request: Request) -> Response:
     except ValidationError as exc:
         raise BadRequest(f"invalid model spec: {describe(exc)}") from None
     n.policy.check(spec.resolved_source, spec.engine_args)
+    log.info(
+        "load of %s from %s (epoch %s, evict %s)", spec.model_id, _asker(request), epoch, evict
+    )
     was = n.registry.get(spec.model_id)
     asleep = was is not None and was.state in ASLEEP
     try:
@@ -211,11 +222,25 @@ async def unload(request: Request) -> Response:
     force = body.get("force", False)
     if not isinstance(force, bool):
         raise BadRequest("'force' must be true or false", param="force")
+    idle = body.get("idle_at_least")
+    if idle is not None and (
+        not isinstance(idle, int | float) or isinstance(idle, bool) or not 0 <= idle < 1e9
+    ):
+        raise BadRequest("'idle_at_least' must be a number of seconds >= 0", param="idle_at_least")
+    log.info(
+        "unload of %r from %s (epoch %s, force %s)", model_id[:256], _asker(request), epoch, force
+    )
     busy = Busy.WAIT if force else Busy.REFUSE
     if n.lifecycle.draining:
         busy = Busy.CUT
     try:
-        await n.registry.unload(model_id, epoch=epoch, busy=busy, patience=n.settings.drain_timeout)
+        await n.registry.unload(
+            model_id,
+            epoch=epoch,
+            busy=busy,
+            patience=n.settings.drain_timeout,
+            idle_at_least=idle,
+        )
     except Fenced as exc:
         exc.extra["state"] = state(n)
         raise
@@ -249,6 +274,7 @@ async def sleep(request: Request) -> Response:
         isinstance(idle, bool) or not isinstance(idle, int | float) or not 0 <= idle < 1e9
     ):
         raise BadRequest("'idle_at_least' must be a number of seconds >= 0", param="idle_at_least")
+    log.info("sleep of %r from %s (epoch %s)", model_id[:256], _asker(request), epoch)
     try:
         slot = await n.registry.sleep(model_id, epoch=epoch, level=level, idle_at_least=idle)
     except Fenced as exc:
@@ -265,6 +291,9 @@ async def wake(request: Request) -> Response:
     model_id = _model_id(body)
     epoch = _epoch(body)
     evict = _evict(body)
+    log.info(
+        "wake of %r from %s (epoch %s, evict %s)", model_id[:256], _asker(request), epoch, evict
+    )
     try:
         slot, demoted = await n.registry.wake(model_id, epoch=epoch, evict=evict)
     except Fenced as exc:
