@@ -7,7 +7,11 @@ import asyncio
 import time
 from pathlib import Path
 
-from replica_support import fleet, sample, starts, stops
+import httpx
+from neuron_testing import fake_harness, running, settings_for, wait_gone
+from replica_support import fleet, sample, start_replica, starts, stop, stops, wait_for
+
+from neuron.settings import Harnesses
 
 COLD, WAKE = 3.0, 0.3
 
@@ -52,3 +56,51 @@ async def test_a_b_a_wakes_the_sleeper_instead_of_a_cold_start(tmp_path: Path) -
         listed = (await f.client.get(f"{f.replicas[0].url}/v1/models")).json()["data"]
         m1 = next(m for m in listed if m["id"] == "m1")
         assert m1["state"] == "sleeping" and m1["estimated_ready_s"] < COLD
+
+
+async def test_a_neuron_restarted_while_models_sleep_loads_them_afresh(tmp_path: Path) -> None:
+    harness = fake_harness(FAKE_ENGINE_STARTUP_DELAY="0.2")
+    settings = settings_for(harness=Harnesses(vllm=harness), max_loaded_models=1)
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+    booted, closed = running(settings), False
+    first = await booted.__aenter__()
+    try:
+        replica = start_replica(tmp_path, "cortex-a", [("n1", first.url)], ["m1", "m2"])
+    except BaseException:
+        await booted.__aexit__(None, None, None)
+        raise
+    try:
+        async with httpx.AsyncClient(timeout=30) as client:
+            chat = f"{replica.url}/v1/chat/completions"
+
+            async def up() -> bool:
+                health = (await client.get(f"{replica.url}/health")).json()
+                return bool(health["neurons"]["up"] == 1)
+
+            await wait_for("cortex up", up)
+            for model in ("m1", "m2"):
+                answer = await client.post(chat, json={"model": model, **body})
+                assert answer.status_code == 200, answer.text
+            slots = first.neuron.registry.slots()
+            assert {s.model_id: str(s.state) for s in slots} == {"m1": "sleeping", "m2": "ready"}
+            pids = [s.engine.pid for s in slots]
+            # The neuron goes away (its drain stops the sleeper too) and comes back empty.
+            closed = True
+            await booted.__aexit__(None, None, None)
+            for pid in pids:
+                assert pid is not None and await wait_gone(pid, timeout=10)
+            async with running(settings) as second:
+
+                async def empty() -> bool:
+                    listed = (await client.get(f"{replica.url}/v1/models")).json()["data"]
+                    return all(m["state"] == "stopped" for m in listed)
+
+                await wait_for("cortex to see the restarted neuron empty", empty)
+                answer = await client.post(chat, json={"model": "m1", **body})
+                assert answer.status_code == 200, answer.text
+                assert {s.model_id for s in second.neuron.registry.slots()} == {"m1"}
+        assert replica.errors() == [], replica.log()
+    finally:
+        stop(replica.proc)
+        if not closed:
+            await booted.__aexit__(None, None, None)
