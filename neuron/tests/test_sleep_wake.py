@@ -176,18 +176,19 @@ async def test_a_full_host_ram_budget_stops_instead_of_sleeping() -> None:
         assert "m1" not in await n.models()
 
 
-async def test_max_sleeping_models_stops_the_next_victim() -> None:
-    async with running(ladder({"max_sleeping_models": 1})) as n:
-        await n.load("m1")
+@pytest.mark.parametrize("budget", [{"max_sleeping_models": 1}, {"host_ram_budget_mb": 5000}])
+async def test_a_full_budget_stops_the_least_recently_used_sleeper(budget: dict[str, Any]) -> None:
+    async with running(ladder(budget)) as n:
+        pid1 = (await n.load("m1")).json()["model"]["engine"]["pid"]
         await n.load("m2", evict=["m1"])
-        pid2 = (await n.models())["m2"]["engine"]["pid"]
         third = await n.load("m3", evict=["m2"])
-        assert third.status_code == 200 and third.json()["slept"] == []
-        assert await wait_gone(pid2, timeout=5)
+        assert third.status_code == 200 and third.json()["slept"] == ["m2"]
+        assert await wait_gone(pid1, timeout=5)
         assert {m: i["status"] for m, i in (await n.models()).items()} == {
-            "m1": "sleeping",
+            "m2": "sleeping",
             "m3": "ready",
         }
+        assert (await n.client.get("/health")).json()["sleep"]["host_ram_used_mb"] == 4096
 
 
 @pytest.mark.parametrize("settings", [{"canary": True}, {"level": 2}])

@@ -38,7 +38,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
@@ -389,9 +389,15 @@ class Registry:
     def _demote(self, victim: Slot, model_id: str) -> asyncio.Task[None]:
         """Make room: ``victim`` (ready and idle, or asleep) sleeps if the budgets allow,
         else stops; the returned task ends when its memory is given back."""
-        if victim.state is State.READY and self._sleep_refusal(victim) is None:
+        spare = self._spare_sleepers(victim) if victim.state is State.READY else None
+        if spare is not None:
             log.info("putting %s to sleep for %s", victim.model_id, model_id)
-            return self._begin_sleep(victim, self.sleep_settings.level)
+            stops = []
+            for sleeper in spare:  # the least recently used sleepers give it their room
+                log.info("stopping %s (asleep) for %s to sleep", sleeper.model_id, victim.model_id)
+                sleeper.state = State.UNLOADING
+                stops.append(self._stop_later(sleeper, State.SLEEPING))
+            return self._begin_sleep(victim, self.sleep_settings.level, stops)
         log.info("evicting %s for %s", victim.model_id, model_id)
         was, victim.state = victim.state, State.UNLOADING
         # Its own task: a cancelled load must not leave an engine half stopped.
@@ -442,22 +448,40 @@ class Registry:
         """What ``slot``'s weights take in host RAM once it has slept (MiB, an estimate)."""
         return slot.spec.vram_mb or slot.reserved_mb or self.sleep_settings.host_ram_per_model_mb
 
-    def _sleep_refusal(self, slot: Slot) -> NoSleep | None:
-        """Why ``slot`` may not go to sleep now for lack of budget (``None``: it may)."""
+    def _sleep_refusal(self, slot: Slot, stopping: Sequence[Slot] = ()) -> NoSleep | None:
+        """Why ``slot`` may not go to sleep now for lack of budget (``None``: it may), once
+        the sleepers in ``stopping`` are stopped."""
         conf = self.sleep_settings
         if not conf.enabled:
             return NoSleep("sleep mode is off on this neuron ([sleep] enabled = false)")
         limit = conf.max_sleeping_models
-        if limit is not None and len(self.sleepers()) >= limit:
+        if limit is not None and len(self.sleepers()) - len(stopping) >= limit:
             return NoSleep(f"this neuron keeps at most {limit} sleeping model(s)")
         if not slot.slept:
-            used, need = self.host_ram_used_mb(), self._host_ram(slot)
+            freed = sum(s.host_ram_mb for s in stopping)
+            used, need = self.host_ram_used_mb() - freed, self._host_ram(slot)
             if used + need > conf.host_ram_budget_mb:
                 return NoSleep(
                     f"{slot.model_id} needs {need} MiB of host RAM to sleep; sleepers hold "
                     f"{used} of the {conf.host_ram_budget_mb} MiB budget"
                 )
         return None
+
+    def _spare_sleepers(self, victim: Slot) -> list[Slot] | None:
+        """The fewest least recently used idle sleepers to stop so that ``victim`` may sleep
+        (``[]``: it may as things are; ``None``: it may not even then)."""
+        if not self.sleep_settings.enabled:
+            return None
+        order = sorted(
+            (s for s in self.sleepers() if not s.in_flight and (s.op is None or s.op.done())),
+            key=lambda s: s.used or s.ready_at or 0.0,
+        )
+        chosen: list[Slot] = []
+        while self._sleep_refusal(victim, chosen) is not None:
+            if not order:
+                return None
+            chosen.append(order.pop(0))
+        return chosen
 
     def _needs_canary(self, level: int) -> bool:
         return level >= 2 or self.sleep_settings.canary
@@ -510,14 +534,22 @@ class Registry:
         if slot.op is not None and not slot.op.done():
             await asyncio.wait({slot.op})
 
-    def _begin_sleep(self, slot: Slot, level: int) -> asyncio.Task[None]:
+    def _begin_sleep(
+        self, slot: Slot, level: int, before: Sequence[asyncio.Task[None]] = ()
+    ) -> asyncio.Task[None]:
         slot.state, slot.sleep_level = State.SLEEPING, level
-        slot.op = asyncio.create_task(self._sleep(slot, level), name=f"sleep {slot.model_id}")
+        slot.op = asyncio.create_task(
+            self._sleep(slot, level, before), name=f"sleep {slot.model_id}"
+        )
         self._publish()
         return slot.op
 
-    async def _sleep(self, slot: Slot, level: int) -> None:
+    async def _sleep(
+        self, slot: Slot, level: int, before_it: Sequence[asyncio.Task[None]] = ()
+    ) -> None:
         conf, engine = self.sleep_settings, slot.engine
+        if before_it:
+            await asyncio.wait(before_it)  # the sleepers that give it their host RAM
         began = time.monotonic()
         try:
             before = await self._sample() if engine.devices else []
