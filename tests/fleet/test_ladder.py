@@ -104,3 +104,23 @@ async def test_a_neuron_restarted_while_models_sleep_loads_them_afresh(tmp_path:
         stop(replica.proc)
         if not closed:
             await booted.__aexit__(None, None, None)
+
+
+async def test_a_burst_for_a_sleeper_through_three_replicas_wakes_it_once(tmp_path: Path) -> None:
+    async with fleet(tmp_path, replicas=3, neurons=1, sleep=True, wake_delay=0.3) as f:
+        neuron = f.neurons[0]
+        for trial in range(5):
+            asleep, awake = ("m1", "m2") if trial % 2 else ("m2", "m1")
+            assert (await f.chat(trial % 3, asleep)).status_code == 200
+            assert (await f.chat((trial + 1) % 3, awake)).status_code == 200
+            await f.settled()
+            assert f.truth() == {"n1": {asleep: "sleeping", awake: "ready"}}
+            wakes = sample(neuron, "neuron_model_wakes_total", model=asleep, outcome="ok")
+            began = starts([neuron], "m1") + starts([neuron], "m2")
+            answers = await asyncio.gather(*(f.chat(i % 3, asleep) for i in range(30)))
+            assert [a.status_code for a in answers] == [200] * 30, f"trial {trial}"
+            after = sample(neuron, "neuron_model_wakes_total", model=asleep, outcome="ok")
+            assert after - wakes == 1, f"trial {trial}: {f.truth()}"
+            assert starts([neuron], "m1") + starts([neuron], "m2") == began
+            assert f.truth() == {"n1": {asleep: "ready", awake: "sleeping"}}
+        assert stops([neuron]) == 0
