@@ -593,9 +593,9 @@ class Loader:
     async def _idle_sleep(self, node: Node, model: str, idle: float, ttl: float) -> None:
         """``idle_ttl`` passed: the model goes to sleep; where it cannot, it is unloaded."""
         log.info("%s idle on %s for %.0fs: putting it to sleep", model, node.name, idle)
-        body: dict[str, Any] = {"model_id": model, "idle_at_least": ttl}
-        if node.epoch is not None:
-            body["epoch"] = node.epoch
+        # As for an idle unload: fenced by the model's own idleness at the neuron (with a
+        # tenth of slack), not by the neuron's epoch.
+        body: dict[str, Any] = {"model_id": model, "idle_at_least": ttl * 0.9}
         asked = time.monotonic()
         try:
             async with self._session.post(
@@ -634,8 +634,10 @@ class Loader:
     ) -> None:
         log.info("%s idle on %s for %.0fs: unloading it", model, node.name, idle)
         try:
-            # The neuron checks that nobody (no other replica either) used it meanwhile.
-            await self._unload(node, model, reason, epoch=node.epoch, idle=ttl)
+            # The neuron checks that nobody (no other replica either) used it meanwhile (a
+            # tenth of slack: this cortex's view of the last use is as old as its last read).
+            # No epoch: other models' changes there do not bear on this one's idleness.
+            await self._unload(node, model, reason, idle=ttl * 0.9)
         except Fenced as exc:
             log.info("%s stays on %s: %s", model, node.name, exc)
         except CortexError as exc:

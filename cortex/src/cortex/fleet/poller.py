@@ -199,7 +199,7 @@ class Poller:
         took = time.monotonic() - asked
         # A neuron that answers at once with nothing new would make this a busy loop; one
         # whose epoch never stops moving gets at most one watch per WATCH_MIN_GAP.
-        if unchanged and took < wait / 2:
+        if unchanged and took < min(wait / 2, 1.0):
             return self._settings.interval
         return max(0.0, WATCH_MIN_GAP - took)
 
