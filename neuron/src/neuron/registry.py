@@ -96,7 +96,7 @@ class Busy(StrEnum):
 class Slot:
     spec: ModelSpec
     engine: EngineProcess
-    state: State = State.LOADING
+    _state: State = State.LOADING
     error: str | None = None
     in_flight: int = 0
     reserved_mb: int = 0
@@ -130,10 +130,15 @@ class Slot:
     def __post_init__(self) -> None:
         self.quiet.set()
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name == "state" and getattr(self, "state", None) is not value:
-            object.__setattr__(self, "since", time.time())
-        object.__setattr__(self, name, value)
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @state.setter
+    def state(self, value: State) -> None:
+        if value is not self._state:
+            self.since = time.time()
+        self._state = value
 
     @property
     def model_id(self) -> str:
