@@ -149,7 +149,12 @@ def _catalogue(models: list[str]) -> str:
 
 
 def start_replica(
-    tmp: Path, name: str, neurons: list[tuple[str, str]], models: list[str], **poll: Any
+    tmp: Path,
+    name: str,
+    neurons: list[tuple[str, str]],
+    models: list[str],
+    loading: dict[str, Any] | None = None,
+    **poll: Any,
 ) -> Replica:
     folder = tmp / name
     folder.mkdir()
@@ -162,6 +167,7 @@ def start_replica(
         "drain_timeout = 2.0\n"
         f"[poll]\n{poll_lines}"
         "[loading]\nkeepalive_interval = 1.0\n"
+        + "".join(f"{k} = {json.dumps(v)}\n" for k, v in (loading or {}).items())
         + "".join(f'[[neurons]]\nname = "{n}"\nendpoint = "{url}"\n' for n, url in neurons)
     )
     (folder / "cortex.toml").write_text(config)
@@ -207,6 +213,7 @@ async def fleet(
     startup_delay: float = 0.2,
     sleep: bool = False,
     wake_delay: float = 0.0,
+    loading: dict[str, Any] | None = None,
     **poll: Any,
 ) -> AsyncIterator[Fleet]:
     """``replicas`` cortex processes in front of ``neurons`` neurons (room for one model each).
@@ -233,7 +240,9 @@ async def fleet(
         names = [f"n{i + 1}" for i in range(neurons)]
         endpoints = [(n, r.url) for n, r in zip(names, running_neurons, strict=True)]
         started = [
-            start_replica(tmp, f"cortex-{chr(ord('a') + i)}", endpoints, list(models), **poll)
+            start_replica(
+                tmp, f"cortex-{chr(ord('a') + i)}", endpoints, list(models), loading, **poll
+            )
             for i in range(replicas)
         ]
         for replica in started:

@@ -51,6 +51,8 @@ class Poller:
         self.polled = asyncio.Event()
         """Set after the first round, so start-up can wait for a first view of the fleet."""
         self._refresh: asyncio.Task[None] | None = None
+        self._no_stream: set[str] = set()
+        """Neurons whose ``/models/watch`` was 404 (said once in the log, not every minute)."""
 
     async def run(self) -> None:
         watches = (
@@ -180,12 +182,15 @@ class Poller:
                 node.base + "/models/watch", params=query, headers=node.headers(), timeout=limit
             ) as response:
                 if response.status == 404:
-                    log.info("neuron %s has no change stream: polling only", node.name)
+                    if node.name not in self._no_stream:
+                        self._no_stream.add(node.name)
+                        log.info("neuron %s has no change stream: polling only", node.name)
                     return NO_STREAM_RETRY
                 response.raise_for_status()
                 state = contract.state(await response.read())
         except (aiohttp.ClientError, TimeoutError, ValueError):  # the poll reports these
             return self._settings.interval
+        self._no_stream.discard(node.name)
         self.apply(
             node,
             contract.by_id(state.models),
