@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import httpx
-from neuron_testing import fake_harness, running, settings_for, wait_gone
+from neuron_testing import alive, fake_harness, running, settings_for, wait_gone
 from replica_support import fleet, sample, start_replica, starts, stop, stops, wait_for
 
 from neuron.settings import Harnesses
@@ -124,3 +124,26 @@ async def test_a_burst_for_a_sleeper_through_three_replicas_wakes_it_once(tmp_pa
             assert starts([neuron], "m1") + starts([neuron], "m2") == began
             assert f.truth() == {"n1": {asleep: "ready", awake: "sleeping"}}
         assert stops([neuron]) == 0
+
+
+async def test_idle_ttl_puts_a_model_to_sleep_and_sleep_ttl_stops_it(tmp_path: Path) -> None:
+    loading = {"idle_ttl": 1.0, "sleep_ttl": 1.5, "check_interval": 0.2}
+    async with fleet(
+        tmp_path, replicas=2, neurons=1, sleep=True, loading=loading, interval=0.5
+    ) as f:
+        await f.load(0, "m1")
+        pid = f.neurons[0].neuron.registry.slots()[0].engine.pid
+        assert pid is not None
+
+        async def asleep() -> bool:
+            return f.truth() == {"n1": {"m1": "sleeping"}}
+
+        await wait_for("the idle model asleep", asleep, 10)
+        assert alive(pid)
+        assert sample(f.neurons[0], "neuron_model_sleeps_total", model="m1", outcome="ok") == 1
+
+        async def gone() -> bool:
+            return f.truth() == {"n1": {}}
+
+        await wait_for("the sleeper stopped after sleep_ttl", gone, 10)
+        assert await wait_gone(pid, timeout=10)
