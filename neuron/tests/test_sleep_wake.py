@@ -22,7 +22,10 @@ from neuron_testing import (
     wait_gone,
 )
 
-from neuron.settings import Harnesses, SleepSettings
+from neuron.discovery import DeviceSample
+from neuron.engine import EngineProcess
+from neuron.registry import Slot, _kept_vram
+from neuron.settings import Harnesses, ModelSpec, SleepSettings
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
 DEV_ROUTES = (
@@ -278,3 +281,19 @@ async def test_sigterm_stops_a_sleeping_engine(tmp_path: Path) -> None:
         assert re.search(r"unloaded m1", proc.log.read_text())
     finally:
         proc.stop()
+
+
+def test_a_sleeper_keeps_what_nvml_saw_its_sleep_not_free_else_the_estimate() -> None:
+    def gpu(index: int, used: int) -> DeviceSample:
+        return DeviceSample(index, used, 80000 - used, 80000, None, None)
+
+    spec = ModelSpec(model_id="m")
+    engine = EngineProcess(spec, fake_harness(), httpx.AsyncClient(), devices=[0, 1])
+    slot = Slot(spec=spec, engine=engine)
+    slot.reserved_mb = 144000
+    before, after = [gpu(0, 72000), gpu(1, 72000)], [gpu(0, 1400), gpu(1, 1400)]
+    assert _kept_vram(slot, before, after, 1536) == 144000 - 141200  # measured
+    assert _kept_vram(slot, [], [], 1536) == 1536  # no NVML: the estimate
+    assert _kept_vram(slot, before, before, 1536) == 1536  # nothing seen freed: the estimate
+    engine.devices = None
+    assert _kept_vram(slot, before, after, 1536) == 0  # a CPU engine holds no GPU memory
