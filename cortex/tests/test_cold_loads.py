@@ -210,10 +210,12 @@ async def test_a_model_that_may_fit_on_a_neuron_that_is_down_is_503() -> None:
 
 async def test_a_slow_cold_start_is_503_for_a_waiting_request_and_the_load_goes_on() -> None:
     neuron = empty(load_delay=1.0)
-    async with cortex(neuron, catalogue=("a",), loading={"cold_start_timeout": 0.2}) as c:
+    loading = {"cold_start_timeout": 0.2, "cold_estimate": 3.0}
+    async with cortex(neuron, catalogue=("a",), loading=loading) as c:
         waited = await c.client.post(CHAT, json={"model": "a"})
         assert waited.status_code == 503
-        assert waited.headers["retry-after"] == "5"
+        # What is left of the expected cold load (3 s, nothing measured yet), rounded up.
+        assert waited.headers["retry-after"] == "3"
         assert waited.json()["error"]["code"] == "model_loading"
         for _ in range(50):
             if neuron.models.get("a") == "ready":

@@ -82,6 +82,21 @@ async def test_status_prints_the_fleet_as_a_table() -> None:
     assert "m1" in table and "gpu-1 (ready)" in table
 
 
+async def test_status_shows_awake_asleep_and_stopped_per_neuron() -> None:
+    n1 = FakeNeuron("n1", models={"m1": "ready", "m2": "sleeping", "m4": "waking"})
+    async with cortex(n1, catalogue=("m3",)) as c:
+        fleet = (await c.client.get("/fleet")).json()
+        listed = {m["id"]: m for m in (await c.client.get("/v1/models")).json()["data"]}
+    lines = render(fleet).splitlines()
+    at = lines.index(next(line for line in lines if line.startswith("NEURON  AWAKE")))
+    assert lines[at].split() == ["NEURON", "AWAKE", "ASLEEP", "STOPPED"]
+    assert lines[at + 1].split() == ["n1", "m1,", "m4", "m2", "1"]
+    assert (listed["m1"]["state"], "estimated_ready_s" in listed["m1"]) == ("ready", False)
+    assert listed["m2"]["state"] == "sleeping" and listed["m2"]["estimated_ready_s"] == 5.0
+    assert listed["m3"]["state"] == "stopped" and listed["m3"]["estimated_ready_s"] == 60.0
+    assert listed["m4"]["state"] == "waking" and listed["m4"]["estimated_ready_s"] == 5.0
+
+
 async def test_routing_follows_each_change_a_poll_brings() -> None:
     """Routing answers from views kept between changes: each poll must show in the next request."""
     fake = FakeNeuron("n1")

@@ -9,6 +9,12 @@ e.g. ``NaN``, ``+Inf``, ``-3``), FAKE_ENGINE_METRICS_PADDING (that many more ``v
 (``vllm:fake_scrapes_total``: how often ``/metrics`` was read, this time included).
 Like vLLM (uvicorn), it writes an access-log line per request to stdout, except for the paths
 given to ``--disable-access-log-for-endpoints`` (none with ``--disable-uvicorn-access-log``).
+Sleep mode, as vLLM's development routes (only with ``VLLM_SERVER_DEV_MODE=1``): ``POST /sleep``,
+``POST /wake_up``, ``GET /is_sleeping``; FAKE_ENGINE_SLEEP_DELAY and FAKE_ENGINE_WAKE_DELAY (seconds
+each takes), FAKE_ENGINE_WAKE_FAIL (``/wake_up`` answers 500), FAKE_ENGINE_GARBAGE_AFTER_WAKE (after
+a wake, completions answer other text: the canary must catch it). While asleep, generation
+answers 500 (the neuron must never send it any). ``vllm:engine_sleep_state`` and
+``vllm:fake_sleeps_total``/``vllm:fake_wakes_total`` are in ``/metrics``.
 A request body ``"fake_sleep": S`` delays a non-streamed reply by S seconds; as in vLLM, a client
 that disconnects meanwhile cancels it.
 """
@@ -43,6 +49,10 @@ KV_GAUGE = os.environ.get("FAKE_ENGINE_KV_GAUGE", "vllm:kv_cache_usage_perc")
 RUNNING_VALUE = os.environ.get("FAKE_ENGINE_RUNNING_VALUE")
 PADDING = int(os.environ.get("FAKE_ENGINE_METRICS_PADDING", "0"))
 SCRAPES = 0
+DEV_MODE = os.environ.get("VLLM_SERVER_DEV_MODE") == "1"
+ASLEEP: int | None = None  # the sleep level, while asleep
+SLEEPS = WAKES = 0
+WOKEN = False  # has woken at least once (FAKE_ENGINE_GARBAGE_AFTER_WAKE)
 KV_PER_REQUEST = 0.125
 
 
@@ -83,6 +93,15 @@ def vllm_metrics(model: str) -> str:
         f'vllm:time_to_first_token_seconds_bucket{{{labels},le="+Inf"}} 4.0\n'
         f"vllm:time_to_first_token_seconds_count{{{labels}}} 4.0\n"
         f"vllm:time_to_first_token_seconds_sum{{{labels}}} 0.5\n"
+        + "# HELP vllm:engine_sleep_state Engine sleep state.\n"
+        + "# TYPE vllm:engine_sleep_state gauge\n"
+        + "".join(
+            f'vllm:engine_sleep_state{{{labels},sleep_state="{state}"}} '
+            f"{float(state == _sleep_state())}\n"
+            for state in ("awake", "weights_offloaded", "discard_all")
+        )
+        + f"# TYPE vllm:fake_sleeps counter\nvllm:fake_sleeps_total{{{labels}}} {SLEEPS}\n"
+        + f"# TYPE vllm:fake_wakes counter\nvllm:fake_wakes_total{{{labels}}} {WAKES}\n"
         + ("# TYPE vllm:fake_padding gauge\n" + padding if PADDING else "")
         + (
             f"# TYPE vllm:fake_scrapes counter\nvllm:fake_scrapes_total{{{labels}}} {SCRAPES}\n"
@@ -92,13 +111,18 @@ def vllm_metrics(model: str) -> str:
     )
 
 
+def _sleep_state() -> str:
+    return {None: "awake", 2: "discard_all"}.get(ASLEEP, "weights_offloaded")
+
+
 def error(status: int, message: str, etype: str, param: str | None = None) -> JSONResponse:
     body = {"error": {"message": message, "type": etype, "param": param, "code": status}}
     return JSONResponse(body, status_code=status)
 
 
 def words(n: int) -> list[str]:
-    return (["fake", "reply"] + [str(i) for i in range(n)])[:n]
+    first = "garbage" if WOKEN and os.environ.get("FAKE_ENGINE_GARBAGE_AFTER_WAKE") else "fake"
+    return ([first, "reply"] + [str(i) for i in range(n)])[:n]
 
 
 def count_tokens(body: dict[str, Any]) -> int:
@@ -267,6 +291,8 @@ def build_app(names: list[str]) -> ASGIApp:
         model = body.get("model", names[0])  # vLLM falls back to the served model if omitted
         if model not in names:
             return error(404, f"The model `{model}` does not exist.", "NotFoundError", "model")
+        if ASLEEP is not None and path in (CHAT, COMPLETIONS, MESSAGES):
+            return error(500, "fake engine: generation sent while asleep", "InternalServerError")
         if isinstance(body.get("fake_status"), int):  # an engine-side error, e.g. a bad param
             return error(body["fake_status"], "fake engine error", "BadRequestError")
         prompt = count_tokens(body)
@@ -310,7 +336,35 @@ def build_app(names: list[str]) -> ASGIApp:
         "/tokenize",
         "/detokenize",
     ]
+
+    async def sleep(request: Request) -> Response:
+        global ASLEEP, SLEEPS
+        level = int(request.query_params.get("level", "1"))
+        await asyncio.sleep(float(os.environ.get("FAKE_ENGINE_SLEEP_DELAY", "0")))
+        ASLEEP, SLEEPS = level, SLEEPS + 1
+        log(f"INFO fake engine asleep at level {level}")
+        return Response(status_code=200)
+
+    async def wake_up(_: Request) -> Response:
+        global ASLEEP, WAKES, WOKEN
+        await asyncio.sleep(float(os.environ.get("FAKE_ENGINE_WAKE_DELAY", "0")))
+        if os.environ.get("FAKE_ENGINE_WAKE_FAIL"):
+            return error(500, "fake engine: wake failed", "InternalServerError")
+        if ASLEEP is not None:
+            WAKES, WOKEN = WAKES + 1, True
+        ASLEEP = None
+        return JSONResponse({"status": "awake"})
+
+    async def is_sleeping(_: Request) -> Response:
+        return JSONResponse({"is_sleeping": ASLEEP is not None})
+
     routes = [Route("/health", health), Route("/v1/models", models), Route("/metrics", metrics)]
+    if DEV_MODE:  # as vLLM: these routes exist only in development mode
+        routes += [
+            Route("/sleep", sleep, methods=["POST"]),
+            Route("/wake_up", wake_up, methods=["POST"]),
+            Route("/is_sleeping", is_sleeping, methods=["GET"]),
+        ]
     app = Starlette(routes=routes + [Route(p, post, methods=["POST"]) for p in posts])
 
     async def with_headers(scope: Scope, receive: Receive, send: Send) -> None:

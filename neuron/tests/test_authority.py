@@ -75,7 +75,11 @@ async def test_a_command_decided_from_an_older_state_is_refused_with_the_current
 
 async def test_a_load_with_evict_makes_room_and_loads_in_one_step() -> None:
     settings = settings_for(
-        max_loaded_models=1, harness={"vllm": fake_harness(FAKE_ENGINE_STARTUP_DELAY="0.5")}
+        max_loaded_models=1,
+        harness={"vllm": fake_harness(FAKE_ENGINE_STARTUP_DELAY="0.5")},
+        # Stop-only: with the residency ladder on, "old" sleeps instead of going (that case:
+        # test_sleep_wake.py::test_room_is_made_by_sleeping_and_a_request_swaps_back).
+        sleep={"enabled": False},
     )
     async with running(settings) as neuron:
         assert (await neuron.load("old")).status_code == 200

@@ -108,6 +108,7 @@ def write_config(
     env: dict[str, str] | None = None,
     max_loaded_models: int | None = None,
     health_interval: float = 5.0,
+    sleep: dict[str, Any] | None = None,
 ) -> Path:
     lines = [
         'host = "127.0.0.1"',
@@ -126,6 +127,8 @@ def write_config(
         f"allowed_paths = {toml_value([tempfile.gettempdir()])}",
         "log_tail_lines = 40",
     ]
+    if sleep is not None:
+        lines += ["", "[sleep]", *(f"{k} = {toml_value(v)}" for k, v in sleep.items())]
     for spec in default_models or []:
         lines += ["", "[[default_models]]"]
         lines += [f"{key} = {toml_value(value)}" for key, value in spec.items()]

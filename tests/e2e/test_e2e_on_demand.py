@@ -57,8 +57,10 @@ async def neurons_up(c: httpx.AsyncClient, count: int) -> None:
 async def test_models_load_on_demand_evict_pin_and_go_idle(
     tiny_model: Path, tmp_path: Path
 ) -> None:
-    n1_config = write_config(tmp_path / "n1.toml", port=free_port(), max_loaded_models=1)
-    n2_config = write_config(tmp_path / "n2.toml", port=free_port(), max_loaded_models=1)
+    # Stop-only (the residency ladder off): an evicted model's engine is gone.
+    off = {"enabled": False}
+    n1_config = write_config(tmp_path / "n1.toml", port=free_port(), max_loaded_models=1, sleep=off)
+    n2_config = write_config(tmp_path / "n2.toml", port=free_port(), max_loaded_models=1, sleep=off)
     a, b = entry(tiny_model, "a"), entry(tiny_model, "b")
     with (
         neuron_running(n1_config, tmp_path / "n1.log") as n1,

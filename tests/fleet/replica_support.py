@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 from neuron_testing import Running, fake_harness, running, settings_for
 
-from neuron.settings import Harnesses
+from neuron.settings import Harnesses, SleepSettings
 
 ERROR_LINE = re.compile(r"^\S+ \S+ \S+ (ERROR|CRITICAL) ", re.MULTILINE)
 
@@ -119,7 +119,9 @@ class Fleet:
         while time.monotonic() < end:
             truth = self.truth()
             calm = all(
-                s in ("ready", "failed") for models in truth.values() for s in models.values()
+                s in ("ready", "failed", "sleeping")
+                for models in truth.values()
+                for s in models.values()
             )
             if calm:
                 live = [r for r in self.replicas if r.alive()]
@@ -209,18 +211,29 @@ async def fleet(
     neurons: int = 3,
     models: tuple[str, ...] = ("m1", "m2", "m3", "m4"),
     startup_delay: float = 0.2,
+    sleep: bool = False,
+    wake_delay: float = 0.0,
     loading: dict[str, Any] | None = None,
     **poll: Any,
 ) -> AsyncIterator[Fleet]:
     """``replicas`` cortex processes in front of ``neurons`` neurons (room for one model each).
 
     ``poll``: ``[poll]`` keys for every replica (default interval: 2 s, as shipped).
+    ``sleep``: the neurons' residency ladder (off: an evicted model stops, as before it).
     """
-    harness = fake_harness(FAKE_ENGINE_STARTUP_DELAY=str(startup_delay))
+    harness = fake_harness(
+        FAKE_ENGINE_STARTUP_DELAY=str(startup_delay), FAKE_ENGINE_WAKE_DELAY=str(wake_delay)
+    )
     async with contextlib.AsyncExitStack() as stack:
         running_neurons = [
             await stack.enter_async_context(
-                running(settings_for(harness=Harnesses(vllm=harness), max_loaded_models=1))
+                running(
+                    settings_for(
+                        harness=Harnesses(vllm=harness),
+                        max_loaded_models=1,
+                        sleep=SleepSettings(enabled=sleep),
+                    )
+                )
             )
             for _ in range(neurons)
         ]

@@ -188,9 +188,28 @@ class CortexMetrics:
             buckets=LOADS,
             registry=r,
         )
+        self.ready_seconds = Histogram(
+            "cortex_model_ready_seconds",
+            "Time until a model not awake anywhere was ready, by kind (cold load or wake).",
+            ["model", "kind"],
+            buckets=(0.1, 0.25, 0.5, 1, 2.5, *LOADS[2:]),
+            registry=r,
+        )
+        self.wakes = Counter(
+            "cortex_wakes",
+            "Sleeping models cortex woke on a neuron.",
+            ["model", "node"],
+            registry=r,
+        )
+        self.sleeps = Counter(
+            "cortex_sleeps",
+            "Models cortex put to sleep, by reason (idle).",
+            ["model", "node", "reason"],
+            registry=r,
+        )
         self.evictions = Counter(
             "cortex_evictions",
-            "Models cortex unloaded, by reason: lru (making room), idle, manual.",
+            "Models cortex unloaded, by reason: lru (making room), idle, sleep_ttl, manual.",
             ["model", "node", "reason"],
             registry=r,
         )

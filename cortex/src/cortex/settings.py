@@ -120,7 +120,16 @@ class Loading(BaseModel):
     keepalive_interval: Annotated[float, Field(gt=0)] = 5.0
     """Seconds between SSE comments sent to a stream waiting for its model."""
     idle_ttl: Annotated[float, Field(ge=0)] = 0.0
-    """Unload a catalogued model unused this long (seconds; 0: never). Per model: idle_ttl."""
+    """Put a catalogued model unused this long to sleep (seconds; 0: never); where it cannot
+    sleep (sleep off, or the neuron's host RAM budget full), unload it. Per model: idle_ttl."""
+    sleep_ttl: Annotated[float, Field(ge=0)] = 0.0
+    """Unload a catalogued model asleep this long (seconds; 0: never)."""
+    min_residency: Annotated[float, Field(ge=0)] = 0.0
+    """Seconds after a wake during which a model is not demoted to make room (0: off)."""
+    cold_estimate: Annotated[float, Field(gt=0)] = 60.0
+    """Expected seconds for a cold load until one is measured (per model and neuron)."""
+    wake_estimate: Annotated[float, Field(gt=0)] = 5.0
+    """Expected seconds for a wake until one is measured (per model and neuron)."""
     check_interval: Annotated[float, Field(gt=0)] = 5.0
     """Seconds between checks for idle models and missing pins."""
     pin_retry: Annotated[float, Field(gt=0)] = 60.0

@@ -80,8 +80,28 @@ def render(fleet: dict[str, Any]) -> str:
     return (
         table(["NEURON", "STATUS", "GPUS", "VRAM USED/TOTAL", "IN FLIGHT", "ENDPOINT"], neurons)
         + "\n"
+        + table(["NEURON", "AWAKE", "ASLEEP", "STOPPED"], ladder(fleet))
+        + "\n"
         + table(["MODEL", "LOCATIONS"], models)
     )
+
+
+AWAKE = frozenset({"loading", "ready", "waking", "unloading"})
+
+
+def ladder(fleet: dict[str, Any]) -> list[list[str]]:
+    """Per neuron: the models awake and asleep there, and how many of the fleet's other
+    models (catalogued or reported anywhere) are stopped there."""
+    known = len(fleet["models"])
+    rows = []
+    for n in fleet["neurons"]:
+        if not n["up"]:
+            continue
+        awake = sorted(m["id"] for m in n["models"] if m["status"] in AWAKE)
+        asleep = sorted(m["id"] for m in n["models"] if m["status"] == "sleeping")
+        stopped = max(0, known - len(awake) - len(asleep))
+        rows.append([n["name"], ", ".join(awake) or "-", ", ".join(asleep) or "-", str(stopped)])
+    return rows
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:

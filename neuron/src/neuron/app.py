@@ -78,7 +78,8 @@ class Neuron:
         return self._session
 
     def require(self, model_id: str) -> Slot:
-        """The ready slot serving ``model_id``, or the error a client should see."""
+        """The slot serving ``model_id`` (ready, or asleep: the caller wakes it), or the error
+        a client should see."""
         slot = self.registry.get(model_id)
         if slot is None:
             if model_id in self.lifecycle.pending:
@@ -152,6 +153,7 @@ def build(
         metrics,
         health.sample,
         max_loaded_models=settings.max_loaded_models,
+        sleep=settings.sleep,
     )
     return Neuron(
         settings=settings,
@@ -210,6 +212,8 @@ def create_app(settings: NeuronSettings, *, neuron: Neuron | None = None) -> ASG
         Route("/models", control.list_models, methods=["GET"]),
         Route("/models/load", control.load, methods=["POST"]),
         Route("/models/unload", control.unload, methods=["POST"]),
+        Route("/models/sleep", control.sleep, methods=["POST"]),
+        Route("/models/wake", control.wake, methods=["POST"]),
         Route("/models/watch", control.watch, methods=["GET"]),
         Route("/models/{model_id:path}/endpoint", control.endpoint, methods=["GET"]),
         Route("/v1/models", control.openai_models, methods=["GET"]),

@@ -6,6 +6,8 @@
     ├── Unauthorized                 401 authentication_error
     ├── ModelNotFound                404 not_found_error / model_not_found
     ├── DoesNotFit                   409 insufficient_resources / does_not_fit
+    │   └── NoSleep                  409 insufficient_resources / no_sleep (sleep off, or its
+    │                                    host RAM / sleeper budget full: stop it instead)
     ├── LoadCancelled                409 conflict_error / load_cancelled (unloaded while loading)
     ├── Fenced                       409 conflict_error, with the neuron's ``state`` in the body
     │   ├── StaleEpoch               409 stale_epoch (the state moved on since the command's epoch)
@@ -78,6 +80,10 @@ class DoesNotFit(NeuronError):
     status = 409
     type = "insufficient_resources"
     code = "does_not_fit"
+
+
+class NoSleep(DoesNotFit):
+    code = "no_sleep"
 
 
 class LoadCancelled(NeuronError):

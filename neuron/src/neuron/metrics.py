@@ -7,7 +7,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from neuron.discovery import DeviceSample
 
 MIB = 1024 * 1024
-STATES = ("loading", "ready", "unloading", "failed")
+STATES = ("loading", "ready", "unloading", "failed", "sleeping", "waking")
+WAKE_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
 LOAD_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800)
 
 
@@ -25,6 +26,25 @@ class NeuronMetrics:
         )
         self.load_failures = Counter(
             "neuron_model_load_failures", "Loads that ended failed.", ["model"], registry=r
+        )
+        self.sleeps = Counter(
+            "neuron_model_sleeps",
+            "Models put to sleep, by outcome (ok, failed: the engine was stopped).",
+            ["model", "outcome"],
+            registry=r,
+        )
+        self.wakes = Counter(
+            "neuron_model_wakes",
+            "Wakes by outcome (ok; failed or canary_mismatch: the model was loaded afresh).",
+            ["model", "outcome"],
+            registry=r,
+        )
+        self.wake_seconds = Histogram(
+            "neuron_model_wake_seconds",
+            "Time from a wake's start to an engine ready again (canary included).",
+            ["model"],
+            buckets=WAKE_BUCKETS,
+            registry=r,
         )
         self.in_flight = Gauge(
             "neuron_requests_in_flight", "Inference requests being served.", ["model"], registry=r

@@ -2,7 +2,16 @@
 
 States: ``loading → ready → unloading`` (then gone), and ``failed`` (start failed, or the
 engine exited on its own; the entry stays, with the reason, until it is unloaded or loaded
-again).
+again). The residency ladder adds ``ready → sleeping → waking → ready``: a sleeping model
+keeps its engine process (vLLM sleep mode: weights in host RAM, little GPU memory), and is
+woken by a wake command, a load of it, or a request for it (one wake, whoever asks).
+
+Sleep and wake go through the same authority as load and unload: fenced by the epoch, a
+sleep refused (409 ``model_busy``) while requests are in flight, single-flight per model. A
+model evicted to make room sleeps instead of stopping while ``[sleep]`` budgets allow (host
+RAM for every model that has slept since its engine started, and ``max_sleeping_models``).
+A wake whose engine fails, or whose canary token differs from the one recorded before its
+first sleep, stops that engine and loads the model afresh.
 
 Concurrency contract, per model id:
 - a load while ``loading`` joins that start; while ``ready`` returns at once; there is never
@@ -29,7 +38,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
@@ -38,6 +47,7 @@ import httpx
 
 from neuron.discovery import DeviceSample
 from neuron.engine import HARNESSES, EngineProcess
+from neuron.engine import sleep as engine_sleep
 from neuron.engine.stats import UNKNOWN, EngineLoad
 from neuron.errors import (
     DoesNotFit,
@@ -45,13 +55,14 @@ from neuron.errors import (
     LoadCancelled,
     ModelBusy,
     ModelNotFound,
+    NoSleep,
     ShuttingDown,
     StaleEpoch,
     UnknownHarness,
 )
 from neuron.metrics import NeuronMetrics
 from neuron.placement import choose_devices
-from neuron.settings import ModelSpec, VllmHarness
+from neuron.settings import ModelSpec, SleepSettings, VllmHarness
 
 log = logging.getLogger("neuron.registry")
 
@@ -61,6 +72,13 @@ class State(StrEnum):
     READY = "ready"
     UNLOADING = "unloading"
     FAILED = "failed"
+    SLEEPING = "sleeping"
+    WAKING = "waking"
+
+
+ASLEEP = frozenset({State.SLEEPING, State.WAKING})
+ALIVE = frozenset({State.READY, State.SLEEPING})
+"""States in which an engine exiting on its own makes the model ``failed``."""
 
 
 class Busy(StrEnum):
@@ -78,7 +96,7 @@ class Busy(StrEnum):
 class Slot:
     spec: ModelSpec
     engine: EngineProcess
-    state: State = State.LOADING
+    _state: State = State.LOADING
     error: str | None = None
     in_flight: int = 0
     reserved_mb: int = 0
@@ -94,9 +112,33 @@ class Slot:
     """When it became ready (monotonic): a model never used is idle since then."""
     quiet: asyncio.Event = field(default_factory=asyncio.Event)
     """Set while no request is in flight (an unload with ``Busy.WAIT`` waits for it)."""
+    since: float = field(default_factory=time.time)
+    """When it entered its current state (unix seconds)."""
+    op: asyncio.Task[None] | None = None
+    """The sleep or wake in progress (or last done): every waker joins it."""
+    sleep_level: int | None = None
+    slept: bool = False
+    """Has slept since its engine started: its host RAM stays counted (vLLM keeps it pinned)."""
+    host_ram_mb: int = 0
+    sleep_vram_mb: int = 0
+    """The GPU memory it keeps while asleep (measured, or ``sleep.sleeper_vram_mb``)."""
+    canary: str | None = None
+    """Its greedy first token for ``sleep.canary_prompt``, recorded before its first sleep."""
+    load_s: float | None = None
+    wake_s: float | None = None
 
     def __post_init__(self) -> None:
         self.quiet.set()
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @state.setter
+    def state(self, value: State) -> None:
+        if value is not self._state:
+            self.since = time.time()
+        self._state = value
 
     @property
     def model_id(self) -> str:
@@ -131,11 +173,23 @@ class Slot:
             "harness": self.spec.harness,
             "status": str(self.state),
             "devices": self.engine.devices or [],
-            "vram_used_mb": self.reserved_mb if self.state is not State.FAILED else 0,
+            "vram_used_mb": (
+                0
+                if self.state is State.FAILED
+                else self.sleep_vram_mb
+                if self.state is State.SLEEPING
+                else self.reserved_mb
+            ),
             "in_flight": self.in_flight,
             "last_used": self.last_used,
             "idle_s": self.idle_s(),
             "error": self.error,
+            "since": self.since,
+            "state_s": round(max(0.0, time.time() - self.since), 3),
+            "sleep_level": self.sleep_level if self.state in ASLEEP else None,
+            "host_ram_mb": self.host_ram_mb if self.slept else 0,
+            "last_load_s": self.load_s,
+            "last_wake_s": self.wake_s,
             "engine": {"pid": self.engine.pid, "url": self.engine.url},
             **self.load.public(),
         }
@@ -153,8 +207,10 @@ class Registry:
         sample: Sampler,
         *,
         max_loaded_models: int | None = None,
+        sleep: SleepSettings | None = None,
     ) -> None:
         self._harness = harness
+        self.sleep_settings = sleep or SleepSettings()
         self.max_loaded_models = max_loaded_models
         self._client = client
         self._metrics = metrics
@@ -211,6 +267,30 @@ class Registry:
         """Slots that hold (or are about to hold, or still release) an engine: not failed."""
         return [s for s in self._slots.values() if s.state is not State.FAILED]
 
+    def awake(self) -> list[Slot]:
+        """Engines counted by ``max_loaded_models``: all but failed and sleeping ones."""
+        return [s for s in self.engines() if s.state is not State.SLEEPING]
+
+    def sleepers(self) -> list[Slot]:
+        return [s for s in self._slots.values() if s.state is State.SLEEPING]
+
+    def host_ram_used_mb(self) -> int:
+        """Host RAM held for sleepers: every engine that has slept since it started."""
+        return sum(s.host_ram_mb for s in self.engines() if s.slept)
+
+    def sleep_info(self) -> dict[str, Any]:
+        """For ``/health`` and ``/discovery``."""
+        conf = self.sleep_settings
+        return {
+            "enabled": conf.enabled,
+            "level": conf.level,
+            "canary": conf.canary,
+            "sleeping_models": len(self.sleepers()),
+            "max_sleeping_models": conf.max_sleeping_models,
+            "host_ram_budget_mb": conf.host_ram_budget_mb,
+            "host_ram_used_mb": self.host_ram_used_mb(),
+        }
+
     async def load(
         self, spec: ModelSpec, *, epoch: int | None = None, evict: tuple[str, ...] = ()
     ) -> Slot:
@@ -246,6 +326,8 @@ class Registry:
                 return slot, None
             if slot is not None and slot.state is State.LOADING:
                 return await self._join(slot), None
+            if slot is not None and slot.state in ASLEEP:
+                return await self.wake(spec.model_id, epoch=epoch, evict=evict)
             self.fence(epoch)
             if slot is not None and slot.state is State.UNLOADING:
                 await slot.gone.wait()  # then start afresh
@@ -264,6 +346,9 @@ class Registry:
         for name in dict.fromkeys(evict):
             victim = self._slots.get(name)
             if name == model_id or victim is None or victim.state is not State.READY:
+                if victim is not None and victim.state is State.SLEEPING and name != model_id:
+                    victims.append(victim)  # a sleeper evicted: stopped, for host RAM
+                    continue
                 raise StaleEpoch(f"cannot evict {name!r}: it is not ready on this neuron")
             if victim.in_flight:
                 raise ModelBusy(
@@ -278,7 +363,7 @@ class Registry:
     ) -> Slot:
         victims = victims or []
         limit = self.max_loaded_models
-        held = [s for s in self.engines() if s not in victims]
+        held = [s for s in self.awake() if s not in victims]
         if limit is not None and len(held) >= limit:
             names = ", ".join(sorted(s.model_id for s in held))
             raise DoesNotFit(
@@ -288,24 +373,43 @@ class Registry:
         devices = choose_devices(
             spec, self._less_reservations(samples, victims), self._harness.gpu_memory_utilization
         )
-        engine = EngineProcess(
-            spec, self._harness, self._client, devices=devices, on_exit=self._engine_exited
-        )
-        slot = Slot(spec=spec, engine=engine)
+        slot = Slot(spec=spec, engine=self._engine(spec, devices))
         slot.reserved_mb = _reservation(spec, devices, samples, self._harness)
-        stops = []
-        for victim in victims:
-            log.info("evicting %s for %s", victim.model_id, spec.model_id)
-            victim.state = State.UNLOADING
-            # Its own task: a cancelled load must not leave an engine half stopped.
-            stops.append(self._stop_later(victim, State.READY))
+        stops = [self._demote(victim, spec.model_id) for victim in victims]
         self._slots[spec.model_id] = slot
         slot.start = asyncio.create_task(self._start(slot, stops), name=f"load {spec.model_id}")
         self._publish()
         return slot
 
-    async def _join(self, slot: Slot) -> Slot:
-        start = slot.start
+    def _engine(self, spec: ModelSpec, devices: list[int] | None) -> EngineProcess:
+        return EngineProcess(
+            spec,
+            self._harness,
+            self._client,
+            devices=devices,
+            on_exit=self._engine_exited,
+            sleep_mode=self.sleep_settings.enabled,
+        )
+
+    def _demote(self, victim: Slot, model_id: str) -> asyncio.Task[None]:
+        """Make room: ``victim`` (ready and idle, or asleep) sleeps if the budgets allow,
+        else stops; the returned task ends when its memory is given back."""
+        spare = self._spare_sleepers(victim) if victim.state is State.READY else None
+        if spare is not None:
+            log.info("putting %s to sleep for %s", victim.model_id, model_id)
+            stops = []
+            for sleeper in spare:  # the least recently used sleepers give it their room
+                log.info("stopping %s (asleep) for %s to sleep", sleeper.model_id, victim.model_id)
+                sleeper.state = State.UNLOADING
+                stops.append(self._stop_later(sleeper, State.SLEEPING))
+            return self._begin_sleep(victim, self.sleep_settings.level, stops)
+        log.info("evicting %s for %s", victim.model_id, model_id)
+        was, victim.state = victim.state, State.UNLOADING
+        # Its own task: a cancelled load must not leave an engine half stopped.
+        return self._stop_later(victim, was)
+
+    async def _join(self, slot: Slot, start: asyncio.Task[None] | None = None) -> Slot:
+        start = start or slot.start
         if start is None:
             return slot
         try:
@@ -313,7 +417,10 @@ class Registry:
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if start.cancelled() and not (current and current.cancelling()):
-                raise LoadCancelled(f"load of {slot.model_id} was cancelled by an unload") from None
+                what = "load" if start is slot.start else "wake"
+                raise LoadCancelled(
+                    f"{what} of {slot.model_id} was cancelled by an unload"
+                ) from None
             raise
         return slot
 
@@ -336,7 +443,289 @@ class Registry:
             raise EngineFailed(slot.error) from None
         slot.state = State.READY
         slot.ready_at = time.monotonic()
+        slot.load_s = round(time.monotonic() - began, 3)
         self._metrics.load_seconds.labels(slot.model_id).observe(time.monotonic() - began)
+        self._publish()
+
+    # -- the residency ladder ---------------------------------------------------------------
+
+    def _host_ram(self, slot: Slot) -> int:
+        """What ``slot``'s weights take in host RAM once it has slept (MiB, an estimate)."""
+        return slot.spec.vram_mb or slot.reserved_mb or self.sleep_settings.host_ram_per_model_mb
+
+    def _sleep_refusal(self, slot: Slot, stopping: Sequence[Slot] = ()) -> NoSleep | None:
+        """Why ``slot`` may not go to sleep now for lack of budget (``None``: it may), once
+        the sleepers in ``stopping`` are stopped."""
+        conf = self.sleep_settings
+        if not conf.enabled:
+            return NoSleep("sleep mode is off on this neuron ([sleep] enabled = false)")
+        limit = conf.max_sleeping_models
+        if limit is not None and len(self.sleepers()) - len(stopping) >= limit:
+            return NoSleep(f"this neuron keeps at most {limit} sleeping model(s)")
+        if not slot.slept:
+            freed = sum(s.host_ram_mb for s in stopping)
+            used, need = self.host_ram_used_mb() - freed, self._host_ram(slot)
+            if used + need > conf.host_ram_budget_mb:
+                return NoSleep(
+                    f"{slot.model_id} needs {need} MiB of host RAM to sleep; sleepers hold "
+                    f"{used} of the {conf.host_ram_budget_mb} MiB budget"
+                )
+        return None
+
+    def _spare_sleepers(self, victim: Slot) -> list[Slot] | None:
+        """The fewest least recently used idle sleepers to stop so that ``victim`` may sleep
+        (``[]``: it may as things are; ``None``: it may not even then)."""
+        if not self.sleep_settings.enabled:
+            return None
+        order = sorted(
+            (s for s in self.sleepers() if not s.in_flight and (s.op is None or s.op.done())),
+            key=lambda s: s.used or s.ready_at or 0.0,
+        )
+        chosen: list[Slot] = []
+        while self._sleep_refusal(victim, chosen) is not None:
+            if not order:
+                return None
+            chosen.append(order.pop(0))
+        return chosen
+
+    def _needs_canary(self, level: int) -> bool:
+        return level >= 2 or self.sleep_settings.canary
+
+    async def sleep(
+        self,
+        model_id: str,
+        *,
+        epoch: int | None = None,
+        level: int | None = None,
+        idle_at_least: float | None = None,
+    ) -> Slot:
+        """Put a ready, idle model to sleep (or join its sleep, or find it asleep).
+
+        Raises ModelNotFound (404), StaleEpoch (409: not ready, or the epoch moved on),
+        ModelBusy (409: requests in flight, or used within ``idle_at_least`` seconds),
+        NoSleep (409: sleep off, or its budgets full: stop it instead), EngineFailed (502:
+        the engine failed to sleep, and was stopped).
+        """
+        slot = self._slots.get(model_id)
+        if slot is None:
+            raise ModelNotFound(f"model {model_id!r} is not on this neuron", param="model_id")
+        if slot.state is State.SLEEPING:
+            await self._settle(slot)
+            return slot
+        self.fence(epoch)
+        if slot.state is not State.READY:
+            raise StaleEpoch(f"cannot put {model_id!r} to sleep: it is {slot.state}")
+        if slot.in_flight:
+            raise ModelBusy(
+                f"model {model_id!r} has {slot.in_flight} request(s) in flight", param="model_id"
+            )
+        idle = slot.idle_s()
+        if idle_at_least is not None and idle is not None and idle < idle_at_least:
+            raise ModelBusy(
+                f"model {model_id!r} was used {idle:.1f}s ago (the sleep asked for "
+                f"{idle_at_least:g}s of idleness)",
+                param="idle_at_least",
+            )
+        refusal = self._sleep_refusal(slot)
+        if refusal is not None:
+            raise refusal
+        await asyncio.shield(self._begin_sleep(slot, level or self.sleep_settings.level))
+        if self._slots.get(model_id) is not slot:
+            raise EngineFailed(f"model {model_id!r} failed to go to sleep and was stopped")
+        return slot
+
+    async def _settle(self, slot: Slot) -> None:
+        """Wait for ``slot``'s sleep or wake in progress, if any (its outcome is in the state)."""
+        if slot.op is not None and not slot.op.done():
+            await asyncio.wait({slot.op})
+
+    def _begin_sleep(
+        self, slot: Slot, level: int, before: Sequence[asyncio.Task[None]] = ()
+    ) -> asyncio.Task[None]:
+        slot.state, slot.sleep_level = State.SLEEPING, level
+        slot.op = asyncio.create_task(
+            self._sleep(slot, level, before), name=f"sleep {slot.model_id}"
+        )
+        self._publish()
+        return slot.op
+
+    async def _sleep(
+        self, slot: Slot, level: int, before_it: Sequence[asyncio.Task[None]] = ()
+    ) -> None:
+        conf, engine = self.sleep_settings, slot.engine
+        if before_it:
+            await asyncio.wait(before_it)  # the sleepers that give it their host RAM
+        began = time.monotonic()
+        try:
+            before = await self._sample() if engine.devices else []
+            if self._needs_canary(level) and slot.canary is None:
+                slot.canary = await engine_sleep.canary(
+                    self._client, engine.url, slot.model_id, conf.canary_prompt, conf.timeout
+                )
+            await engine_sleep.sleep(self._client, engine.url, level, conf.timeout)
+            after = await self._sample() if engine.devices else []
+        except EngineFailed as exc:
+            if slot.state is not State.SLEEPING or slot.engine is not engine:
+                return  # unloaded meanwhile: its engine was stopped under the call
+            log.warning("%s failed to go to sleep (%s); stopping it", slot.model_id, exc.message)
+            self._metrics.sleeps.labels(slot.model_id, "failed").inc()
+            slot.state = State.UNLOADING
+            await self._stop_later(slot, State.SLEEPING)
+            return
+        if not slot.slept:
+            slot.slept, slot.host_ram_mb = True, self._host_ram(slot)
+        slot.sleep_vram_mb = _kept_vram(slot, before, after, conf.sleeper_vram_mb)
+        self._metrics.sleeps.labels(slot.model_id, "ok").inc()
+        log.info(
+            "%s asleep (level %d) in %.2fs; keeps %d MiB of GPU memory",
+            slot.model_id,
+            level,
+            time.monotonic() - began,
+            slot.sleep_vram_mb,
+        )
+        self._publish()
+
+    async def wake(
+        self,
+        model_id: str,
+        *,
+        epoch: int | None = None,
+        evict: tuple[str, ...] = (),
+        make_room: bool = False,
+    ) -> tuple[Slot, tuple[str, ...] | None]:
+        """Wake a sleeping model (or join its wake, or find it awake).
+
+        ``evict``: models to put to sleep (or stop) first for room, as for a load;
+        ``make_room``: else this neuron picks them itself (the least recently used idle
+        ready models; a request that reached a sleeper). Returns the ready slot and the
+        models this call demoted (``None``: it joined a wake or found the model awake).
+        Raises ModelNotFound (404), StaleEpoch, ModelBusy, DoesNotFit (409), LoadCancelled
+        (409: unloaded meanwhile), EngineFailed (502: the engine failed to wake *and* to
+        load afresh).
+        """
+        while True:
+            slot = self._slots.get(model_id)
+            if slot is None:
+                raise ModelNotFound(f"model {model_id!r} is not on this neuron", param="model_id")
+            if slot.state is State.READY:
+                return slot, None
+            if slot.state is State.WAKING and slot.op is not None:
+                await self._join(slot, slot.op)
+                return self._woken(slot), None
+            if slot.state is not State.SLEEPING:
+                raise StaleEpoch(f"cannot wake {model_id!r}: it is {slot.state}")
+            self.fence(epoch)
+            async with self._placing:
+                samples = await self._sample() if slot.engine.devices else []
+                if self._slots.get(model_id) is not slot or slot.state is not State.SLEEPING:
+                    continue
+                self.fence(epoch)
+                victims = self._victims(evict, model_id)
+                victims += self._room_for(slot, victims, samples, make_room)
+                stops = [self._demote(victim, model_id) for victim in victims]
+                slept = slot.op
+                slot.state = State.WAKING
+                slot.op = asyncio.create_task(
+                    self._wake(slot, [*stops, *([slept] if slept else [])]),
+                    name=f"wake {model_id}",
+                )
+                self._publish()
+            await self._join(slot, slot.op)
+            return self._woken(slot), tuple(v.model_id for v in victims)
+
+    def _woken(self, slot: Slot) -> Slot:
+        if self._slots.get(slot.model_id) is not slot or slot.state is not State.READY:
+            reason = (slot.error or "it was unloaded").splitlines()[0]
+            raise EngineFailed(f"model {slot.model_id!r} could not be woken: {reason}")
+        return slot
+
+    def _room_for(
+        self, slot: Slot, victims: list[Slot], samples: list[DeviceSample], make_room: bool
+    ) -> list[Slot]:
+        """More victims for ``slot`` to wake (only with ``make_room``), or DoesNotFit."""
+        limit = self.max_loaded_models
+        awake = [s for s in self.awake() if s not in victims and s is not slot]
+        more: list[Slot] = []
+        if limit is not None and len(awake) + 1 > limit:
+            need = len(awake) + 1 - limit
+            idle = sorted(
+                (s for s in awake if s.state is State.READY and not s.in_flight),
+                key=lambda s: s.used or s.ready_at or 0.0,
+            )
+            if not make_room or len(idle) < need:
+                names = ", ".join(sorted(s.model_id for s in awake))
+                raise DoesNotFit(
+                    f"{slot.model_id} cannot wake: this neuron keeps at most {limit} model(s) "
+                    f"awake and has {len(awake)} ({names}); put one to sleep first"
+                )
+            more = idle[:need]
+        if slot.engine.devices:
+            left = self._less_reservations(samples, victims + more)
+            free = {s.index: s.vram_free_mb for s in left}
+            back = (slot.reserved_mb - slot.sleep_vram_mb) // len(slot.engine.devices)
+            short = [d for d in slot.engine.devices if free.get(d, 0) < back]
+            if short:
+                raise DoesNotFit(
+                    f"{slot.model_id} cannot wake: GPU(s) {short} lack the {back} MiB "
+                    "it gave back when it slept"
+                )
+        return more
+
+    async def _wake(self, slot: Slot, before: list[asyncio.Task[None]]) -> None:
+        conf, engine = self.sleep_settings, slot.engine
+        if before:
+            await asyncio.wait(before)  # its own sleep, and the room, first
+        began = time.monotonic()
+        level = slot.sleep_level or conf.level
+        outcome = "failed"
+        try:
+            await engine_sleep.wake(self._client, engine.url, conf.timeout)
+            if self._needs_canary(level) and slot.canary is not None:
+                token = await engine_sleep.canary(
+                    self._client, engine.url, slot.model_id, conf.canary_prompt, conf.timeout
+                )
+                if token != slot.canary:
+                    outcome = "canary_mismatch"
+                    raise EngineFailed(
+                        f"canary mismatch after a level-{level} wake: "
+                        f"{token!r}, recorded {slot.canary!r}"
+                    )
+        except EngineFailed as exc:
+            if slot.state is not State.WAKING:
+                return  # unloaded meanwhile
+            log.warning("waking %s failed (%s); loading it afresh", slot.model_id, exc.message)
+            self._metrics.wakes.labels(slot.model_id, outcome).inc()
+            await self._reload(slot)
+            return
+        slot.state, slot.sleep_level = State.READY, None
+        slot.ready_at = time.monotonic()
+        slot.wake_s = round(time.monotonic() - began, 3)
+        self._metrics.wakes.labels(slot.model_id, "ok").inc()
+        self._metrics.wake_seconds.labels(slot.model_id).observe(slot.wake_s)
+        log.info("%s awake in %.2fs", slot.model_id, slot.wake_s)
+        self._publish()
+
+    async def _reload(self, slot: Slot) -> None:
+        """Stop ``slot``'s engine and start a fresh one on the same devices (a cold load)."""
+        began = time.monotonic()
+        old = slot.engine
+        await old.stop()
+        self._metrics.engine_exits.labels(slot.model_id, "stopped").inc()
+        slot.engine = self._engine(slot.spec, old.devices)
+        slot.slept, slot.host_ram_mb, slot.canary, slot.sleep_level = False, 0, None, None
+        self._publish()
+        try:
+            await slot.engine.start()
+        except Exception as exc:
+            message = exc.message if isinstance(exc, EngineFailed) else repr(exc)
+            slot.state, slot.error = State.FAILED, f"reload after a failed wake: {message}"
+            self._metrics.load_failures.labels(slot.model_id).inc()
+            self._publish()
+            return
+        slot.state = State.READY
+        slot.ready_at = time.monotonic()
+        slot.load_s = round(time.monotonic() - began, 3)
+        self._metrics.load_seconds.labels(slot.model_id).observe(slot.load_s)
         self._publish()
 
     async def unload(
@@ -410,6 +799,9 @@ class Registry:
                 slot.start.cancel()
                 # Let the start unwind first: it may be about to spawn the process.
                 await asyncio.wait({slot.start})
+            if was in ASLEEP and slot.op is not None and not slot.op.done():
+                slot.op.cancel()
+                await asyncio.wait({slot.op})
             await slot.engine.stop()
         finally:
             if self._slots.get(model_id) is slot:
@@ -436,8 +828,8 @@ class Registry:
 
     def _engine_exited(self, engine: EngineProcess) -> None:
         slot = self._slots.get(engine.spec.model_id)
-        if slot is None or slot.engine is not engine or slot.state is not State.READY:
-            return  # a start in progress reports its own failure
+        if slot is None or slot.engine is not engine or slot.state not in ALIVE:
+            return  # a start or wake in progress reports its own failure
         slot.state = State.FAILED
         slot.error = engine.failure(f"engine exited with status {engine.returncode}")
         self._metrics.engine_exits.labels(slot.model_id, "crashed").inc()
@@ -497,3 +889,20 @@ def _reservation(
     totals = {s.index: s.vram_total_mb for s in samples}
     claimed = sum(utilization * totals.get(d, 0) for d in devices)
     return int(max(claimed, spec.vram_mb or 0))
+
+
+def _kept_vram(
+    slot: Slot, before: list[DeviceSample], after: list[DeviceSample], estimate: int
+) -> int:
+    """The GPU memory ``slot`` keeps asleep: its reservation less what NVML saw its sleep
+    free on its devices, else ``estimate`` (never more than it held)."""
+    devices = set(slot.engine.devices or [])
+    if not devices:
+        return 0
+    if before and after:
+        freed = sum(s.vram_used_mb for s in before if s.index in devices) - sum(
+            s.vram_used_mb for s in after if s.index in devices
+        )
+        if freed > 0:
+            return max(0, slot.reserved_mb - freed)
+    return min(slot.reserved_mb, estimate)

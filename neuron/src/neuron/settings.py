@@ -235,6 +235,45 @@ class Harnesses(BaseModel):
     vllm: VllmHarness = Field(default_factory=VllmHarness)
 
 
+def _half_of_memtotal_mb() -> int:
+    """Half this host's RAM (``MemTotal``), in MiB; 8 GiB where it cannot be read."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) // 1024 // 2
+    except (OSError, ValueError, IndexError):
+        pass
+    return 8192
+
+
+class SleepSettings(BaseModel):
+    """``[sleep]``: the residency ladder's neuron side (vLLM sleep mode)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    """Engines run with ``VLLM_SERVER_DEV_MODE=1`` (and ``--enable-sleep-mode`` on GPUs), and a
+    model evicted to make room sleeps instead of stopping while the budgets below allow."""
+    level: Literal[1, 2] = 1
+    """The sleep level used unless a sleep command names one. Level 2 always runs the canary."""
+    canary: bool = False
+    """Run the canary after a level-1 wake too (level 2 always does)."""
+    canary_prompt: Annotated[str, Field(min_length=1)] = "The capital of France is"
+    max_sleeping_models: Annotated[int, Field(ge=0)] | None = None
+    """Most sleeping models at once (unset: only the host RAM budget limits them)."""
+    host_ram_budget_mb: Annotated[int, Field(ge=0)] = Field(default_factory=_half_of_memtotal_mb)
+    """Host RAM sleepers may hold (MiB); default half of ``MemTotal``. Every model that has
+    slept since its engine started counts (vLLM keeps its pinned memory after a wake)."""
+    host_ram_per_model_mb: Annotated[int, Field(ge=0)] = 4096
+    """A sleeper's host RAM when neither its ``vram_mb`` nor a GPU reservation says (CPU hosts)."""
+    sleeper_vram_mb: Annotated[int, Field(ge=0)] = 1536
+    """The GPU memory a sleeper keeps (CUDA context, graph pools), used where NVML cannot
+    measure what its sleep freed."""
+    timeout: Annotated[float, Field(gt=0)] = 120.0
+    """Longest one ``/sleep``, ``/wake_up`` or canary call to an engine may take (seconds)."""
+
+
 class NeuronSettings(BaseSettings):
     """Everything the neuron reads at start; see ``neuron/neuron.example.toml``."""
 
@@ -266,9 +305,11 @@ class NeuronSettings(BaseSettings):
     engine_read_timeout: Annotated[float, Field(gt=0)] = 600.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     max_loaded_models: Annotated[int, Field(ge=1)] | None = None
-    """Most engines this host runs at once (loading, ready or unloading); a load beyond it is
-    409. Unset: no limit beyond GPU memory. On CPU-only hosts this is the capacity."""
+    """Most awake engines this host runs at once (loading, ready, waking or unloading;
+    sleepers count against ``sleep.max_sleeping_models``); a load beyond it is 409.
+    Unset: no limit beyond GPU memory. On CPU-only hosts this is the capacity."""
     harness: Harnesses = Field(default_factory=Harnesses)
+    sleep: SleepSettings = Field(default_factory=SleepSettings)
     default_models: list[ModelSpec] = Field(default_factory=list)
 
     @field_validator("auth_token")

@@ -26,6 +26,7 @@ from neuron.engine.stats import UNKNOWN, Oversize, load_of, merged, scrape
 from neuron.registry import Registry, Slot, State
 
 log = logging.getLogger("neuron.watch")
+SCRAPED = frozenset({State.READY, State.SLEEPING})
 
 
 class EngineWatch:
@@ -57,11 +58,12 @@ class EngineWatch:
             await asyncio.sleep(self.interval)
 
     async def scrape_all(self) -> dict[str, list[Metric]]:
-        """Each ready model's ``vllm:`` families (``[]`` where its engine gave none).
+        """Each ready or sleeping model's ``vllm:`` families (``[]`` where its engine gave
+        none; a sleeper's carry ``vllm:engine_sleep_state``).
 
         Also refreshes each ready slot's ``load``; a slot that is no longer ready loses it.
         """
-        ready = [s for s in self._registry.slots() if s.state is State.READY]
+        ready = [s for s in self._registry.slots() if s.state in SCRAPED]
         for slot in self._registry.slots():
             if slot.state is not State.READY:
                 slot.load = UNKNOWN

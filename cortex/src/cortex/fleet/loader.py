@@ -13,9 +13,14 @@
   which this cortex plans again (at most ``MAX_REPLANS`` times). A load of a model that is
   already loading there joins it. Older neurons (no epoch) get the unload-then-load of
   before. A model being evicted is taken out of routing at once (``Node.evicting``).
-- :meth:`Loader.run` checks every ``check_interval`` for idle models (unloaded after their
-  ``idle_ttl``; catalogued models only, never pinned ones) and for pinned models missing
-  from an up neuron (loaded again; a failed pin load is retried after ``pin_retry``).
+- The residency ladder: a model asleep on a neuron is woken there (a load of a sleeping
+  model is a wake, with the same ``epoch`` and ``evict``) unless a cold load elsewhere is
+  expected sooner (:class:`cortex.fleet.eta.Estimates`, measured per model and neuron). The
+  neuron puts an evicted model to sleep, or stops it when its host RAM budget is full.
+- :meth:`Loader.run` checks every ``check_interval`` for idle models (put to sleep after
+  their ``idle_ttl``, unloaded where they cannot sleep; unloaded after ``sleep_ttl`` asleep;
+  catalogued models only, never pinned ones) and for pinned models missing from an up
+  neuron (loaded again; a failed pin load is retried after ``pin_retry``).
 - Loads and unloads by hand (``cortex load|unload``) go through the same paths.
 """
 
@@ -25,6 +30,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import time
 from collections.abc import Coroutine
 from typing import Any
@@ -42,6 +48,7 @@ from cortex.errors import (
     upstream_message,
 )
 from cortex.fleet import contract
+from cortex.fleet.eta import Estimates
 from cortex.fleet.placement import (
     Candidate,
     Device,
@@ -99,6 +106,9 @@ class Loader:
         self._unpinned: set[tuple[str, str]] = set()
         """Pins unloaded by hand: left alone until loaded by hand again (or a restart)."""
         self._background: set[asyncio.Task[Any]] = set()
+        self.estimates = Estimates(self._cfg.cold_estimate, self._cfg.wake_estimate)
+        self._asleep_since: dict[tuple[str, str], float] = {}
+        """(node, model) → when this cortex first saw it sleeping (monotonic)."""
 
     # --- on demand -------------------------------------------------------------------
 
@@ -113,10 +123,12 @@ class Loader:
             async with asyncio.timeout(self._cfg.cold_start_timeout):
                 return await self.ensure(model)
         except TimeoutError:
+            coming = self.estimates.coming(model)
+            retry = math.ceil(coming[1]) if coming else self._retry_after
             raise StillLoading(
                 f"model {model!r} is still loading after {self._cfg.cold_start_timeout:g}s; "
                 "retry shortly",
-                retry_after=self._retry_after,
+                retry_after=max(1, retry),
             ) from None
         finally:
             gauge.dec()
@@ -160,12 +172,14 @@ class Loader:
                 self._pending.setdefault(node.name, set()).add(model)
                 node.evicting.update(target.evict)
                 self.fleet.changed()
+                kind = "wake" if target.wakes else "cold"
+                self.estimates.started(model, node.name, kind)
             try:
                 if epoch is None:
                     await self._evict(node, target.evict, "lru")
-                    info, started, evicted = await self._send_load(node, entry)
+                    info, started, woken, evicted = await self._send_load(node, entry)
                 else:
-                    info, started, evicted = await self._send_load(
+                    info, started, woken, evicted = await self._send_load(
                         node, entry, epoch=epoch, evict=target.evict
                     )
             except Fenced as exc:
@@ -190,6 +204,7 @@ class Loader:
                 self._pending[node.name].discard(model)
                 node.evicting.difference_update(target.evict)
                 self.fleet.changed()
+                self.estimates.ended(model)
             if info is not None:  # an older neuron: its answer is all this cortex knows
                 node.models[model] = info
                 self.fleet.changed()
@@ -199,7 +214,14 @@ class Loader:
                 self._metrics.evictions.labels(victim, node.name, "lru").inc()
             self._metrics.observe_node(node)
             elapsed = time.monotonic() - began
-            if started:
+            if started or woken:
+                kind = "wake" if woken else "cold"
+                self.estimates.observe(model, node.name, kind, elapsed)
+                self._metrics.ready_seconds.labels(model, kind).observe(elapsed)
+            if woken:
+                self._metrics.wakes.labels(model, node.name).inc()
+                log.info("woke %s on %s in %.1fs", model, node.name, elapsed)
+            elif started:
                 self._metrics.cold_starts.labels(model, node.name).inc()
                 self._metrics.load_seconds.labels(model, node.name).observe(elapsed)
                 log.info("loaded %s on %s in %.1fs", model, node.name, elapsed)
@@ -230,7 +252,11 @@ class Loader:
                 f"cannot load {want.id} on {only}: {why}", retry_after=self._retry_after
             )
         try:
-            return plan(want, [self.candidate(n) for n in nodes])
+            return plan(
+                want,
+                [self.candidate(n) for n in nodes],
+                lambda node, kind: self.estimates.eta(want.id, node, kind),
+            )
         except NoRoom as exc:
             raise NoCapacity(str(exc), retry_after=self._retry_after) from None
         except NeverFits as exc:
@@ -269,6 +295,13 @@ class Loader:
         for model_id, info in node.models.items():
             entry = self.fleet.entry(model_id)
             status = str(info.get("status"))
+            state_s = info.get("state_s")
+            settling = (
+                status == "ready"
+                and info.get("last_wake_s") is not None
+                and isinstance(state_s, int | float)
+                and state_s < self._cfg.min_residency
+            )
             residents.append(
                 Resident(
                     id=model_id,
@@ -279,6 +312,7 @@ class Loader:
                     last_used=node.used_at(model_id),
                     priority=entry.priority if entry else 0,
                     pinned=entry is not None and node.name in entry.pinned_on,
+                    settling=settling,
                 )
             )
         for model_id in self._pending.get(node.name, set()) - node.models.keys():
@@ -301,13 +335,14 @@ class Loader:
         *,
         epoch: int | None = None,
         evict: tuple[str, ...] = (),
-    ) -> tuple[dict[str, Any] | None, bool, tuple[str, ...]]:
+    ) -> tuple[dict[str, Any] | None, bool, bool, tuple[str, ...]]:
         """``POST /models/load`` on ``node`` (with ``epoch`` and ``evict`` when given).
 
         Returns the ready ``ModelInfo`` when the neuron sent no state (else the state is
-        applied to ``node`` and this is ``None``), whether this load started the engine, and
-        what the neuron evicted for it. Raises :class:`Fenced` (plan again), :class:`Refused`
-        (try elsewhere) or :class:`LoadFailed` (the model itself).
+        applied to ``node`` and this is ``None``), whether this load started the engine,
+        whether it woke a sleeping one, and what the neuron evicted for it. Raises
+        :class:`Fenced` (plan again), :class:`Refused` (try elsewhere) or
+        :class:`LoadFailed` (the model itself).
         """
         timeout = aiohttp.ClientTimeout(total=self._cfg.load_timeout)
         body: dict[str, Any] = entry.spec()
@@ -337,6 +372,7 @@ class Loader:
         named = self._apply(node, answer, asked)
         if response.status == 200:
             started = answer.get("started", True) is not False
+            woken = answer.get("woken") is True
             evicted = answer.get("evicted")
             gone = (
                 tuple(m for m in evicted if isinstance(m, str))
@@ -344,11 +380,12 @@ class Loader:
                 else evict
             )
             if named:
-                return None, started, gone
+                return None, started, woken, gone
             try:
-                return contract.model(answer.get("model")), started, gone
+                return contract.model(answer.get("model")), started, woken, gone
             except contract.BreachError:  # loaded all the same; the next poll says the rest
-                return contract.model({"id": entry.id, "status": "ready"}), started, gone
+                ready = contract.model({"id": entry.id, "status": "ready"})
+                return ready, started, woken, gone
         if response.status == 409 and named and _code(answer) in FENCED:
             raise Fenced(message)
         if response.status in (409, 503):
@@ -503,12 +540,29 @@ class Loader:
     async def housekeeping(self) -> None:
         now = time.monotonic()
         jobs: list[Coroutine[Any, Any, Any]] = []
+        asleep = {
+            (node.name, model_id)
+            for node in self.fleet.up()
+            for model_id, info in node.models.items()
+            if info.get("status") == "sleeping"
+        }
+        self._asleep_since = {k: v for k, v in self._asleep_since.items() if k in asleep}
         for node in self.fleet.up():
             for model_id in set(node.last_used) - node.models.keys():
                 del node.last_used[model_id]  # gone: a later copy starts a fresh clock
             if node.status == "draining":
                 continue
             for model_id, info in node.models.items():
+                if info.get("status") == "sleeping":
+                    since = self._asleep_since.setdefault((node.name, model_id), now)
+                    sleep_ttl = self._sleep_ttl(model_id, node)
+                    if sleep_ttl and now - since >= sleep_ttl and model_id not in node.evicting:
+                        node.evicting.add(model_id)
+                        self.fleet.changed()
+                        jobs.append(
+                            self._idle_unload(node, model_id, now - since, 0.0, "sleep_ttl")
+                        )
+                    continue
                 if info.get("status") != "ready":
                     continue
                 last = node.last_used.setdefault(model_id, now)  # first seen ready
@@ -519,7 +573,7 @@ class Loader:
                 if ttl and idle and now - last >= ttl:
                     node.evicting.add(model_id)  # out of routing before anything awaits
                     self.fleet.changed()
-                    jobs.append(self._idle_unload(node, model_id, now - last, ttl))
+                    jobs.append(self._idle_sleep(node, model_id, now - last, ttl))
         for entry in self.fleet.catalogue.models:
             for name in entry.pinned_on:
                 self._check_pin(entry, name, now)
@@ -532,13 +586,60 @@ class Loader:
             return 0.0  # cortex could not load it back, or it must stay
         return entry.idle_ttl if entry.idle_ttl is not None else self._cfg.idle_ttl
 
-    async def _idle_unload(self, node: Node, model: str, idle: float, ttl: float) -> None:
-        log.info("%s idle on %s for %.0fs", model, node.name, idle)
+    def _sleep_ttl(self, model_id: str, node: Node) -> float:
+        entry = self.fleet.entry(model_id)
+        if entry is None or node.name in entry.pinned_on:
+            return 0.0
+        return self._cfg.sleep_ttl
+
+    async def _idle_sleep(self, node: Node, model: str, idle: float, ttl: float) -> None:
+        """``idle_ttl`` passed: the model goes to sleep; where it cannot, it is unloaded."""
+        log.info("%s idle on %s for %.0fs: putting it to sleep", model, node.name, idle)
+        # As for an idle unload: fenced by the model's own idleness at the neuron (with a
+        # tenth of slack), not by the neuron's epoch.
+        body: dict[str, Any] = {"model_id": model, "idle_at_least": ttl * 0.9}
+        asked = time.monotonic()
+        try:
+            async with self._session.post(
+                node.base + "/models/sleep",
+                data=json.dumps(body),
+                headers={**JSON, **node.headers(), **self._from()},
+                timeout=aiohttp.ClientTimeout(total=self._cfg.load_timeout),
+            ) as response:
+                raw = await response.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            node.evicting.discard(model)
+            self.fleet.changed()
+            log.warning("idle sleep of %s on %s failed: %s", model, node.name, exc)
+            return
+        node.evicting.discard(model)
+        self.fleet.changed()
+        answer = _json(raw)
+        self._apply(node, answer, asked)
+        code = _code(answer)
+        if response.status == 200:
+            self._metrics.sleeps.labels(model, node.name, "idle").inc()
+            self._metrics.observe_node(node)
+            return
+        if response.status == 409 and code in FENCED:
+            log.info("%s stays awake on %s: %s", model, node.name, upstream_message(raw))
+            return
+        if response.status == 404 and code == "model_not_found":
+            return
+        # Cannot sleep here (sleep off, host RAM budget full, a neuron without sleep): unload.
+        node.evicting.add(model)
+        self.fleet.changed()
+        await self._idle_unload(node, model, idle, ttl)
+
+    async def _idle_unload(
+        self, node: Node, model: str, idle: float, ttl: float, reason: str = "idle"
+    ) -> None:
+        log.info("%s idle on %s for %.0fs: unloading it", model, node.name, idle)
         try:
             # The neuron checks that nobody (no other replica either) used it meanwhile (a
             # tenth of slack: this cortex's view of the last use is as old as its last read).
             # No epoch: other models' changes there do not bear on this one's idleness.
-            await self._unload(node, model, "idle", idle=ttl * 0.9)
+            await self._unload(node, model, reason, idle=ttl * 0.9)
         except Fenced as exc:
             log.info("%s stays on %s: %s", model, node.name, exc)
         except CortexError as exc:

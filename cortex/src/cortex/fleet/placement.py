@@ -2,6 +2,9 @@
 
 :func:`plan` picks a neuron for a model that is not ready anywhere, in this order:
 
+0. the residency ladder: a neuron where the model is ``waking`` (the load joins the wake), or
+   where it is ``sleeping`` and room can be made, unless a cold load elsewhere is expected
+   to be ready sooner (``eta``: measured per model and neuron, defaults until measured);
 1. a neuron where the model is already ``loading`` (the load joins it);
 2. a neuron the model is pinned on, if it fits there now or after evictions;
 3. a neuron where it fits now (free VRAM as reported, and under ``max_loaded_models``);
@@ -17,17 +20,24 @@ chosen.
 :func:`victims` says which models to unload on a neuron to make room: ``ready`` models that
 are not pinned there and serve no request, lowest ``priority`` first, then least recently
 used (by the neuron's account of last use, which every replica shares), until the new
-model fits. A model with requests in flight is never evicted.
+model fits. A model with requests in flight is never evicted, nor one woken less than the
+minimum residency ago (``Resident.settling``). The neuron decides whether an evicted model
+sleeps or stops (its host RAM budget); sleeping models hold no slot of ``max_loaded_models``.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-HOLDING = frozenset({"loading", "ready", "unloading"})
-"""States in which a model occupies an engine (``failed`` ones do not)."""
+HOLDING = frozenset({"loading", "ready", "unloading", "waking"})
+"""States in which a model occupies an awake engine (``failed`` and ``sleeping`` ones do not)."""
+DEFAULT_ETA = {"wake": 5.0, "cold": 60.0}
+"""Seconds until ready, by kind, where nothing has been measured (``[loading]`` overrides)."""
+
+Eta = Callable[[str, str], float]
+"""``eta(node, kind)``: the expected seconds until the model is ready there (``wake``/``cold``)."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +59,8 @@ class Resident:
     last_used: float = 0.0
     priority: int = 0
     pinned: bool = False
+    settling: bool = False
+    """Woken less than the minimum residency ago: not demoted yet."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +94,8 @@ class Plan:
     evict: tuple[str, ...] = ()
     joins: bool = False
     """The model is already loading there: no eviction, the load joins it."""
+    wakes: bool = False
+    """The model sleeps (or is waking) there: the load wakes it."""
 
 
 class NeverFits(Exception):
@@ -92,12 +106,42 @@ class NoRoom(Exception):
     """Some neuron could hold the model, but nothing can be evicted now (503)."""
 
 
-def plan(want: Want, candidates: Sequence[Candidate]) -> Plan:
+def _default_eta(node: str, kind: str) -> float:
+    return DEFAULT_ETA[kind]
+
+
+def plan(want: Want, candidates: Sequence[Candidate], eta: Eta = _default_eta) -> Plan:
     """The neuron for ``want`` and the models to evict there first.
 
     Raises :class:`NeverFits` when no candidate could hold it even empty, and
     :class:`NoRoom` when some could but their models are busy or pinned.
     """
+    for cand in candidates:
+        if any(r.id == want.id and r.status == "waking" for r in cand.residents):
+            return Plan(cand.name, joins=True, wakes=True)
+    wakes = []
+    for cand in candidates:
+        if any(r.id == want.id and r.status == "sleeping" for r in cand.residents):
+            evict = victims(want, cand)
+            if evict is not None:
+                wakes.append((cand, evict))
+    if not wakes:
+        return _cold(want, candidates)
+
+    def wake_cost(option: tuple[Candidate, tuple[Resident, ...]]) -> tuple[object, ...]:
+        cand, evict = option
+        return (eta(cand.name, "wake"), len(evict), -rendezvous(want.id, cand.name))
+
+    cand, evict = min(wakes, key=wake_cost)
+    woken = Plan(cand.name, tuple(r.id for r in evict), wakes=True)
+    try:
+        cold = _cold(want, [c for c in candidates if c.name != cand.name])
+    except (NoRoom, NeverFits):
+        return woken
+    return cold if eta(cold.node, "cold") < eta(cand.name, "wake") else woken
+
+
+def _cold(want: Want, candidates: Sequence[Candidate]) -> Plan:
     for cand in candidates:
         if any(r.id == want.id and r.status == "loading" for r in cand.residents):
             return Plan(cand.name, joins=True)
@@ -207,4 +251,4 @@ def victims(want: Want, cand: Candidate) -> tuple[Resident, ...] | None:
 
 
 def evictable(r: Resident) -> bool:
-    return r.status == "ready" and not r.pinned and r.in_flight == 0
+    return r.status == "ready" and not r.pinned and r.in_flight == 0 and not r.settling

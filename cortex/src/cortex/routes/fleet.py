@@ -36,22 +36,51 @@ async def health(request: Request) -> Response:
 
 
 async def models(request: Request) -> Response:
-    """The models the fleet knows, less those the caller's key may not use."""
+    """The models the fleet knows, less those the caller's key may not use.
+
+    ``state``: the best rung of the ladder the model is on anywhere (``ready``, ``loading``,
+    ``waking``, ``sleeping``, ``stopped``); ``estimated_ready_s`` when it is not ready: the
+    time left of a load or wake in progress, else what waking (or cold-loading) it would take.
+    """
     gw = _gw(request)
     caller = caller_of(request.scope)
     created = int(gw.started_wall)
-    data = [
-        {
+    data = []
+    for model_id, locations in sorted(gw.fleet.locations().items()):
+        if not caller.may_use(model_id):
+            continue
+        item: dict[str, Any] = {
             "id": model_id,
             "object": "model",
             "created": created,
             "owned_by": "cortex",
             "locations": locations,
+            "state": _state(locations),
         }
-        for model_id, locations in sorted(gw.fleet.locations().items())
-        if caller.may_use(model_id)
-    ]
+        if item["state"] != "ready":
+            item["estimated_ready_s"] = round(_eta(gw, model_id, locations), 1)
+        data.append(item)
     return JSONResponse({"object": "list", "data": data})
+
+
+LADDER = ("ready", "waking", "loading", "sleeping")
+
+
+def _state(locations: list[dict[str, str]]) -> str:
+    statuses = {loc["status"] for loc in locations}
+    return next((s for s in LADDER if s in statuses), "stopped")
+
+
+def _eta(gw: Gateway, model_id: str, locations: list[dict[str, str]]) -> float:
+    estimates = gw.loader.estimates
+    coming = estimates.coming(model_id)
+    if coming is not None:
+        return coming[1]
+    for kind, status in (("wake", "waking"), ("cold", "loading"), ("wake", "sleeping")):
+        nodes = [loc["node"] for loc in locations if loc["status"] == status]
+        if nodes:
+            return min(estimates.eta(model_id, node, kind) for node in nodes)
+    return estimates.eta(model_id, None, "cold")
 
 
 async def fleet(request: Request) -> Response:

@@ -124,8 +124,12 @@ class EngineProcess:
         *,
         devices: list[int] | None = None,
         on_exit: Callable[[EngineProcess], None] | None = None,
+        sleep_mode: bool = False,
     ) -> None:
         self.spec = spec
+        self.sleep_mode = sleep_mode
+        """Development routes on (``/sleep``, ``/wake_up``: loopback only, never proxied), and
+        ``--enable-sleep-mode`` where there are GPUs (vLLM refuses it on CPU)."""
         self.harness = harness
         self.devices = devices
         self.port = free_port()
@@ -174,6 +178,7 @@ class EngineProcess:
             str(os.getpid()),
             "--",
             *engine_argv(self.spec, self.harness, self.port),
+            *(["--enable-sleep-mode"] if self.sleep_mode and self.devices else []),
         ]
         log.info("starting engine for %s: %s", self.spec.model_id, " ".join(argv[5:]))
         self.started_at = time.monotonic()
@@ -182,7 +187,8 @@ class EngineProcess:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
-            env=engine_env(self.harness, self.devices),
+            env=engine_env(self.harness, self.devices)
+            | ({"VLLM_SERVER_DEV_MODE": "1"} if self.sleep_mode else {}),
             start_new_session=True,
         )
         name = self.spec.model_id

@@ -21,7 +21,7 @@ from neuron import __version__
 from neuron.engine import HARNESSES
 from neuron.engine.stats import UNKNOWN
 from neuron.errors import BadRequest, Fenced
-from neuron.registry import Busy, State
+from neuron.registry import ASLEEP, Busy, State
 from neuron.routes.body import read_object
 from neuron.settings import ModelSpec, describe
 
@@ -45,8 +45,9 @@ async def health(request: Request) -> Response:
             "in_flight": sum(s.in_flight for s in n.registry.slots()),
             "instance": n.registry.instance,
             "epoch": n.registry.epoch,
-            "loaded_models": len(n.registry.engines()),
+            "loaded_models": len(n.registry.awake()),
             "max_loaded_models": n.registry.max_loaded_models,
+            "sleep": n.registry.sleep_info(),
             "devices": [s.public() for s in n.health.samples],
         }
     )
@@ -60,6 +61,7 @@ async def discovery(request: Request) -> Response:
             **host.public(),
             "harnesses": list(HARNESSES),
             "max_loaded_models": n.registry.max_loaded_models,
+            "sleep": n.registry.sleep_info(),
             "neuron_version": __version__,
             "engine_version": await n.engine_version(),
         }
@@ -86,6 +88,12 @@ def model_infos(n: Neuron) -> list[dict[str, Any]]:
             "last_used": None,
             "idle_s": None,
             "error": None,
+            "since": None,
+            "state_s": None,
+            "sleep_level": None,
+            "host_ram_mb": 0,
+            "last_load_s": None,
+            "last_wake_s": None,
             "engine": None,
             **UNKNOWN.public(),
         }
@@ -154,10 +162,7 @@ def _asker(request: Request) -> str:
     return repr(request.headers.get("x-cortex-instance", "?")[:64])
 
 
-async def load(request: Request) -> Response:
-    n = _neuron(request)
-    body = await read_object(request, n.settings.max_body_bytes)
-    epoch = _epoch(body)
+def _evict(body: dict[str, Any]) -> tuple[str, ...]:
     evict = body.pop("evict", [])
     if (
         not isinstance(evict, list)
@@ -165,6 +170,14 @@ async def load(request: Request) -> Response:
         or not all(isinstance(m, str) and m for m in evict)
     ):
         raise BadRequest(f"'evict' must be a list of at most {MAX_EVICT} model ids", param="evict")
+    return tuple(evict)
+
+
+async def load(request: Request) -> Response:
+    n = _neuron(request)
+    body = await read_object(request, n.settings.max_body_bytes)
+    epoch = _epoch(body)
+    evict = _evict(body)
     try:
         spec = ModelSpec.model_validate(body)
     except ValidationError as exc:
@@ -175,8 +188,10 @@ async def load(request: Request) -> Response:
     log.info(
         "load of %s from %s (epoch %s, evict %s)", spec.model_id, _asker(request), epoch, evict
     )
+    was = n.registry.get(spec.model_id)
+    asleep = was is not None and was.state in ASLEEP
     try:
-        slot, evicted = await n.registry.place(spec, epoch=epoch, evict=tuple(evict))
+        slot, evicted = await n.registry.place(spec, epoch=epoch, evict=evict)
     except Fenced as exc:
         exc.extra["state"] = state(n)
         raise
@@ -184,9 +199,13 @@ async def load(request: Request) -> Response:
         {
             "status": "loaded",
             "model": slot.info(),
+            # Of ``evicted``, those put to sleep rather than stopped.
+            "slept": [m for m in evicted or () if _asleep(n, m)],
             # Whether this call started the engine (else it joined, or found it ready), and
             # what it evicted to make room: for the caller's own counts.
-            "started": evicted is not None,
+            "started": evicted is not None and not asleep,
+            # A load of a sleeping model wakes it (no engine started).
+            "woken": evicted is not None and asleep,
             "evicted": list(evicted or ()),
             "state": state(n),
         }
@@ -228,6 +247,70 @@ async def unload(request: Request) -> Response:
         exc.extra["state"] = state(n)
         raise
     return JSONResponse({"status": "unloaded", "state": state(n)})
+
+
+def _asleep(n: Neuron, model_id: str) -> bool:
+    slot = n.registry.get(model_id)
+    return slot is not None and slot.state is State.SLEEPING
+
+
+def _model_id(body: dict[str, Any]) -> str:
+    model_id = body.get("model_id")
+    if not isinstance(model_id, str) or not model_id:
+        raise BadRequest("'model_id' is required and must be a string", param="model_id")
+    return model_id
+
+
+async def sleep(request: Request) -> Response:
+    """``POST /models/sleep {"model_id", "epoch"?, "level"?, "idle_at_least"?}``: put a ready,
+    idle model to sleep (idempotent: a sleeping one answers at once)."""
+    n = _neuron(request)
+    body = await read_object(request, n.settings.max_body_bytes)
+    model_id = _model_id(body)
+    epoch = _epoch(body)
+    level = body.get("level")
+    if level is not None and (isinstance(level, bool) or level not in (1, 2)):
+        raise BadRequest("'level' must be 1 or 2", param="level")
+    idle = body.get("idle_at_least")
+    if idle is not None and (
+        isinstance(idle, bool) or not isinstance(idle, int | float) or not 0 <= idle < 1e9
+    ):
+        raise BadRequest("'idle_at_least' must be a number of seconds >= 0", param="idle_at_least")
+    log.info("sleep of %r from %s (epoch %s)", model_id[:256], _asker(request), epoch)
+    try:
+        slot = await n.registry.sleep(model_id, epoch=epoch, level=level, idle_at_least=idle)
+    except Fenced as exc:
+        exc.extra["state"] = state(n)
+        raise
+    return JSONResponse({"status": "sleeping", "model": slot.info(), "state": state(n)})
+
+
+async def wake(request: Request) -> Response:
+    """``POST /models/wake {"model_id", "epoch"?, "evict"?}``: wake a sleeping model, first
+    putting ``evict`` to sleep (or stopping them) for room; idempotent like a load."""
+    n = _neuron(request)
+    body = await read_object(request, n.settings.max_body_bytes)
+    model_id = _model_id(body)
+    epoch = _epoch(body)
+    evict = _evict(body)
+    log.info(
+        "wake of %r from %s (epoch %s, evict %s)", model_id[:256], _asker(request), epoch, evict
+    )
+    try:
+        slot, demoted = await n.registry.wake(model_id, epoch=epoch, evict=evict)
+    except Fenced as exc:
+        exc.extra["state"] = state(n)
+        raise
+    return JSONResponse(
+        {
+            "status": "awake",
+            "model": slot.info(),
+            "woken": demoted is not None,
+            "evicted": list(demoted or ()),
+            "slept": [m for m in demoted or () if _asleep(n, m)],
+            "state": state(n),
+        }
+    )
 
 
 async def endpoint(request: Request) -> Response:

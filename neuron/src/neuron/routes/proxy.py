@@ -24,7 +24,8 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from neuron.errors import BadRequest, EngineTimeout, EngineUnavailable, envelope
+from neuron.errors import BadRequest, EngineTimeout, EngineUnavailable, NeuronError, envelope
+from neuron.registry import State
 from neuron.routes.body import parse_object, read_body
 
 if TYPE_CHECKING:
@@ -76,7 +77,16 @@ async def proxy(request: Request) -> Response:
         raise BadRequest("'stream' must be true or false", param="stream")
     slot = neuron.require(model)
     headers = {k: v for k, v in request.headers.items() if k.lower() not in NOT_FORWARDED}
-    release = neuron.track(slot)
+    release = neuron.track(slot)  # counted first: nobody may put it to sleep again meanwhile
+    if slot.state is not State.READY:  # asleep: wake it (one wake, whoever asks), then serve
+        try:
+            slot, _ = await neuron.registry.wake(model, make_room=True)
+        except NeuronError as exc:
+            release(exc.status)
+            raise
+        except BaseException:
+            release(499)
+            raise
     watch = Watch(request.receive)
     try:
         answer = await neuron.session().post(

@@ -1,0 +1,299 @@
+"""The residency ladder on one neuron: ready → sleeping → waking → ready, with the stand-in
+engine's sleep routes (vLLM's, behind ``VLLM_SERVER_DEV_MODE=1``)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from neuron_testing import (
+    NeuronProcess,
+    Running,
+    alive,
+    fake_engine_config,
+    fake_harness,
+    running,
+    settings_for,
+    wait_gone,
+)
+
+from neuron.discovery import DeviceSample
+from neuron.engine import EngineProcess
+from neuron.registry import Slot, _kept_vram
+from neuron.settings import Harnesses, ModelSpec, SleepSettings
+
+CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+DEV_ROUTES = (
+    "/sleep",
+    "/wake_up",
+    "/is_sleeping",
+    "/collective_rpc",
+    "/reset_prefix_cache",
+    "/reset_mm_cache",
+    "/server_info",
+    "/release_kv_cache_memory",
+)
+
+
+def ladder(sleep: dict[str, Any] | None = None, **env: str) -> Any:
+    return settings_for(
+        max_loaded_models=1,
+        sleep=SleepSettings(**(sleep or {})),
+        harness=Harnesses(vllm=fake_harness(**env)),
+    )
+
+
+async def chat(n: Running, model: str, **extra: Any) -> httpx.Response:
+    return await n.client.post("/v1/chat/completions", json={"model": model, **CHAT, **extra})
+
+
+async def metric(n: Running, name: str, **labels: str) -> float:
+    """The value of the first sample of ``name`` whose labels include ``labels`` (0 if none)."""
+    text = (await n.client.get("/metrics")).text
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def test_a_sleeping_model_is_shown_and_a_request_wakes_it() -> None:
+    async with running(ladder()) as n:
+        pid = (await n.load("m1")).json()["model"]["engine"]["pid"]
+        slept = await n.client.post("/models/sleep", json={"model_id": "m1"})
+        assert slept.status_code == 200, slept.text
+        info = (await n.models())["m1"]
+        assert info["status"] == "sleeping"
+        assert info["sleep_level"] == 1
+        assert info["host_ram_mb"] == 4096  # no GPU, no vram_mb: the configured estimate
+        assert info["last_load_s"] is not None and info["since"] is not None
+        assert alive(pid) and info["engine"]["pid"] == pid
+        health = (await n.client.get("/health")).json()
+        assert health["loaded_models"] == 0
+        assert health["sleep"]["sleeping_models"] == 1
+        assert health["sleep"]["host_ram_used_mb"] == 4096
+        discovery = (await n.client.get("/discovery")).json()
+        assert discovery["sleep"]["host_ram_budget_mb"] > 0
+        assert await metric(n, "vllm:engine_sleep_state", sleep_state="weights_offloaded") == 1.0
+
+        answer = await chat(n, "m1")
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["choices"][0]["message"]["content"] == "fake reply 0"
+        info = (await n.models())["m1"]
+        assert info["status"] == "ready" and info["engine"]["pid"] == pid
+        assert info["last_wake_s"] is not None and info["sleep_level"] is None
+        # vLLM keeps the pinned host memory after a wake: it stays counted.
+        assert (await n.client.get("/health")).json()["sleep"]["host_ram_used_mb"] == 4096
+        assert await metric(n, "neuron_model_wakes_total", model="m1", outcome="ok") == 1.0
+
+
+async def test_sleep_and_wake_are_idempotent_and_fenced() -> None:
+    async with running(ladder()) as n:
+        await n.load("m1")
+        epoch = (await n.client.get("/health")).json()["epoch"]
+        first = await n.client.post("/models/sleep", json={"model_id": "m1", "epoch": epoch})
+        assert first.status_code == 200, first.text
+        again = await n.client.post("/models/sleep", json={"model_id": "m1", "epoch": epoch})
+        assert again.status_code == 200  # already asleep: answered from the state, no fence
+        stale = await n.client.post("/models/wake", json={"model_id": "m1", "epoch": epoch})
+        assert stale.status_code == 409
+        assert stale.json()["error"]["code"] == "stale_epoch"
+        assert stale.json()["state"]["models"][0]["status"] == "sleeping"
+        now = stale.json()["state"]["epoch"]
+        woke = await n.client.post("/models/wake", json={"model_id": "m1", "epoch": now})
+        assert woke.status_code == 200 and woke.json()["woken"] is True
+        twice = await n.client.post("/models/wake", json={"model_id": "m1", "epoch": 0})
+        assert twice.status_code == 200 and twice.json()["woken"] is False
+        stale = await n.client.post("/models/sleep", json={"model_id": "m1", "epoch": epoch})
+        assert stale.json()["error"]["code"] == "stale_epoch"
+        missing = await n.client.post("/models/sleep", json={"model_id": "nope"})
+        assert missing.status_code == 404
+        for bad in (
+            {"model_id": "m1", "level": 3},
+            {"model_id": 1},
+            {"model_id": "m1", "idle_at_least": -1},
+        ):
+            assert (await n.client.post("/models/sleep", json=bad)).status_code == 400
+
+
+async def test_sleep_is_refused_while_requests_are_in_flight() -> None:
+    async with running(ladder()) as n:
+        await n.load("m1")
+        busy = asyncio.create_task(chat(n, "m1", fake_sleep=1.0))
+        await asyncio.sleep(0.3)
+        refused = await n.client.post("/models/sleep", json={"model_id": "m1"})
+        assert refused.status_code == 409
+        assert refused.json()["error"]["code"] == "model_busy"
+        assert (await busy).status_code == 200
+        recent = await n.client.post("/models/sleep", json={"model_id": "m1", "idle_at_least": 60})
+        assert recent.json()["error"]["code"] == "model_busy"
+        assert (await n.client.post("/models/sleep", json={"model_id": "m1"})).status_code == 200
+
+
+async def test_ten_concurrent_requests_to_a_sleeper_cause_one_wake() -> None:
+    async with running(ladder(FAKE_ENGINE_WAKE_DELAY="0.5")) as n:
+        await n.load("m1")
+        await n.client.post("/models/sleep", json={"model_id": "m1"})
+        answers = await asyncio.gather(*(chat(n, "m1") for _ in range(10)))
+        assert [a.status_code for a in answers] == [200] * 10
+        assert await metric(n, "vllm:fake_wakes_total") == 1.0
+        assert await metric(n, "neuron_model_wakes_total", model="m1", outcome="ok") == 1.0
+        assert await metric(n, "neuron_requests_total", model="m1", status="200") == 10.0
+
+
+async def test_room_is_made_by_sleeping_and_a_request_swaps_back() -> None:
+    async with running(ladder()) as n:
+        pid1 = (await n.load("m1")).json()["model"]["engine"]["pid"]
+        second = await n.load("m2", evict=["m1"])
+        assert second.status_code == 200, second.text
+        assert second.json()["slept"] == ["m1"]
+        pid2 = second.json()["model"]["engine"]["pid"]
+        assert (await n.models())["m1"]["status"] == "sleeping" and alive(pid1)
+        # A request for the sleeper: this neuron puts the idle m2 to sleep to wake m1.
+        assert (await chat(n, "m1")).status_code == 200
+        models = await n.models()
+        assert models["m1"]["status"] == "ready" and models["m1"]["engine"]["pid"] == pid1
+        assert models["m2"]["status"] == "sleeping" and models["m2"]["engine"]["pid"] == pid2
+        # A load of a sleeper is a wake: it starts nothing.
+        back = await n.load("m2", evict=["m1"])
+        assert back.json()["model"]["engine"]["pid"] == pid2
+        assert (await n.models())["m1"]["status"] == "sleeping"
+        assert await metric(n, "neuron_engine_exits_total") == 0.0
+
+
+async def test_a_full_host_ram_budget_stops_instead_of_sleeping() -> None:
+    async with running(ladder({"host_ram_budget_mb": 100})) as n:
+        pid1 = (await n.load("m1")).json()["model"]["engine"]["pid"]
+        refused = await n.client.post("/models/sleep", json={"model_id": "m1"})
+        assert refused.status_code == 409
+        assert refused.json()["error"]["code"] == "no_sleep"
+        second = await n.load("m2", evict=["m1"])
+        assert second.status_code == 200 and second.json()["slept"] == []
+        assert await wait_gone(pid1, timeout=5)
+        assert "m1" not in await n.models()
+
+
+@pytest.mark.parametrize("budget", [{"max_sleeping_models": 1}, {"host_ram_budget_mb": 5000}])
+async def test_a_full_budget_stops_the_least_recently_used_sleeper(budget: dict[str, Any]) -> None:
+    async with running(ladder(budget)) as n:
+        pid1 = (await n.load("m1")).json()["model"]["engine"]["pid"]
+        await n.load("m2", evict=["m1"])
+        third = await n.load("m3", evict=["m2"])
+        assert third.status_code == 200 and third.json()["slept"] == ["m2"]
+        assert await wait_gone(pid1, timeout=5)
+        assert {m: i["status"] for m, i in (await n.models()).items()} == {
+            "m2": "sleeping",
+            "m3": "ready",
+        }
+        assert (await n.client.get("/health")).json()["sleep"]["host_ram_used_mb"] == 4096
+
+
+@pytest.mark.parametrize("settings", [{"canary": True}, {"level": 2}])
+async def test_a_canary_mismatch_loads_the_model_afresh(settings: dict[str, Any]) -> None:
+    async with running(ladder(settings, FAKE_ENGINE_GARBAGE_AFTER_WAKE="1")) as n:
+        pid = (await n.load("m1")).json()["model"]["engine"]["pid"]
+        await n.client.post("/models/sleep", json={"model_id": "m1"})
+        answer = await chat(n, "m1")
+        assert answer.status_code == 200
+        # A fresh engine: not the garbage the woken one would have answered.
+        assert answer.json()["choices"][0]["message"]["content"] == "fake reply 0"
+        info = (await n.models())["m1"]
+        assert info["status"] == "ready" and info["engine"]["pid"] != pid
+        assert info["host_ram_mb"] == 0  # a new engine has never slept
+        assert await wait_gone(pid, timeout=5)
+        labels = {"model": "m1", "outcome": "canary_mismatch"}
+        assert await metric(n, "neuron_model_wakes_total", **labels) == 1.0
+        assert await metric(n, "neuron_model_wakes_total", model="m1", outcome="failed") == 0.0
+
+
+async def test_a_level_2_wake_with_the_same_token_keeps_the_engine() -> None:
+    async with running(ladder({"level": 2})) as n:
+        pid = (await n.load("m1")).json()["model"]["engine"]["pid"]
+        slept = await n.client.post("/models/sleep", json={"model_id": "m1"})
+        assert slept.json()["model"]["sleep_level"] == 2
+        assert (await chat(n, "m1")).status_code == 200
+        assert (await n.models())["m1"]["engine"]["pid"] == pid
+
+
+async def test_a_failed_wake_loads_the_model_afresh() -> None:
+    async with running(ladder(FAKE_ENGINE_WAKE_FAIL="1")) as n:
+        pid = (await n.load("m1")).json()["model"]["engine"]["pid"]
+        await n.client.post("/models/sleep", json={"model_id": "m1"})
+        woke = await n.client.post("/models/wake", json={"model_id": "m1"})
+        assert woke.status_code == 200, woke.text
+        assert woke.json()["model"]["engine"]["pid"] != pid
+        assert await wait_gone(pid, timeout=5)
+        assert (await chat(n, "m1")).status_code == 200
+        assert await metric(n, "neuron_model_wakes_total", model="m1", outcome="failed") == 1.0
+
+
+async def test_unloading_a_sleeper_stops_its_engine() -> None:
+    async with running(ladder()) as n:
+        pid = (await n.load("m1")).json()["model"]["engine"]["pid"]
+        await n.client.post("/models/sleep", json={"model_id": "m1"})
+        assert (await n.client.post("/models/unload", json={"model_id": "m1"})).status_code == 200
+        assert await wait_gone(pid, timeout=5)
+        assert (await n.client.get("/health")).json()["sleep"]["host_ram_used_mb"] == 0
+
+
+async def test_development_routes_are_refused_from_outside() -> None:
+    async with running(ladder()) as n:
+        await n.load("m1")
+        engine = (await n.models())["m1"]["engine"]["url"]
+        async with httpx.AsyncClient() as direct:  # the engine itself has them (loopback)
+            assert (await direct.get(f"{engine}/is_sleeping")).status_code == 200
+        for path in DEV_ROUTES:
+            for method in ("GET", "POST"):
+                answer = await n.client.request(method, path, json={"model": "m1"})
+                assert answer.status_code in (404, 405), (method, path, answer.status_code)
+                assert answer.json()["error"]["type"] in (
+                    "not_found_error",
+                    "invalid_request_error",
+                )
+                assert "x-fake-engine" not in answer.headers
+            nested = await n.client.post(f"/v1{path}", json={"model": "m1"})
+            assert nested.status_code == 404
+        assert (await n.models())["m1"]["status"] == "ready"
+        assert await metric(n, "vllm:fake_sleeps_total") == 0.0
+        assert (await chat(n, "m1")).status_code == 200
+
+
+async def test_sigterm_stops_a_sleeping_engine(tmp_path: Path) -> None:
+    proc = NeuronProcess(tmp_path, fake_engine_config("m1", drain_timeout=2))
+    proc.start()
+    try:
+        async with httpx.AsyncClient(base_url=proc.url, timeout=30) as client:
+            await proc.wait_ready(client)
+            slept = await client.post("/models/sleep", json={"model_id": "m1"})
+            assert slept.status_code == 200, slept.text
+            pid = slept.json()["model"]["engine"]["pid"]
+            assert alive(pid)
+        assert proc.proc is not None
+        proc.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.proc.wait, 30) == 0
+        assert await wait_gone(pid, timeout=5)
+        assert re.search(r"unloaded m1", proc.log.read_text())
+    finally:
+        proc.stop()
+
+
+def test_a_sleeper_keeps_what_nvml_saw_its_sleep_not_free_else_the_estimate() -> None:
+    def gpu(index: int, used: int) -> DeviceSample:
+        return DeviceSample(index, used, 80000 - used, 80000, None, None)
+
+    spec = ModelSpec(model_id="m")
+    engine = EngineProcess(spec, fake_harness(), httpx.AsyncClient(), devices=[0, 1])
+    slot = Slot(spec=spec, engine=engine)
+    slot.reserved_mb = 144000
+    before, after = [gpu(0, 72000), gpu(1, 72000)], [gpu(0, 1400), gpu(1, 1400)]
+    assert _kept_vram(slot, before, after, 1536) == 144000 - 141200  # measured
+    assert _kept_vram(slot, [], [], 1536) == 1536  # no NVML: the estimate
+    assert _kept_vram(slot, before, before, 1536) == 1536  # nothing seen freed: the estimate
+    engine.devices = None
+    assert _kept_vram(slot, before, after, 1536) == 0  # a CPU engine holds no GPU memory
