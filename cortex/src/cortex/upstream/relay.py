@@ -160,8 +160,8 @@ async def handle(gw: Gateway, scope: Scope, read: BodyReader) -> Response:
 class Relayed(StreamingResponse):
     """A streamed answer that stops when the client goes and runs ``on_close`` however it ends.
 
-    Starlette's own ``StreamingResponse`` watches for the disconnect in an anyio task group:
-    about 40 µs per stream here, a sixth of a stream's set-up in a burst. This watches with
+    Starlette's own ``StreamingResponse`` watches for the disconnect in an anyio task group,
+    a sixth of a stream's set-up in a burst (bench/README.md, "Figures behind the code"). This watches with
     one plain asyncio task and cancels the stream itself, as Starlette does. And where
     Starlette's cancel comes before the body iterator started, the iterator's own
     ``finally`` never runs: ``on_close`` here always does.
@@ -365,7 +365,7 @@ class Whole(Response):
     """A whole answer: the neuron's bytes, and its headers less the hop-by-hop ones.
 
     Starlette's ``Response.__init__`` renders a body and builds headers from a mapping; both
-    are at hand already here, so it is not called (about 1 µs a request).
+    are at hand already here, so it is not called (bench/README.md, "Figures behind the code").
     """
 
     def __init__(self, body: bytes, status: int, raw_headers: list[tuple[bytes, bytes]]) -> None:
@@ -513,8 +513,8 @@ def _asking_usage(body: bytes, payload: dict[str, Any]) -> bytes:
     """``body`` with ``stream_options.include_usage`` set, and otherwise as the client sent it.
 
     Without ``stream_options`` (the usual case) the option goes in after the opening brace
-    and the rest is not touched. Re-serialising would cost about 180 µs for a 128 KB prompt
-    and double the size of non-ASCII text, which ``json.dumps`` escapes. A body that has
+    and the rest is not touched. Re-serialising would cost CPU in proportion to the prompt
+    (bench/README.md, "Figures behind the code") and double the size of non-ASCII text, which ``json.dumps`` escapes. A body that has
     ``stream_options`` already is re-serialised: a second key of that name would be
     ambiguous.
     """
