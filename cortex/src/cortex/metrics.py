@@ -26,7 +26,9 @@ class Remembered(Generic[M]):
     """A labelled metric on the hot path: each child is looked up once, then kept in a dict.
 
     ``metric.labels(...)`` checks the values and takes a lock on every call, three times
-    the cost of the dict (bench/README.md, "Figures behind the code"), and a relayed request makes six to ten such calls. The values are bounded (see above), so the dict is too.
+    the cost of the dict (bench/README.md, "Figures behind the code"), and a relayed
+    request makes six to ten such calls. The values are bounded (see above), so the dict
+    is too.
     """
 
     def __init__(self, metric: M) -> None:

@@ -26,7 +26,8 @@ def rank(nodes: list[Node], model: str, turn: int = 0) -> list[Node]:
     Ties rotate with ``turn`` so equal neurons share the load instead of the first one
     taking every request: the list is rotated by ``turn``, then sorted by load, which keeps
     the rotated order among equals (a list sort is stable). The in-flight key is read in C;
-    the load score, in Python, costs about three times as much (bench/README.md, "Figures behind the code").
+    the load score, in Python, costs about three times as much (bench/README.md, "Figures
+    behind the code").
     """
     if len(nodes) < 2:
         return nodes

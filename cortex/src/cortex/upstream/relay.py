@@ -161,10 +161,10 @@ class Relayed(StreamingResponse):
     """A streamed answer that stops when the client goes and runs ``on_close`` however it ends.
 
     Starlette's own ``StreamingResponse`` watches for the disconnect in an anyio task group,
-    a sixth of a stream's set-up in a burst (bench/README.md, "Figures behind the code"). This watches with
-    one plain asyncio task and cancels the stream itself, as Starlette does. And where
-    Starlette's cancel comes before the body iterator started, the iterator's own
-    ``finally`` never runs: ``on_close`` here always does.
+    a sixth of a stream's set-up in a burst (bench/README.md, "Figures behind the code").
+    This watches with one plain asyncio task and cancels the stream itself, as Starlette
+    does. And where Starlette's cancel comes before the body iterator started, the
+    iterator's own ``finally`` never runs: ``on_close`` here always does.
     """
 
     def __init__(
@@ -514,9 +514,9 @@ def _asking_usage(body: bytes, payload: dict[str, Any]) -> bytes:
 
     Without ``stream_options`` (the usual case) the option goes in after the opening brace
     and the rest is not touched. Re-serialising would cost CPU in proportion to the prompt
-    (bench/README.md, "Figures behind the code") and double the size of non-ASCII text, which ``json.dumps`` escapes. A body that has
-    ``stream_options`` already is re-serialised: a second key of that name would be
-    ambiguous.
+    (bench/README.md, "Figures behind the code") and double the size of non-ASCII text,
+    which ``json.dumps`` escapes. A body that has ``stream_options`` already is
+    re-serialised: a second key of that name would be ambiguous.
     """
     if "stream_options" not in payload:
         brace = body.index(b"{") + 1  # the body parsed as an object: this is its own brace
