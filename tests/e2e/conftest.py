@@ -69,10 +69,9 @@ def shared_neuron(
     them instead of one each. Tests that are about an engine's or a neuron's start or end
     (activation, SIGTERM, on-demand loads and evictions) start their own."""
     tmp = tmp_path_factory.mktemp("shared")
-    config = write_config(
-        tmp / "neuron.toml", port=free_port(), default_models=[tiny_spec(tiny_model)]
-    )
-    shared = SharedNeuron(config=config, logs=tmp)
+    spec = tiny_spec(tiny_model)
+    config = write_config(tmp / "neuron.toml", port=free_port(), default_models=[spec])
+    shared = SharedNeuron(config=config, logs=tmp, spec=spec)
     try:
         yield shared
     finally:

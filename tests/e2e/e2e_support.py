@@ -330,22 +330,31 @@ class SharedNeuron:
     """One neuron serving the tiny model (its default model), shared by the e2e tests that
     need a ready engine but not a fresh one (the ``shared_neuron`` fixture: one per session).
 
-    ``ready()`` gives the running neuron, started (and its engine waited for) on first use,
-    and started again if a test left it dead. A test that kills it calls ``restart()`` and
-    leaves the new one, on the same port and configuration, to the tests after it.
+    ``ready()`` gives the running neuron with ``spec``'s model ready: started (and its engine
+    waited for) on first use, started again if a test left it dead, and the model loaded
+    again if a test unloaded it, so the tests that share it may run in any order. A test
+    that kills it calls ``restart()`` and leaves the new one, on the same port and
+    configuration, to the tests after it. Tests leave it serving that model alone.
     """
 
     config: Path
     logs: Path
+    spec: dict[str, Any]
     current: NeuronProcess | None = None
     starts: int = 0
 
     def ready(self) -> NeuronProcess:
-        """The shared neuron, ``ready`` (its default engine started)."""
+        """The shared neuron, ``ready``, with ``spec``'s model ready."""
         if self.current is None or self.current.proc.poll() is not None:
             return self.restart()
-        self.current.wait_ready(ENGINE_START_TIMEOUT)
-        return self.current
+        neuron = self.current
+        neuron.wait_ready(ENGINE_START_TIMEOUT)
+        if neuron.models().get(self.spec["model_id"], {}).get("status") != "ready":
+            response = httpx.post(
+                f"{neuron.url}/models/load", json=self.spec, timeout=ENGINE_START_TIMEOUT + 60
+            )
+            assert response.status_code == 200, response.text
+        return neuron
 
     def restart(self) -> NeuronProcess:
         """Clean up the current neuron (whatever state it is in), start a new one, wait
