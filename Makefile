@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TINY := var/tiny-model
 
-.PHONY: run test test-unit test-e2e test-chaos test-lowest test-fedora lint format check-packaging bootstrap engine tiny-model clean
+.PHONY: run test test-unit test-e2e test-chaos test-lowest test-fedora lint docs format check-packaging bootstrap engine tiny-model clean
 
 run: engine tiny-model
 	@scripts/run-demo.sh
@@ -45,6 +45,11 @@ lint: bootstrap
 check-packaging: bootstrap
 	@packaging/check.sh
 
+# The docs site (mkdocs.yml, docs/) into site/, with --strict: a broken link or anchor fails it
+# (scripts/docs.sh also proves that). Its own venv, .venv-docs, from requirements-docs.txt.
+docs:
+	@scripts/docs.sh
+
 format: bootstrap
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
@@ -59,4 +64,4 @@ tiny-model: engine
 	@$(BIN)/python scripts/make_tiny_model.py $(TINY)
 
 clean:
-	rm -rf $(VENV) .venv-lowest .venv-fedora var .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .venv-lowest .venv-fedora .venv-docs site var .mypy_cache .ruff_cache .pytest_cache

@@ -15,7 +15,8 @@ from cortex_testing import free_port
 from cortex.auth import Keyring
 from cortex.settings import ConfigError, load_settings
 
-README = Path(__file__).parents[2] / "README.md"
+REPO = Path(__file__).parents[2]
+README = REPO / "README.md"
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -94,8 +95,11 @@ def test_bad_keys_are_one_clear_message(
     assert "sk-" not in str(caught.value)
 
 
-def test_the_readme_roles_example_works(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    blocks = re.findall(r"```toml\n(.*?)```", README.read_text(), re.S)
+@pytest.mark.parametrize("doc", [README, REPO / "docs" / "security.md"], ids=lambda p: p.name)
+def test_the_documented_roles_example_works(
+    doc: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocks = re.findall(r"```toml\n(.*?)```", doc.read_text(), re.S)
     (example,) = [b for b in blocks if "[[auth.keys]]" in b]
     monkeypatch.setenv("CORTEX_KEY_OPS", "sk-ops-secret")
     keyring = Keyring(load_settings(write(tmp_path, example)).auth)

@@ -10,11 +10,23 @@ import importlib.util
 import os
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Generator
 from pathlib import Path
 
 import pytest
-from e2e_support import MAKE_TINY_MODEL, MODEL_LAYERS, RUNNING, TIMINGS, tail
+from e2e_support import (
+    ENGINE_STARTS,
+    MAKE_TINY_MODEL,
+    MODEL_LAYERS,
+    RUNNING,
+    TIMINGS,
+    SharedNeuron,
+    free_port,
+    tail,
+    tiny_spec,
+    write_config,
+)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -48,6 +60,24 @@ def tiny_model(vllm_available: None, tmp_path_factory: pytest.TempPathFactory) -
     return model
 
 
+@pytest.fixture(scope="session")
+def shared_neuron(
+    tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Generator[SharedNeuron, None, None]:
+    """One neuron with ``tiny`` as its default model, for every test that needs a ready
+    engine and not a fresh one (see :class:`SharedNeuron`): one engine start for all of
+    them instead of one each. Tests that are about an engine's or a neuron's start or end
+    (activation, SIGTERM, on-demand loads and evictions) start their own."""
+    tmp = tmp_path_factory.mktemp("shared")
+    spec = tiny_spec(tiny_model)
+    config = write_config(tmp / "neuron.toml", port=free_port(), default_models=[spec])
+    shared = SharedNeuron(config=config, logs=tmp, spec=spec)
+    try:
+        yield shared
+    finally:
+        shared.close()
+
+
 def _run(argv: list[str]) -> None:
     done = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, f"{argv} failed:\n{done.stdout}\n{done.stderr}"
@@ -72,3 +102,6 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.section("e2e timings")
         for what, seconds in TIMINGS:
             terminalreporter.write_line(f"{seconds:7.1f}s  {what}")
+    if ENGINE_STARTS:
+        counts = ", ".join(f"{model} {n}" for model, n in sorted(Counter(ENGINE_STARTS).items()))
+        terminalreporter.write_line(f"e2e engine starts: {len(ENGINE_STARTS)} ({counts})")

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -44,6 +45,10 @@ TIMINGS: list[tuple[str, float]] = []
 """``(what, seconds)`` measured during the run; printed in the terminal summary."""
 RUNNING: list[NeuronProcess] = []
 """Neurons started and not yet cleaned up; their logs are attached to failing reports."""
+ENGINE_STARTS: list[str] = []
+"""The model id of every engine start the neurons of this run logged (read from each neuron's
+log when it is cleaned up); the terminal summary counts them. An engine start is most of an
+e2e test's time, so this is the number to keep low."""
 
 
 def record(what: str, seconds: float) -> None:
@@ -195,6 +200,7 @@ class NeuronProcess:
     log_path: Path
     started: float
     engines_seen: set[int] = field(default_factory=set)
+    counted: bool = False
 
     @property
     def pid(self) -> int:
@@ -271,6 +277,9 @@ class NeuronProcess:
                 wait_group_gone(pgid, 10)
         with contextlib.suppress(ValueError):
             RUNNING.remove(self)
+        if not self.counted:
+            self.counted = True
+            ENGINE_STARTS.extend(re.findall(r"starting engine for (\S+):", self.log()))
         return forced
 
 
@@ -318,6 +327,54 @@ def neuron_running(config: Path, log_path: Path) -> Iterator[NeuronProcess]:
         complaints = neuron.cleanup()
         if complaints:
             print("\n".join(complaints), file=sys.stderr)  # noqa: T201 - shown on failure
+
+
+@dataclass(eq=False)
+class SharedNeuron:
+    """One neuron serving the tiny model (its default model), shared by the e2e tests that
+    need a ready engine but not a fresh one (the ``shared_neuron`` fixture: one per session).
+
+    ``ready()`` gives the running neuron with ``spec``'s model ready: started (and its engine
+    waited for) on first use, started again if a test left it dead, and the model loaded
+    again if a test unloaded it, so the tests that share it may run in any order. A test
+    that kills it calls ``restart()`` and leaves the new one, on the same port and
+    configuration, to the tests after it. Tests leave it serving that model alone.
+    """
+
+    config: Path
+    logs: Path
+    spec: dict[str, Any]
+    current: NeuronProcess | None = None
+    starts: int = 0
+
+    def ready(self) -> NeuronProcess:
+        """The shared neuron, ``ready``, with ``spec``'s model ready."""
+        if self.current is None or self.current.proc.poll() is not None:
+            return self.restart()
+        neuron = self.current
+        neuron.wait_ready(ENGINE_START_TIMEOUT)
+        if neuron.models().get(self.spec["model_id"], {}).get("status") != "ready":
+            response = httpx.post(
+                f"{neuron.url}/models/load", json=self.spec, timeout=ENGINE_START_TIMEOUT + 60
+            )
+            assert response.status_code == 200, response.text
+        return neuron
+
+    def restart(self) -> NeuronProcess:
+        """Clean up the current neuron (whatever state it is in), start a new one, wait
+        until it is ready; returns it."""
+        self.close()
+        self.starts += 1
+        self.current = start_neuron(self.config, self.logs / f"shared-neuron-{self.starts}.log")
+        self.current.wait_ready(ENGINE_START_TIMEOUT)
+        return self.current
+
+    def close(self) -> None:
+        if self.current is not None:
+            complaints = self.current.cleanup()
+            if complaints:
+                print("\n".join(complaints), file=sys.stderr)  # noqa: T201 - shown on failure
+            self.current = None
 
 
 def tail(text: str, lines: int = 150) -> str:

@@ -1,12 +1,15 @@
 """cortex → neuron → vLLM, end to end, through the official OpenAI and Anthropic clients.
 
-One neuron with the tiny model as its default, one `cortex serve` in front that knows it by
-host name (``localhost``). Then the neuron is killed mid-stream (the client gets an in-band
-error, cortex turns degraded) and started again (cortex recovers on its own).
+The session's shared neuron (the tiny model as its default), one `cortex serve` in front that
+knows it by host name (``localhost``). Then the neuron is killed by SIGKILL mid-stream: the
+client gets an in-band error, cortex turns degraded, and the neuron's engine does not outlive
+it. Started again (the shared neuron's restart, which the tests after this one use), it is
+found again by cortex on its own.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import signal
@@ -18,35 +21,30 @@ import pytest
 from anthropic import AsyncAnthropic
 from e2e_support import (
     ABORT_TOKENS,
-    ENGINE_START_TIMEOUT,
+    SharedNeuron,
     async_wait_group_gone,
     cortex_serving,
+    engine_groups,
     engine_metric,
-    free_port,
     prometheus_value,
     record,
-    start_neuron,
-    tiny_spec,
     wait_until,
-    write_config,
 )
 from openai import AsyncOpenAI
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
 
+ORPHAN_DEADLINE = 20.0
+"""Seconds the engines of a neuron killed by SIGKILL may outlive it (their guard's doing)."""
+
 
 async def test_clients_through_cortex_and_a_neuron_that_dies_and_returns(
-    tiny_model: Path, tmp_path: Path
+    shared_neuron: SharedNeuron, tmp_path: Path
 ) -> None:
-    port = free_port()
-    config = write_config(
-        tmp_path / "neuron.toml", port=port, default_models=[tiny_spec(tiny_model)]
-    )
-    neuron = start_neuron(config, tmp_path / "neuron-1.log")
+    began = time.monotonic()
+    neuron = shared_neuron.ready()
     try:
-        began = time.monotonic()
-        neuron.wait_ready(ENGINE_START_TIMEOUT)
-        record("gateway: engine start (neuron ready)", time.monotonic() - began)
+        record("gateway: shared neuron ready", time.monotonic() - began)
         # By host name, as a fleet names its hosts: the poller and the relay both look it up.
         by_name = neuron.url.replace("127.0.0.1", "localhost")
         with cortex_serving(tmp_path, "cortex", {"n1": by_name}) as (api, metrics_url):
@@ -157,6 +155,7 @@ async def test_clients_through_cortex_and_a_neuron_that_dies_and_returns(
 
                 # The neuron dies mid-stream: one in-band error event, then the stream ends.
                 engines = [m["engine"]["pid"] for m in neuron.models().values()]
+                assert engine_groups(neuron.pid) == set(engines)
                 async with raw.stream("POST", "/v1/chat/completions", json=long) as response:
                     lines = response.aiter_lines()
                     for _ in range(3):
@@ -166,8 +165,16 @@ async def test_clients_through_cortex_and_a_neuron_that_dies_and_returns(
                 assert rest, "the stream ended without a word"
                 error = json.loads(rest[-1].removeprefix("data: "))
                 assert error["error"]["code"] == "upstream_error"
+                # Killed with no chance to clean up, it leaves no engine behind (the guard).
+                assert await asyncio.to_thread(neuron.proc.wait, 10) == -signal.SIGKILL
                 for pgid in engines:
-                    assert await async_wait_group_gone(pgid, 30) is not None
+                    gone = await async_wait_group_gone(pgid, ORPHAN_DEADLINE)
+                    assert gone is not None, f"engine group {pgid} outlived its neuron"
+                    record("neuron SIGKILL → orphaned engine group gone", gone)
+                assert engine_groups(neuron.pid) == set()
+                async with httpx.AsyncClient(timeout=5) as direct:
+                    with pytest.raises(httpx.TransportError):
+                        await direct.get(f"{engine_url}/health")
 
                 async def degraded() -> bool:
                     return bool((await raw.get("/health")).json()["status"] == "degraded")
@@ -177,10 +184,8 @@ async def test_clients_through_cortex_and_a_neuron_that_dies_and_returns(
                 assert prometheus_value(scraped, "cortex_neuron_up", node="n1") == 0
 
                 # Started again, it is found again without touching cortex.
-                neuron.cleanup()
-                neuron = start_neuron(config, tmp_path / "neuron-2.log")
                 began = time.monotonic()
-                neuron.wait_ready(ENGINE_START_TIMEOUT)
+                neuron = await asyncio.to_thread(shared_neuron.restart)
                 record("gateway: engine start after neuron restart", time.monotonic() - began)
                 await wait_until(tiny_ready, 30, "cortex to see tiny ready again")
                 assert (await raw.get("/health")).json()["status"] == "ok"
@@ -188,5 +193,7 @@ async def test_clients_through_cortex_and_a_neuron_that_dies_and_returns(
                     model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=4
                 )
                 assert again.usage is not None and again.usage.completion_tokens == 4
-    finally:
-        neuron.cleanup()
+    except BaseException:
+        # Whatever state the failure left it in, the next test that shares it gets a new one.
+        shared_neuron.close()
+        raise

@@ -1,8 +1,8 @@
 """One neuron, real vLLM: load, inference (OpenAI and Anthropic shapes), disconnect, failures.
 
-The tests share one neuron and its engine (module scope) and run in file order; each one
-(re)loads ``tiny`` first, which is instant while the engine is ready. Engine starts here:
-the first load of ``tiny`` and the reload after the engine is killed.
+The tests run on the session's shared neuron (``tiny`` is its default model) in file order;
+each one (re)loads ``tiny`` first, which is instant while the engine is ready. One engine
+start here: the reload, by two concurrent loads, after the engine is killed (the last test).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,23 +20,21 @@ import pytest
 from e2e_support import (
     ABORT_TOKENS,
     NeuronProcess,
+    SharedNeuron,
     async_wait_group_gone,
     broken_spec,
     chat_body,
     client,
     engine_groups,
     engine_metric,
-    free_port,
     list_models,
     load,
-    neuron_running,
     prometheus_value,
     record,
     sse_data,
     sse_events,
     tiny_spec,
     wait_for_model,
-    write_config,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -47,12 +44,9 @@ GENERATED_METRIC = "vllm:generation_tokens_total"
 DISCONNECT_ATTEMPTS = 3
 
 
-@pytest.fixture(scope="module")
-def neuron(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NeuronProcess]:
-    tmp = tmp_path_factory.mktemp("inference")
-    config = write_config(tmp / "neuron.toml", port=free_port())
-    with neuron_running(config, tmp / "neuron.log") as running:
-        yield running
+@pytest.fixture
+def neuron(shared_neuron: SharedNeuron) -> NeuronProcess:
+    return shared_neuron.ready()
 
 
 async def ensure_tiny(c: httpx.AsyncClient, neuron: NeuronProcess, model: Path) -> dict[str, Any]:
@@ -61,29 +55,6 @@ async def ensure_tiny(c: httpx.AsyncClient, neuron: NeuronProcess, model: Path) 
     info: dict[str, Any] = response.json()["model"]
     assert info["status"] == "ready"
     return info
-
-
-async def test_concurrent_loads_share_one_engine(neuron: NeuronProcess, tiny_model: Path) -> None:
-    spec = tiny_spec(tiny_model)
-    async with client(neuron) as c:
-        began = time.monotonic()
-        first, second = await asyncio.gather(load(c, neuron, spec), load(c, neuron, spec))
-        record("engine start #1: tiny (two concurrent loads)", time.monotonic() - began)
-        assert first.status_code == 200, first.text
-        assert second.status_code == 200, second.text
-        for answer in (first, second):
-            assert answer.json()["status"] == "loaded"
-            assert answer.json()["model"]["status"] == "ready"
-        pid = first.json()["model"]["engine"]["pid"]
-        assert second.json()["model"]["engine"]["pid"] == pid, "two engines for one model"
-        assert engine_groups(neuron.pid) == {pid}, "exactly one engine process group"
-
-        models = await list_models(c, neuron)
-        assert models["tiny"]["status"] == "ready"
-        assert models["tiny"]["engine"]["pid"] == pid
-        assert models["tiny"]["error"] is None
-        listed = (await c.get("/v1/models")).json()
-        assert [m["id"] for m in listed["data"]] == ["tiny"]
 
 
 async def test_chat_completion(neuron: NeuronProcess, tiny_model: Path) -> None:
@@ -284,9 +255,10 @@ async def test_bad_source_fails_and_neuron_keeps_serving(
         assert "broken" not in await list_models(c, neuron)
 
 
-async def test_engine_killed_then_reloaded_then_unloaded(
+async def test_engine_killed_then_reloaded_by_concurrent_loads_then_unloaded(
     neuron: NeuronProcess, tiny_model: Path
 ) -> None:
+    """Two concurrent loads of the crashed model share one engine start (and one engine)."""
     async with client(neuron) as c:
         old = (await ensure_tiny(c, neuron, tiny_model))["engine"]["pid"]
         os.killpg(old, signal.SIGKILL)
@@ -300,11 +272,28 @@ async def test_engine_killed_then_reloaded_then_unloaded(
             metrics, "neuron_engine_exits_total", model="tiny", reason="crashed"
         )
 
+        spec = tiny_spec(tiny_model)
         began = time.monotonic()
-        info = await ensure_tiny(c, neuron, tiny_model)
-        record("engine start #2: tiny (reload after kill -9)", time.monotonic() - began)
-        new = info["engine"]["pid"]
+        first, second = await asyncio.gather(load(c, neuron, spec), load(c, neuron, spec))
+        record(
+            "engine start: tiny (reload after kill -9, two concurrent loads)",
+            time.monotonic() - began,
+        )
+        assert first.status_code == 200, first.text
+        assert second.status_code == 200, second.text
+        for answer in (first, second):
+            assert answer.json()["status"] == "loaded"
+            assert answer.json()["model"]["status"] == "ready"
+        new = first.json()["model"]["engine"]["pid"]
+        assert second.json()["model"]["engine"]["pid"] == new, "two engines for one model"
+        assert engine_groups(neuron.pid) == {new}, "exactly one engine process group"
         assert new != old
+        models = await list_models(c, neuron)
+        assert models["tiny"]["status"] == "ready"
+        assert models["tiny"]["engine"]["pid"] == new
+        assert models["tiny"]["error"] is None
+        listed = (await c.get("/v1/models")).json()
+        assert [m["id"] for m in listed["data"]] == ["tiny"]
         served = await c.post("/v1/chat/completions", json=chat_body("tiny"))
         assert served.status_code == 200, served.text
 

@@ -28,9 +28,10 @@ M = TypeVar("M", Counter, Gauge, Histogram)
 class Remembered(Generic[M]):
     """A labelled metric on the hot path: each child is looked up once, then kept in a dict.
 
-    ``metric.labels(...)`` checks the values and takes a lock on every call: 1.1 µs per
-    ``labels().inc()`` here, 0.36 µs through this, and a relayed request makes six to ten
-    such calls. The values are bounded (see above), so the dict is too.
+    ``metric.labels(...)`` checks the values and takes a lock on every call, three times
+    the cost of the dict (bench/README.md, "Figures behind the code"), and a relayed
+    request makes six to ten such calls. The values are bounded (see above), so the dict
+    is too.
     """
 
     def __init__(self, metric: M) -> None:
@@ -45,8 +46,9 @@ class Remembered(Generic[M]):
 
 
 class Tally(Collector):
-    """A counter for the routing hot path: ``counts[labels] += 1`` is plain Python (0.1 µs
-    against 0.5 µs for a ``Counter`` child's ``inc()``, which takes a lock). Everything runs
+    """A counter for the routing hot path: ``counts[labels] += 1`` is plain Python, several
+    times cheaper than a ``Counter`` child's ``inc()``, which takes a lock (bench/README.md,
+    "Figures behind the code"). Everything runs
     on the event loop, the scrape too, so nothing is locked. Its label values are bounded
     like every other metric's (see above)."""
 

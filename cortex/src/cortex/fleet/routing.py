@@ -33,8 +33,9 @@ def rank(nodes: list[Node], model: str, turn: int = 0) -> list[Node]:
 
     Ties rotate with ``turn`` so equal neurons share the load instead of the first one
     taking every request: the list is rotated by ``turn``, then sorted by load, which keeps
-    the rotated order among equals (a list sort is stable). The in-flight key is read in C:
-    0.6 µs for two neurons and 7.5 µs for a hundred; the load score costs 1.4 and 21 µs.
+    the rotated order among equals (a list sort is stable). The in-flight key is read in C;
+    the load score, in Python, costs about three times as much (bench/README.md, "Figures
+    behind the code").
     """
     if len(nodes) < 2:
         return nodes

@@ -148,8 +148,8 @@ class Fleet:
 
     :meth:`ready_nodes` and :meth:`knows` run for every request. They answer from views that
     are built once and kept until :meth:`changed`, so routing costs the same in front of a
-    hundred neurons as in front of one. (A scan of every node cost 31 µs a request with 100
-    nodes, a quarter of cortex's CPU per request.) Whoever changes a node's ``up``,
+    hundred neurons as in front of one. (A scan of every node cost a quarter of cortex's CPU
+    per request with 100 nodes: bench/README.md, ``routing.py``.) Whoever changes a node's ``up``,
     ``health``, ``models`` or ``evicting`` calls :meth:`changed` before anything awaits.
     """
 

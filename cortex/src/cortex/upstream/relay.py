@@ -332,10 +332,10 @@ def _asking_usage(body: bytes, payload: dict[str, Any]) -> bytes:
     """``body`` with ``stream_options.include_usage`` set, and otherwise as the client sent it.
 
     Without ``stream_options`` (the usual case) the option goes in after the opening brace
-    and the rest is not touched. Re-serialising would cost about 180 µs for a 128 KB prompt
-    and double the size of non-ASCII text, which ``json.dumps`` escapes. A body that has
-    ``stream_options`` already is re-serialised: a second key of that name would be
-    ambiguous.
+    and the rest is not touched. Re-serialising would cost CPU in proportion to the prompt
+    (bench/README.md, "Figures behind the code") and double the size of non-ASCII text,
+    which ``json.dumps`` escapes. A body that has ``stream_options`` already is
+    re-serialised: a second key of that name would be ambiguous.
     """
     if "stream_options" not in payload:
         brace = body.index(b"{") + 1  # the body parsed as an object: this is its own brace

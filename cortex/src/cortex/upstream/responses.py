@@ -16,9 +16,10 @@ from cortex.upstream.headers import returned
 class Relayed(StreamingResponse):
     """A streamed answer that stops when the client goes and runs ``on_close`` however it ends.
 
-    Starlette's own ``StreamingResponse`` watches for the disconnect in an anyio task group:
-    about 40 µs per stream here, a sixth of a stream's set-up in a burst. This watches with
-    one plain asyncio task and cancels the stream itself, as Starlette does. And where
+    Starlette's own ``StreamingResponse`` watches for the disconnect in an anyio task group,
+    a sixth of a stream's set-up in a burst (bench/README.md, "Figures behind the code").
+    This watches with one plain asyncio task and cancels the stream itself, as Starlette
+    does. And where
     Starlette's cancel comes before the body iterator started, the iterator's own
     ``finally`` never runs: ``on_close`` here always does.
     """
@@ -65,7 +66,7 @@ class Whole(Response):
     """A whole answer: the neuron's bytes, and its headers less the hop-by-hop ones.
 
     Starlette's ``Response.__init__`` renders a body and builds headers from a mapping; both
-    are at hand already here, so it is not called (about 1 µs a request).
+    are at hand already here, so it is not called (bench/README.md, "Figures behind the code").
     """
 
     def __init__(self, body: bytes, status: int, raw_headers: list[tuple[bytes, bytes]]) -> None:

@@ -1,8 +1,8 @@
 """The relay's HTTP/1.1 client to neurons: keep-alive connections and httptools' parser.
 
 cortex polls and loads models with aiohttp; only the relay's requests go through here. In
-the minimal relay of ``bench/relay_clients.py`` on cortex's server, aiohttp cost 0.117 ms
-of CPU per request and a bare client on httptools 0.053 ms: aiohttp was over half of it.
+the minimal relay of ``bench/relay_clients.py`` on cortex's server, aiohttp was over half of
+the CPU per request (bench/README.md, ``relay_clients.py``).
 
 What the relay relies on, all of it here:
 

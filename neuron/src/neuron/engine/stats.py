@@ -11,9 +11,10 @@ Two uses, one reading:
 A scrape that fails, times out or is not Prometheus text gives nothing (:func:`scrape`
 returns ``[]``): a dead or stuck engine never fails or holds up the neuron's own answer. A
 body over ``max_bytes`` is not read past the cap (:class:`Oversize`), and the text is parsed
-in a worker thread (prometheus_client's parser is pure Python: about 70 ms for vLLM's usual
-126 KB), so neither size nor parsing holds up the event loop. A gauge that is not a count
-(NaN, an infinity, a negative number) is reported as unknown (``None``).
+in a worker thread (prometheus_client's parser is pure Python, and slow on vLLM's usual
+126 KB: bench/README.md, "Figures behind the code"), so neither size nor parsing holds up
+the event loop. A gauge that is not a count (NaN, an infinity, a negative number) is
+reported as unknown (``None``).
 
 vLLM renamed the KV-cache gauge: ``vllm:kv_cache_usage_perc`` (0.10 on) was
 ``vllm:gpu_cache_usage_perc`` before; both are read, and both are a fraction (0-1) despite

@@ -7,8 +7,8 @@ generation: mid-stream the relay is cancelled and the upstream response closed; 
 answer's head (all of a whole answer's generation) a watcher on the client's connection
 cancels the wait for it.
 
-aiohttp, not httpx, carries this hot path: measured with bench/neuron_proxy.py, the httpx
-relay cost ~1.15 ms of neuron CPU per request and ~90 µs per streamed chunk.
+aiohttp, not httpx, carries this hot path: the httpx relay cost several times its CPU per
+request and per streamed chunk (bench/README.md, ``neuron_proxy.py``).
 """
 
 from __future__ import annotations
