@@ -131,7 +131,7 @@ EOF
 chmod +x "$work/bin/apt-get"
 tools() { (cd "$repo" && PATH=$work/bin SYSTEM_PYTHON=/usr/bin/python3 POLICY_RC_D=$work/policy-rc.d .ci/tools.sh "$@"); }
 out=$(tools --dry-run)
-grep -qx "tools: apt-get install cpio curl firewalld iproute2 nodejs prometheus rpm rpmlint shellcheck systemd util-linux" <<< "$out" \
+grep -qx "tools: apt-get install cpio curl firewalld haproxy iproute2 nodejs prometheus rpm rpmlint shellcheck systemd util-linux" <<< "$out" \
   || { echo "$out" >&2; fail "tools.sh --dry-run with no tools: not one package per missing command"; }
 [ ! -e "$work/apt.log" ] || fail "tools.sh --dry-run ran apt-get"
 echo "taken: --dry-run names one Debian package per missing command, and runs nothing"
@@ -142,7 +142,7 @@ grep -qx "policy-rc.d: 101" "$work/apt.log" || fail "tools.sh installed with no 
 echo "taken: apt-get update ran first; the policy-rc.d that kept services from starting is gone"
 # node present (nodesource's), npm absent: nothing about npm is installed, and no nodejs.
 ln -s "$(command -v node)" "$work/bin/node"
-echo "rpmbuild rpmspec rpm2cpio rpmlint systemd-analyze systemd-sysusers firewall-offline-cmd cpio curl shellcheck unshare ip promtool" > "$work/installs"
+echo "rpmbuild rpmspec rpm2cpio rpmlint systemd-analyze systemd-sysusers firewall-offline-cmd cpio curl shellcheck unshare ip promtool haproxy" > "$work/installs"
 : > "$work/apt.log"
 out=$(tools) || { echo "$out" >&2; fail "tools.sh with a working apt-get"; }
 grep -q "npm\|nodejs" "$work/apt.log" && { cat "$work/apt.log" >&2; fail "tools.sh installed npm or nodejs beside a node"; }
