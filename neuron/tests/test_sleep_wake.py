@@ -297,3 +297,18 @@ def test_a_sleeper_keeps_what_nvml_saw_its_sleep_not_free_else_the_estimate() ->
     assert _kept_vram(slot, before, before, 1536) == 1536  # nothing seen freed: the estimate
     engine.devices = None
     assert _kept_vram(slot, before, after, 1536) == 0  # a CPU engine holds no GPU memory
+
+
+async def test_a_request_for_a_sleeper_that_cannot_wake_is_answered_503_not_409() -> None:
+    # A 409 would reach the client through cortex; no room now is the fleet's conflict.
+    async with running(ladder()) as n:
+        await n.load("m1")
+        assert (await n.load("m2", evict=["m1"])).json()["slept"] == ["m1"]
+        busy = asyncio.create_task(chat(n, "m2", fake_sleep=1.0))  # m2 cannot be put to sleep
+        await asyncio.sleep(0.3)
+        answer = await chat(n, "m1")
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["error"]["code"] == "cannot_wake"
+        assert answer.headers["retry-after"] == "5"
+        assert (await busy).status_code == 200
+        assert (await n.models())["m1"]["status"] == "sleeping"
