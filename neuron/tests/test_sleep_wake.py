@@ -312,3 +312,24 @@ async def test_a_request_for_a_sleeper_that_cannot_wake_is_answered_503_not_409(
         assert answer.headers["retry-after"] == "5"
         assert (await busy).status_code == 200
         assert (await n.models())["m1"]["status"] == "sleeping"
+
+
+async def test_a_forced_unload_during_a_request_woken_wake_is_not_undone_by_it() -> None:
+    # The forced unload waits for the request that woke the model; the wake ending meanwhile
+    # must not set it ready again.
+    async with running(ladder(FAKE_ENGINE_WAKE_DELAY="1.0")) as n:
+        pid = (await n.load("m1")).json()["model"]["engine"]["pid"]
+        await n.client.post("/models/sleep", json={"model_id": "m1"})
+        woken = asyncio.create_task(chat(n, "m1"))
+        await asyncio.sleep(0.3)
+        assert (await n.models())["m1"]["status"] == "waking"
+        unload = asyncio.create_task(
+            n.client.post("/models/unload", json={"model_id": "m1", "force": True})
+        )
+        await asyncio.sleep(0.2)
+        assert (await n.models())["m1"]["status"] == "unloading"
+        answer = await woken
+        assert answer.status_code == 503, answer.text
+        assert (await unload).status_code == 200
+        assert "m1" not in await n.models()
+        assert await wait_gone(pid, timeout=5)

@@ -634,7 +634,9 @@ class Registry:
             return self._woken(slot), tuple(v.model_id for v in victims)
 
     def _woken(self, slot: Slot) -> Slot:
-        if self._slots.get(slot.model_id) is not slot or slot.state is not State.READY:
+        if self._slots.get(slot.model_id) is not slot or slot.state is State.UNLOADING:
+            raise LoadCancelled(f"wake of {slot.model_id} was cancelled by an unload")
+        if slot.state is not State.READY:
             reason = (slot.error or "it was unloaded").splitlines()[0]
             raise EngineFailed(f"model {slot.model_id!r} could not be woken: {reason}")
         return slot
@@ -697,6 +699,8 @@ class Registry:
             self._metrics.wakes.labels(slot.model_id, outcome).inc()
             await self._reload(slot)
             return
+        if not self._waking(slot):
+            return  # unloaded meanwhile (a forced unload waits for the request that woke it)
         slot.state, slot.sleep_level = State.READY, None
         slot.ready_at = time.monotonic()
         slot.wake_s = round(time.monotonic() - began, 3)
@@ -705,12 +709,19 @@ class Registry:
         log.info("%s awake in %.2fs", slot.model_id, slot.wake_s)
         self._publish()
 
+    def _waking(self, slot: Slot) -> bool:
+        """Whether ``slot`` is still the registered one and still waking: an unload that came
+        during the wake must not be overwritten by ``ready``."""
+        return self._slots.get(slot.model_id) is slot and slot.state is State.WAKING
+
     async def _reload(self, slot: Slot) -> None:
         """Stop ``slot``'s engine and start a fresh one on the same devices (a cold load)."""
         began = time.monotonic()
         old = slot.engine
         await old.stop()
         self._metrics.engine_exits.labels(slot.model_id, "stopped").inc()
+        if not self._waking(slot):
+            return  # unloaded meanwhile: start nothing
         slot.engine = self._engine(slot.spec, old.devices)
         slot.slept, slot.host_ram_mb, slot.canary, slot.sleep_level = False, 0, None, None
         self._publish()
@@ -722,6 +733,8 @@ class Registry:
             self._metrics.load_failures.labels(slot.model_id).inc()
             self._publish()
             return
+        if not self._waking(slot):
+            return  # unloaded meanwhile: the unload stops the new engine
         slot.state = State.READY
         slot.ready_at = time.monotonic()
         slot.load_s = round(time.monotonic() - began, 3)
