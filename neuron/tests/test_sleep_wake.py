@@ -333,3 +333,24 @@ async def test_a_forced_unload_during_a_request_woken_wake_is_not_undone_by_it()
         assert (await unload).status_code == 200
         assert "m1" not in await n.models()
         assert await wait_gone(pid, timeout=5)
+
+
+@pytest.mark.parametrize("op", ["wake", "load"])
+async def test_an_idle_unload_during_a_wake_or_load_is_refused_and_it_completes(op: str) -> None:
+    # Another replica's sleep_ttl / idle unload (idle_at_least=0, no epoch) must not cancel
+    # the wake or load this replica asked for: neither counts a request in flight.
+    delays = {"FAKE_ENGINE_WAKE_DELAY": "1.0", "FAKE_ENGINE_STARTUP_DELAY": "1.0"}
+    async with running(ladder(**delays)) as n:
+        if op == "wake":
+            await n.load("m1")
+            await n.client.post("/models/sleep", json={"model_id": "m1"})
+            asked = asyncio.create_task(n.client.post("/models/wake", json={"model_id": "m1"}))
+        else:
+            asked = asyncio.create_task(n.load("m1"))
+        await asyncio.sleep(0.5)
+        refused = await n.client.post("/models/unload", json={"model_id": "m1", "idle_at_least": 0})
+        assert refused.status_code == 409, refused.text
+        assert refused.json()["error"]["code"] == "model_busy"
+        assert (await asked).status_code == 200
+        assert (await n.models())["m1"]["status"] == "ready"
+        assert (await chat(n, "m1")).status_code == 200

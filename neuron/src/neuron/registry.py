@@ -519,6 +519,12 @@ class Registry:
             raise ModelBusy(
                 f"model {model_id!r} has {slot.in_flight} request(s) in flight", param="model_id"
             )
+        if idle_at_least is not None and slot.state in (State.LOADING, State.WAKING):
+            # An idle unload (a replica's housekeeping) must not cancel another's load or wake.
+            raise ModelBusy(
+                f"model {model_id!r} is {slot.state}: in use, not idle",
+                param="idle_at_least",
+            )
         idle = slot.idle_s()
         if idle_at_least is not None and idle is not None and idle < idle_at_least:
             raise ModelBusy(
@@ -754,9 +760,9 @@ class Registry:
 
         ``busy`` says what happens to requests in flight (``Busy.WAIT`` waits at most
         ``patience`` seconds for them, then cuts them). ``idle_at_least``: refuse (409
-        ``model_busy``) if the model was used more recently than that many seconds ago (an
-        idle unload that another replica's request has overtaken). Raises ModelNotFound
-        (404), StaleEpoch (409), ModelBusy (409).
+        ``model_busy``) if the model was used more recently than that many seconds ago, or
+        is loading or waking (an idle unload that another replica's request has overtaken).
+        Raises ModelNotFound (404), StaleEpoch (409), ModelBusy (409).
         """
         slot = self._slots.get(model_id)
         self.fence(epoch)
@@ -765,6 +771,12 @@ class Registry:
         if slot.state is State.UNLOADING:
             await slot.gone.wait()
             return
+        if idle_at_least is not None and slot.state in (State.LOADING, State.WAKING):
+            # An idle unload (a replica's housekeeping) must not cancel another's load or wake.
+            raise ModelBusy(
+                f"model {model_id!r} is {slot.state}: in use, not idle",
+                param="idle_at_least",
+            )
         idle = slot.idle_s()
         if idle_at_least is not None and idle is not None and idle < idle_at_least:
             raise ModelBusy(
