@@ -354,3 +354,21 @@ async def test_an_idle_unload_during_a_wake_or_load_is_refused_and_it_completes(
         assert (await asked).status_code == 200
         assert (await n.models())["m1"]["status"] == "ready"
         assert (await chat(n, "m1")).status_code == 200
+
+
+async def test_a_sleeper_with_a_request_waiting_for_its_wake_is_not_evicted() -> None:
+    async with running(ladder()) as n:
+        pid1 = (await n.load("m1")).json()["model"]["engine"]["pid"]
+        await n.load("m2", evict=["m1"])
+        # A request for the sleeper, counted, not yet at its wake (as while the wake queues).
+        release = n.neuron.track(n.neuron.require("m1"))
+        try:
+            refused = await n.load("m3", evict=["m1", "m2"])
+            assert refused.status_code == 409, refused.text
+            assert refused.json()["error"]["code"] == "model_busy"
+            assert refused.json()["error"]["param"] == "evict"
+        finally:
+            release(200)
+        models = await n.models()
+        assert models["m1"]["status"] == "sleeping" and alive(pid1)
+        assert models["m2"]["status"] == "ready" and "m3" not in models

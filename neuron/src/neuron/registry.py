@@ -345,17 +345,16 @@ class Registry:
         victims = []
         for name in dict.fromkeys(evict):
             victim = self._slots.get(name)
-            if name == model_id or victim is None or victim.state is not State.READY:
-                if victim is not None and victim.state is State.SLEEPING and name != model_id:
-                    victims.append(victim)  # a sleeper evicted: stopped, for host RAM
-                    continue
+            asleep = victim is not None and victim.state is State.SLEEPING
+            if name == model_id or victim is None or not (asleep or victim.state is State.READY):
                 raise StaleEpoch(f"cannot evict {name!r}: it is not ready on this neuron")
+            # A sleeper's requests are those waiting for its wake: it is as busy as a ready one.
             if victim.in_flight:
                 raise ModelBusy(
                     f"cannot evict {name!r}: {victim.in_flight} request(s) in flight",
                     param="evict",
                 )
-            victims.append(victim)
+            victims.append(victim)  # a sleeper evicted is stopped, for host RAM
         return victims
 
     def _place(
