@@ -372,3 +372,16 @@ async def test_a_sleeper_with_a_request_waiting_for_its_wake_is_not_evicted() ->
         models = await n.models()
         assert models["m1"]["status"] == "sleeping" and alive(pid1)
         assert models["m2"]["status"] == "ready" and "m3" not in models
+
+
+async def test_the_sleeper_being_woken_is_never_stopped_to_give_its_victim_room() -> None:
+    # One sleeper allowed: waking m1 by evicting m2 must not stop m1 so that m2 may sleep.
+    async with running(ladder({"max_sleeping_models": 1})) as n:
+        pid1 = (await n.load("m1")).json()["model"]["engine"]["pid"]
+        pid2 = (await n.load("m2", evict=["m1"])).json()["model"]["engine"]["pid"]
+        back = await n.load("m1", evict=["m2"])
+        assert back.status_code == 200, back.text
+        assert back.json()["model"]["engine"]["pid"] == pid1 and alive(pid1)
+        assert back.json()["slept"] == []  # no room for m2's sleep: it is stopped instead
+        assert await wait_gone(pid2, timeout=5)
+        assert {m: i["status"] for m, i in (await n.models()).items()} == {"m1": "ready"}

@@ -393,7 +393,7 @@ class Registry:
     def _demote(self, victim: Slot, model_id: str) -> asyncio.Task[None]:
         """Make room: ``victim`` (ready and idle, or asleep) sleeps if the budgets allow,
         else stops; the returned task ends when its memory is given back."""
-        spare = self._spare_sleepers(victim) if victim.state is State.READY else None
+        spare = self._spare_sleepers(victim, model_id) if victim.state is State.READY else None
         if spare is not None:
             log.info("putting %s to sleep for %s", victim.model_id, model_id)
             stops = []
@@ -471,13 +471,18 @@ class Registry:
                 )
         return None
 
-    def _spare_sleepers(self, victim: Slot) -> list[Slot] | None:
+    def _spare_sleepers(self, victim: Slot, coming: str | None = None) -> list[Slot] | None:
         """The fewest least recently used idle sleepers to stop so that ``victim`` may sleep
-        (``[]``: it may as things are; ``None``: it may not even then)."""
+        (``[]``: it may as things are; ``None``: it may not even then). ``coming``: the model
+        the room is for, never one of them (a sleeper about to wake is still ``sleeping``)."""
         if not self.sleep_settings.enabled:
             return None
         order = sorted(
-            (s for s in self.sleepers() if not s.in_flight and (s.op is None or s.op.done())),
+            (
+                s
+                for s in self.sleepers()
+                if s.model_id != coming and not s.in_flight and (s.op is None or s.op.done())
+            ),
             key=lambda s: s.used or s.ready_at or 0.0,
         )
         chosen: list[Slot] = []
