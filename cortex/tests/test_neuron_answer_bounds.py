@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import aiohttp
 import pytest
-from scripted import scripted
+from scripted import read_request, scripted
 
+from cortex.app import build
+from cortex.settings import Catalogue, CortexSettings
 from cortex.upstream.client import TooLarge, read_at_most
 
 LIMIT = 1 << 20
@@ -49,3 +52,32 @@ async def test_an_answer_within_the_limit_is_read_whole() -> None:
     async with scripted(handler) as base, aiohttp.ClientSession() as session:
         async with session.get(base + "/models") as response:
             assert await read_at_most(response, LIMIT) == b"x" * LIMIT
+
+
+async def test_an_idle_sleeps_answer_over_the_limit_is_a_failed_sleep(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A whole, well-formed "asleep" answer, only longer than poll.max_answer_bytes.
+    answer = json.dumps({"status": "asleep", "pad": "x" * 4096}).encode()
+    asked: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        asked.append(await read_request(reader))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(answer), answer))
+        await writer.drain()
+
+    async with scripted(handler) as base:
+        settings = CortexSettings(
+            neurons=[{"name": "n1", "endpoint": base}], poll={"max_answer_bytes": 1024}
+        )
+        gateway = build(settings, Catalogue(models=[]))
+        try:
+            node = gateway.fleet.node("n1")
+            node.evicting.add("m")
+            await gateway.loader._idle_sleep(node, "m", 120.0, 60.0)
+        finally:
+            await gateway.session.close()
+    assert len(asked) == 1 and b"/models/sleep" in asked[0]  # no unload after it either
+    assert "m" not in node.evicting
+    assert "idle sleep of m on n1 failed: answer of" in caplog.text
+    assert gateway.metrics.sleeps.labels("m", "n1", "idle")._value.get() == 0.0

@@ -297,3 +297,91 @@ def test_a_sleeper_keeps_what_nvml_saw_its_sleep_not_free_else_the_estimate() ->
     assert _kept_vram(slot, before, before, 1536) == 1536  # nothing seen freed: the estimate
     engine.devices = None
     assert _kept_vram(slot, before, after, 1536) == 0  # a CPU engine holds no GPU memory
+
+
+async def test_a_request_for_a_sleeper_that_cannot_wake_is_answered_503_not_409() -> None:
+    # A 409 would reach the client through cortex; no room now is the fleet's conflict.
+    async with running(ladder()) as n:
+        await n.load("m1")
+        assert (await n.load("m2", evict=["m1"])).json()["slept"] == ["m1"]
+        busy = asyncio.create_task(chat(n, "m2", fake_sleep=1.0))  # m2 cannot be put to sleep
+        await asyncio.sleep(0.3)
+        answer = await chat(n, "m1")
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["error"]["code"] == "cannot_wake"
+        assert answer.headers["retry-after"] == "5"
+        assert (await busy).status_code == 200
+        assert (await n.models())["m1"]["status"] == "sleeping"
+
+
+async def test_a_forced_unload_during_a_request_woken_wake_is_not_undone_by_it() -> None:
+    # The forced unload waits for the request that woke the model; the wake ending meanwhile
+    # must not set it ready again.
+    async with running(ladder(FAKE_ENGINE_WAKE_DELAY="1.0")) as n:
+        pid = (await n.load("m1")).json()["model"]["engine"]["pid"]
+        await n.client.post("/models/sleep", json={"model_id": "m1"})
+        woken = asyncio.create_task(chat(n, "m1"))
+        await asyncio.sleep(0.3)
+        assert (await n.models())["m1"]["status"] == "waking"
+        unload = asyncio.create_task(
+            n.client.post("/models/unload", json={"model_id": "m1", "force": True})
+        )
+        await asyncio.sleep(0.2)
+        assert (await n.models())["m1"]["status"] == "unloading"
+        answer = await woken
+        assert answer.status_code == 503, answer.text
+        assert (await unload).status_code == 200
+        assert "m1" not in await n.models()
+        assert await wait_gone(pid, timeout=5)
+
+
+@pytest.mark.parametrize("op", ["wake", "load"])
+async def test_an_idle_unload_during_a_wake_or_load_is_refused_and_it_completes(op: str) -> None:
+    # Another replica's sleep_ttl / idle unload (idle_at_least=0, no epoch) must not cancel
+    # the wake or load this replica asked for: neither counts a request in flight.
+    delays = {"FAKE_ENGINE_WAKE_DELAY": "1.0", "FAKE_ENGINE_STARTUP_DELAY": "1.0"}
+    async with running(ladder(**delays)) as n:
+        if op == "wake":
+            await n.load("m1")
+            await n.client.post("/models/sleep", json={"model_id": "m1"})
+            asked = asyncio.create_task(n.client.post("/models/wake", json={"model_id": "m1"}))
+        else:
+            asked = asyncio.create_task(n.load("m1"))
+        await asyncio.sleep(0.5)
+        refused = await n.client.post("/models/unload", json={"model_id": "m1", "idle_at_least": 0})
+        assert refused.status_code == 409, refused.text
+        assert refused.json()["error"]["code"] == "model_busy"
+        assert (await asked).status_code == 200
+        assert (await n.models())["m1"]["status"] == "ready"
+        assert (await chat(n, "m1")).status_code == 200
+
+
+async def test_a_sleeper_with_a_request_waiting_for_its_wake_is_not_evicted() -> None:
+    async with running(ladder()) as n:
+        pid1 = (await n.load("m1")).json()["model"]["engine"]["pid"]
+        await n.load("m2", evict=["m1"])
+        # A request for the sleeper, counted, not yet at its wake (as while the wake queues).
+        release = n.neuron.track(n.neuron.require("m1"))
+        try:
+            refused = await n.load("m3", evict=["m1", "m2"])
+            assert refused.status_code == 409, refused.text
+            assert refused.json()["error"]["code"] == "model_busy"
+            assert refused.json()["error"]["param"] == "evict"
+        finally:
+            release(200)
+        models = await n.models()
+        assert models["m1"]["status"] == "sleeping" and alive(pid1)
+        assert models["m2"]["status"] == "ready" and "m3" not in models
+
+
+async def test_the_sleeper_being_woken_is_never_stopped_to_give_its_victim_room() -> None:
+    # One sleeper allowed: waking m1 by evicting m2 must not stop m1 so that m2 may sleep.
+    async with running(ladder({"max_sleeping_models": 1})) as n:
+        pid1 = (await n.load("m1")).json()["model"]["engine"]["pid"]
+        pid2 = (await n.load("m2", evict=["m1"])).json()["model"]["engine"]["pid"]
+        back = await n.load("m1", evict=["m2"])
+        assert back.status_code == 200, back.text
+        assert back.json()["model"]["engine"]["pid"] == pid1 and alive(pid1)
+        assert back.json()["slept"] == []  # no room for m2's sleep: it is stopped instead
+        assert await wait_gone(pid2, timeout=5)
+        assert {m: i["status"] for m, i in (await n.models()).items()} == {"m1": "ready"}

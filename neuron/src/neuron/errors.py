@@ -19,6 +19,8 @@
     └── Unavailable                  503 + Retry-After
         ├── ModelLoading             503 model_loading
         ├── ModelUnloading           503 model_unloading
+        ├── CannotWake               503 cannot_wake (a request reached a sleeper that cannot
+        │                                wake now: no room, or unloaded meanwhile)
         └── ShuttingDown             503 shutting_down
 
 Every error a client can see is one of these; anything else is logged with its
@@ -144,6 +146,14 @@ class ModelLoading(Unavailable):
 
 class ModelUnloading(Unavailable):
     code = "model_unloading"
+
+
+class CannotWake(Unavailable):
+    """A request reached a sleeping model that cannot wake now (no room, or it was unloaded
+    or fenced meanwhile): a conflict of the fleet's, not of the client's, so 503 and
+    Retry-After, never 409; cortex retries it on another neuron."""
+
+    code = "cannot_wake"
 
 
 class ShuttingDown(Unavailable):

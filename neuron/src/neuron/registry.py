@@ -345,17 +345,16 @@ class Registry:
         victims = []
         for name in dict.fromkeys(evict):
             victim = self._slots.get(name)
-            if name == model_id or victim is None or victim.state is not State.READY:
-                if victim is not None and victim.state is State.SLEEPING and name != model_id:
-                    victims.append(victim)  # a sleeper evicted: stopped, for host RAM
-                    continue
+            asleep = victim is not None and victim.state is State.SLEEPING
+            if name == model_id or victim is None or not (asleep or victim.state is State.READY):
                 raise StaleEpoch(f"cannot evict {name!r}: it is not ready on this neuron")
+            # A sleeper's requests are those waiting for its wake: it is as busy as a ready one.
             if victim.in_flight:
                 raise ModelBusy(
                     f"cannot evict {name!r}: {victim.in_flight} request(s) in flight",
                     param="evict",
                 )
-            victims.append(victim)
+            victims.append(victim)  # a sleeper evicted is stopped, for host RAM
         return victims
 
     def _place(
@@ -394,7 +393,7 @@ class Registry:
     def _demote(self, victim: Slot, model_id: str) -> asyncio.Task[None]:
         """Make room: ``victim`` (ready and idle, or asleep) sleeps if the budgets allow,
         else stops; the returned task ends when its memory is given back."""
-        spare = self._spare_sleepers(victim) if victim.state is State.READY else None
+        spare = self._spare_sleepers(victim, model_id) if victim.state is State.READY else None
         if spare is not None:
             log.info("putting %s to sleep for %s", victim.model_id, model_id)
             stops = []
@@ -472,13 +471,18 @@ class Registry:
                 )
         return None
 
-    def _spare_sleepers(self, victim: Slot) -> list[Slot] | None:
+    def _spare_sleepers(self, victim: Slot, coming: str | None = None) -> list[Slot] | None:
         """The fewest least recently used idle sleepers to stop so that ``victim`` may sleep
-        (``[]``: it may as things are; ``None``: it may not even then)."""
+        (``[]``: it may as things are; ``None``: it may not even then). ``coming``: the model
+        the room is for, never one of them (a sleeper about to wake is still ``sleeping``)."""
         if not self.sleep_settings.enabled:
             return None
         order = sorted(
-            (s for s in self.sleepers() if not s.in_flight and (s.op is None or s.op.done())),
+            (
+                s
+                for s in self.sleepers()
+                if s.model_id != coming and not s.in_flight and (s.op is None or s.op.done())
+            ),
             key=lambda s: s.used or s.ready_at or 0.0,
         )
         chosen: list[Slot] = []
@@ -518,6 +522,12 @@ class Registry:
         if slot.in_flight:
             raise ModelBusy(
                 f"model {model_id!r} has {slot.in_flight} request(s) in flight", param="model_id"
+            )
+        if idle_at_least is not None and slot.state in (State.LOADING, State.WAKING):
+            # An idle unload (a replica's housekeeping) must not cancel another's load or wake.
+            raise ModelBusy(
+                f"model {model_id!r} is {slot.state}: in use, not idle",
+                param="idle_at_least",
             )
         idle = slot.idle_s()
         if idle_at_least is not None and idle is not None and idle < idle_at_least:
@@ -634,7 +644,9 @@ class Registry:
             return self._woken(slot), tuple(v.model_id for v in victims)
 
     def _woken(self, slot: Slot) -> Slot:
-        if self._slots.get(slot.model_id) is not slot or slot.state is not State.READY:
+        if self._slots.get(slot.model_id) is not slot or slot.state is State.UNLOADING:
+            raise LoadCancelled(f"wake of {slot.model_id} was cancelled by an unload")
+        if slot.state is not State.READY:
             reason = (slot.error or "it was unloaded").splitlines()[0]
             raise EngineFailed(f"model {slot.model_id!r} could not be woken: {reason}")
         return slot
@@ -697,6 +709,8 @@ class Registry:
             self._metrics.wakes.labels(slot.model_id, outcome).inc()
             await self._reload(slot)
             return
+        if not self._waking(slot):
+            return  # unloaded meanwhile (a forced unload waits for the request that woke it)
         slot.state, slot.sleep_level = State.READY, None
         slot.ready_at = time.monotonic()
         slot.wake_s = round(time.monotonic() - began, 3)
@@ -705,12 +719,19 @@ class Registry:
         log.info("%s awake in %.2fs", slot.model_id, slot.wake_s)
         self._publish()
 
+    def _waking(self, slot: Slot) -> bool:
+        """Whether ``slot`` is still the registered one and still waking: an unload that came
+        during the wake must not be overwritten by ``ready``."""
+        return self._slots.get(slot.model_id) is slot and slot.state is State.WAKING
+
     async def _reload(self, slot: Slot) -> None:
         """Stop ``slot``'s engine and start a fresh one on the same devices (a cold load)."""
         began = time.monotonic()
         old = slot.engine
         await old.stop()
         self._metrics.engine_exits.labels(slot.model_id, "stopped").inc()
+        if not self._waking(slot):
+            return  # unloaded meanwhile: start nothing
         slot.engine = self._engine(slot.spec, old.devices)
         slot.slept, slot.host_ram_mb, slot.canary, slot.sleep_level = False, 0, None, None
         self._publish()
@@ -722,6 +743,8 @@ class Registry:
             self._metrics.load_failures.labels(slot.model_id).inc()
             self._publish()
             return
+        if not self._waking(slot):
+            return  # unloaded meanwhile: the unload stops the new engine
         slot.state = State.READY
         slot.ready_at = time.monotonic()
         slot.load_s = round(time.monotonic() - began, 3)
@@ -741,9 +764,9 @@ class Registry:
 
         ``busy`` says what happens to requests in flight (``Busy.WAIT`` waits at most
         ``patience`` seconds for them, then cuts them). ``idle_at_least``: refuse (409
-        ``model_busy``) if the model was used more recently than that many seconds ago (an
-        idle unload that another replica's request has overtaken). Raises ModelNotFound
-        (404), StaleEpoch (409), ModelBusy (409).
+        ``model_busy``) if the model was used more recently than that many seconds ago, or
+        is loading or waking (an idle unload that another replica's request has overtaken).
+        Raises ModelNotFound (404), StaleEpoch (409), ModelBusy (409).
         """
         slot = self._slots.get(model_id)
         self.fence(epoch)
@@ -752,6 +775,12 @@ class Registry:
         if slot.state is State.UNLOADING:
             await slot.gone.wait()
             return
+        if idle_at_least is not None and slot.state in (State.LOADING, State.WAKING):
+            # An idle unload (a replica's housekeeping) must not cancel another's load or wake.
+            raise ModelBusy(
+                f"model {model_id!r} is {slot.state}: in use, not idle",
+                param="idle_at_least",
+            )
         idle = slot.idle_s()
         if idle_at_least is not None and idle is not None and idle < idle_at_least:
             raise ModelBusy(

@@ -606,8 +606,8 @@ class Loader:
                 headers={**JSON, **node.headers(), **self._from()},
                 timeout=aiohttp.ClientTimeout(total=self._cfg.load_timeout),
             ) as response:
-                raw = await response.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
+                raw = await read_at_most(response, self._max_answer)
+        except (aiohttp.ClientError, TimeoutError) as exc:  # TooLarge included: a failed sleep
             node.evicting.discard(model)
             self.fleet.changed()
             log.warning("idle sleep of %s on %s failed: %s", model, node.name, exc)

@@ -24,7 +24,14 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from neuron.errors import BadRequest, EngineTimeout, EngineUnavailable, NeuronError, envelope
+from neuron.errors import (
+    BadRequest,
+    CannotWake,
+    EngineTimeout,
+    EngineUnavailable,
+    NeuronError,
+    envelope,
+)
 from neuron.registry import State
 from neuron.routes.body import parse_object, read_body
 
@@ -82,8 +89,12 @@ async def proxy(request: Request) -> Response:
         try:
             slot, _ = await neuron.registry.wake(model, make_room=True)
         except NeuronError as exc:
-            release(exc.status)
-            raise
+            if exc.status not in (404, 409):
+                release(exc.status)
+                raise
+            # No room, or unloaded / fenced meanwhile: the client did nothing wrong.
+            release(CannotWake.status)
+            raise CannotWake(f"model {model!r} cannot wake now: {exc.message}") from None
         except BaseException:
             release(499)
             raise
