@@ -523,19 +523,7 @@ class Registry:
             raise ModelBusy(
                 f"model {model_id!r} has {slot.in_flight} request(s) in flight", param="model_id"
             )
-        if idle_at_least is not None and slot.state in (State.LOADING, State.WAKING):
-            # An idle unload (a replica's housekeeping) must not cancel another's load or wake.
-            raise ModelBusy(
-                f"model {model_id!r} is {slot.state}: in use, not idle",
-                param="idle_at_least",
-            )
-        idle = slot.idle_s()
-        if idle_at_least is not None and idle is not None and idle < idle_at_least:
-            raise ModelBusy(
-                f"model {model_id!r} was used {idle:.1f}s ago (the sleep asked for "
-                f"{idle_at_least:g}s of idleness)",
-                param="idle_at_least",
-            )
+        _require_idle(slot, idle_at_least, "sleep")
         refusal = self._sleep_refusal(slot)
         if refusal is not None:
             raise refusal
@@ -775,19 +763,7 @@ class Registry:
         if slot.state is State.UNLOADING:
             await slot.gone.wait()
             return
-        if idle_at_least is not None and slot.state in (State.LOADING, State.WAKING):
-            # An idle unload (a replica's housekeeping) must not cancel another's load or wake.
-            raise ModelBusy(
-                f"model {model_id!r} is {slot.state}: in use, not idle",
-                param="idle_at_least",
-            )
-        idle = slot.idle_s()
-        if idle_at_least is not None and idle is not None and idle < idle_at_least:
-            raise ModelBusy(
-                f"model {model_id!r} was used {idle:.1f}s ago (the unload asked for "
-                f"{idle_at_least:g}s of idleness)",
-                param="idle_at_least",
-            )
+        _require_idle(slot, idle_at_least, "unload")
         if slot.in_flight and busy is Busy.REFUSE:
             raise ModelBusy(
                 f"model {model_id!r} has {slot.in_flight} request(s) in flight; unload it "
@@ -935,3 +911,22 @@ def _kept_vram(
         if freed > 0:
             return max(0, slot.reserved_mb - freed)
     return min(slot.reserved_mb, estimate)
+
+
+def _require_idle(slot: Slot, idle_at_least: float | None, command: str) -> None:
+    """:class:`ModelBusy` unless ``slot`` has been idle ``idle_at_least`` seconds (no demand:
+    nothing to check). Loading or waking counts as in use: an idle sleep or unload (a
+    replica's housekeeping) must not cancel another replica's load or wake."""
+    if idle_at_least is None:
+        return
+    if slot.state in (State.LOADING, State.WAKING):
+        raise ModelBusy(
+            f"model {slot.model_id!r} is {slot.state}: in use, not idle", param="idle_at_least"
+        )
+    idle = slot.idle_s()
+    if idle is not None and idle < idle_at_least:
+        raise ModelBusy(
+            f"model {slot.model_id!r} was used {idle:.1f}s ago (the {command} asked for "
+            f"{idle_at_least:g}s of idleness)",
+            param="idle_at_least",
+        )
