@@ -27,7 +27,9 @@ ready, failed, unloading, gone) bumps :attr:`Registry.epoch`, which with the per
 sleep and wake) may carry the epoch its sender's decision was based on: if the state has
 moved on since, it raises :class:`StaleEpoch` and changes nothing (:meth:`Registry.fence`,
 which any future state-changing command reuses). A load of a model already loading or ready
-is answered from that state before the fence: it starts nothing, whatever its epoch. A
+is answered from that state before the fence: it starts nothing, whatever its epoch; so
+are an unload of a model already unloading (it waits for that stop) and a sleep or wake of
+a model already there or on its way (it waits for that one, and shares its outcome). A
 model with requests in flight is never unloaded or evicted, unless its unload was asked to
 wait for them (``Busy.WAIT``) or the neuron is shutting down (``Busy.CUT``).
 """
@@ -505,17 +507,19 @@ class Registry:
     ) -> Slot:
         """Put a ready, idle model to sleep (or join its sleep, or find it asleep).
 
-        Raises ModelNotFound (404), StaleEpoch (409: not ready, or the epoch moved on),
-        ModelBusy (409: requests in flight, or used within ``idle_at_least`` seconds),
-        NoSleep (409: sleep off, or its budgets full: stop it instead), EngineFailed (502:
-        the engine failed to sleep, and was stopped).
+        Every caller of one sleep gets its outcome, the one that started it and those that
+        joined it alike. Raises ModelNotFound (404), StaleEpoch (409: not ready, or the
+        epoch moved on), ModelBusy (409: requests in flight, or used within
+        ``idle_at_least`` seconds), NoSleep (409: sleep off, or its budgets full: stop it
+        instead), LoadCancelled (409: unloaded during the sleep), EngineFailed (502: the
+        engine failed to sleep, and was stopped).
         """
         slot = self._slots.get(model_id)
         if slot is None:
             raise ModelNotFound(f"model {model_id!r} is not on this neuron", param="model_id")
-        if slot.state is State.SLEEPING:
+        if slot.state is State.SLEEPING:  # join its sleep; its outcome is this one's
             await self._settle(slot)
-            return slot
+            return self._slept(slot)
         self.fence(epoch)
         if slot.state is not State.READY:
             raise StaleEpoch(f"cannot put {model_id!r} to sleep: it is {slot.state}")
@@ -527,15 +531,28 @@ class Registry:
         refusal = self._sleep_refusal(slot)
         if refusal is not None:
             raise refusal
-        await asyncio.shield(self._begin_sleep(slot, level or self.sleep_settings.level))
-        if self._slots.get(model_id) is not slot:
-            raise EngineFailed(f"model {model_id!r} failed to go to sleep and was stopped")
-        return slot
+        self._begin_sleep(slot, level or self.sleep_settings.level)
+        await self._settle(slot)
+        return self._slept(slot)
 
     async def _settle(self, slot: Slot) -> None:
-        """Wait for ``slot``'s sleep or wake in progress, if any (its outcome is in the state)."""
+        """Wait for ``slot``'s sleep or wake in progress, if any (its outcome is in the state).
+
+        Never cancels it (a caller that goes away leaves it running), and a sleep cancelled
+        by an unload does not raise here: :meth:`_slept` reads what happened."""
         if slot.op is not None and not slot.op.done():
             await asyncio.wait({slot.op})
+
+    def _slept(self, slot: Slot) -> Slot:
+        """The outcome of ``slot``'s sleep, once done, for every caller that asked for it:
+        the slot if it slept (it may be awake again since), else why not."""
+        if self._slots.get(slot.model_id) is slot and slot.state in (*ASLEEP, State.READY):
+            return slot
+        if slot.error is not None:
+            raise EngineFailed(
+                f"model {slot.model_id!r} failed to go to sleep and was stopped: {slot.error}"
+            )
+        raise LoadCancelled(f"sleep of {slot.model_id} was cancelled by an unload")
 
     def _begin_sleep(
         self, slot: Slot, level: int, before: Sequence[asyncio.Task[None]] = ()
@@ -567,7 +584,8 @@ class Registry:
                 return  # unloaded meanwhile: its engine was stopped under the call
             log.warning("%s failed to go to sleep (%s); stopping it", slot.model_id, exc.message)
             self._metrics.sleeps.labels(slot.model_id, "failed").inc()
-            slot.state = State.UNLOADING
+            slot.state, slot.error = State.UNLOADING, exc.message
+            slot.op = None  # else the stop would cancel this task, and itself with it
             await self._stop_later(slot, State.SLEEPING)
             return
         if not slot.slept:
@@ -757,12 +775,12 @@ class Registry:
         Raises ModelNotFound (404), StaleEpoch (409), ModelBusy (409).
         """
         slot = self._slots.get(model_id)
-        self.fence(epoch)
         if slot is None:
             raise ModelNotFound(f"model {model_id!r} is not on this neuron", param="model_id")
         if slot.state is State.UNLOADING:
-            await slot.gone.wait()
+            await slot.gone.wait()  # the idempotent answer: whatever epoch it was decided at
             return
+        self.fence(epoch)
         _require_idle(slot, idle_at_least, "unload")
         if slot.in_flight and busy is Busy.REFUSE:
             raise ModelBusy(
