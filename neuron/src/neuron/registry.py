@@ -128,6 +128,8 @@ class Slot:
     """Its greedy first token for ``sleep.canary_prompt``, recorded before its first sleep."""
     load_s: float | None = None
     wake_s: float | None = None
+    woken_at: float | None = None
+    """When its engine last woke (monotonic; ``None`` if it has not woken since it started)."""
 
     def __post_init__(self) -> None:
         self.quiet.set()
@@ -160,6 +162,10 @@ class Slot:
 
     def _used(self) -> None:
         self.used, self.last_used = time.monotonic(), time.time()
+
+    def settling(self, min_residency: float) -> bool:
+        """Woken less than ``min_residency`` seconds ago: not to be demoted again yet."""
+        return self.woken_at is not None and time.monotonic() - self.woken_at < min_residency
 
     def idle_s(self) -> float | None:
         """Seconds since its last use (0 while in use); since ready if never used."""
@@ -210,8 +216,12 @@ class Registry:
         *,
         max_loaded_models: int | None = None,
         sleep: SleepSettings | None = None,
+        keep_awake: frozenset[str] = frozenset(),
     ) -> None:
         self._harness = harness
+        self.keep_awake = keep_awake
+        """Models this neuron never demotes on its own to wake another (its default models:
+        the only pins it knows of; cortex's ``pinned_on`` stay cortex's to keep)."""
         self.sleep_settings = sleep or SleepSettings()
         self.max_loaded_models = max_loaded_models
         self._client = client
@@ -666,15 +676,22 @@ class Registry:
         more: list[Slot] = []
         if limit is not None and len(awake) + 1 > limit:
             need = len(awake) + 1 - limit
+            kept = [s for s in awake if self._kept_awake(s)]
             idle = sorted(
-                (s for s in awake if s.state is State.READY and not s.in_flight),
+                (s for s in awake if s.state is State.READY and not s.in_flight and s not in kept),
                 key=lambda s: s.used or s.ready_at or 0.0,
             )
             if not make_room or len(idle) < need:
                 names = ", ".join(sorted(s.model_id for s in awake))
+                why = (
+                    f" ({', '.join(sorted(s.model_id for s in kept))} kept awake: default "
+                    "models, or woken less than [sleep] min_residency ago)"
+                    if kept and make_room
+                    else ""
+                )
                 raise DoesNotFit(
                     f"{slot.model_id} cannot wake: this neuron keeps at most {limit} model(s) "
-                    f"awake and has {len(awake)} ({names}); put one to sleep first"
+                    f"awake and has {len(awake)} ({names}); put one to sleep first{why}"
                 )
             more = idle[:need]
         if slot.engine.devices:
@@ -688,6 +705,11 @@ class Registry:
                     "it gave back when it slept"
                 )
         return more
+
+    def _kept_awake(self, slot: Slot) -> bool:
+        """Never a victim of this neuron's own room-making (a command's ``evict`` may still
+        name it: the sender decided that, with its own pins and residency)."""
+        return slot.model_id in self.keep_awake or slot.settling(self.sleep_settings.min_residency)
 
     async def _wake(self, slot: Slot, before: list[asyncio.Task[None]]) -> None:
         conf, engine = self.sleep_settings, slot.engine
@@ -718,7 +740,7 @@ class Registry:
         if not self._waking(slot):
             return  # unloaded meanwhile (a forced unload waits for the request that woke it)
         slot.state, slot.sleep_level = State.READY, None
-        slot.ready_at = time.monotonic()
+        slot.ready_at = slot.woken_at = time.monotonic()
         slot.wake_s = round(time.monotonic() - began, 3)
         self._metrics.wakes.labels(slot.model_id, "ok").inc()
         self._metrics.wake_seconds.labels(slot.model_id).observe(slot.wake_s)
@@ -740,6 +762,7 @@ class Registry:
             return  # unloaded meanwhile: start nothing
         slot.engine = self._engine(slot.spec, old.devices)
         slot.slept, slot.host_ram_mb, slot.canary, slot.sleep_level = False, 0, None, None
+        slot.woken_at = None  # a cold start, not a wake
         self._publish()
         try:
             await slot.engine.start()
