@@ -63,6 +63,10 @@ class FakeNeuron:
     being answered now, ``waiting`` 0, ``kv_cache_usage`` a tenth per running request."""
     running: dict[str, int] = field(default_factory=dict)
     """Inference requests for each model being answered now (all clients)."""
+    wake_fails: bool = False
+    """A load of a ``sleeping`` model fails to wake it and loads it afresh (a cold start)."""
+    wakes: list[str] = field(default_factory=list)
+    """Models a load woke (or, with ``wake_fails``, loaded afresh after a failed wake)."""
 
     def app(self) -> Starlette:
         return Starlette(
@@ -99,6 +103,14 @@ class FakeNeuron:
         model = body["model_id"]
         if self.models.get(model) == "ready":
             return JSONResponse({"status": "loaded", "model": self.info(model)})
+        if self.models.get(model) == "sleeping":  # a wake, as the neuron answers one
+            self.wakes.append(model)
+            self.models[model] = "waking"
+            await asyncio.sleep(self.load_delay)
+            self.models[model] = "ready"
+            woke = not self.wake_fails
+            answer = {"model": self.info(model), "started": not woke, "woken": woke}
+            return JSONResponse({"status": "loaded", **answer, "evicted": [], "slept": []})
         if self.load_status != 200:
             error = {"message": f"fake load of {model} fails", "type": "x", "code": "x"}
             return JSONResponse({"error": error}, self.load_status)

@@ -228,9 +228,30 @@ async def test_a_failed_wake_loads_the_model_afresh() -> None:
         woke = await n.client.post("/models/wake", json={"model_id": "m1"})
         assert woke.status_code == 200, woke.text
         assert woke.json()["model"]["engine"]["pid"] != pid
+        # A cold start, not a wake: cortex's counts and wake estimates must not take it in.
+        assert (woke.json()["woken"], woke.json()["started"]) == (False, True)
         assert await wait_gone(pid, timeout=5)
         assert (await chat(n, "m1")).status_code == 200
         assert await metric(n, "neuron_model_wakes_total", model="m1", outcome="failed") == 1.0
+
+
+async def test_a_load_whose_wake_failed_is_reported_as_a_cold_start() -> None:
+    async with running(ladder(FAKE_ENGINE_WAKE_FAIL="1")) as n:
+        await n.load("m1")
+        await n.client.post("/models/sleep", json={"model_id": "m1"})
+        loaded = await n.load("m1")  # how cortex wakes a sleeper
+        assert loaded.status_code == 200, loaded.text
+        assert (loaded.json()["woken"], loaded.json()["started"]) == (False, True)
+
+
+async def test_a_load_of_a_sleeper_that_wakes_is_reported_as_a_wake() -> None:
+    async with running(ladder()) as n:
+        await n.load("m1")
+        await n.client.post("/models/sleep", json={"model_id": "m1"})
+        loaded = await n.load("m1")
+        assert (loaded.json()["woken"], loaded.json()["started"]) == (True, False)
+        again = await n.load("m1")  # found ready: neither
+        assert (again.json()["woken"], again.json()["started"]) == (False, False)
 
 
 async def test_unloading_a_sleeper_stops_its_engine() -> None:

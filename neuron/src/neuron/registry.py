@@ -131,6 +131,12 @@ class Slot:
     woken_at: float | None = None
     """When its engine last woke (monotonic; ``None`` if it has not woken since it started)."""
 
+    @property
+    def woke(self) -> bool:
+        """It last became ready by a wake, not a cold start (a wake that failed and was
+        followed by a fresh load is a cold start)."""
+        return self.woken_at is not None
+
     def __post_init__(self) -> None:
         self.quiet.set()
 
