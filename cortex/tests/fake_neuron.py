@@ -65,6 +65,8 @@ class FakeNeuron:
     """Inference requests for each model being answered now (all clients)."""
     wake_fails: bool = False
     """A load of a ``sleeping`` model fails to wake it and loads it afresh (a cold start)."""
+    state_s: dict[str, float] = field(default_factory=dict)
+    """Reported per model in ``/models``: seconds in its current state."""
     wakes: list[str] = field(default_factory=list)
     """Models a load woke (or, with ``wake_fails``, loaded afresh after a failed wake)."""
 
@@ -144,6 +146,8 @@ class FakeNeuron:
             "devices": [],
             "vram_used_mb": 0,
         }
+        if model in self.state_s:
+            info["state_s"] = self.state_s[model]
         if self.report_load:
             running = self.running.get(model, 0)
             info |= {"running": running, "waiting": 0, "kv_cache_usage": min(1, running / 10)}
