@@ -534,8 +534,7 @@ class Registry:
         if slot is None:
             raise ModelNotFound(f"model {model_id!r} is not on this neuron", param="model_id")
         if slot.state is State.SLEEPING:  # join its sleep; its outcome is this one's
-            await self._settle(slot)
-            return self._slept(slot)
+            return await self._slept(slot, slot.op)
         self.fence(epoch)
         if slot.state is not State.READY:
             raise StaleEpoch(f"cannot put {model_id!r} to sleep: it is {slot.state}")
@@ -547,28 +546,23 @@ class Registry:
         refusal = self._sleep_refusal(slot)
         if refusal is not None:
             raise refusal
-        self._begin_sleep(slot, level or self.sleep_settings.level)
-        await self._settle(slot)
-        return self._slept(slot)
+        return await self._slept(slot, self._begin_sleep(slot, level or self.sleep_settings.level))
 
-    async def _settle(self, slot: Slot) -> None:
-        """Wait for ``slot``'s sleep or wake in progress, if any (its outcome is in the state).
+    async def _slept(self, slot: Slot, op: asyncio.Task[None] | None) -> Slot:
+        """Wait for ``op``, ``slot``'s sleep, and give its outcome to whoever asked for it (the
+        one that started it, and every one that joined it): the slot if it slept (it may
+        have woken or be unloading since), else why not.
 
-        Never cancels it (a caller that goes away leaves it running), and a sleep cancelled
-        by an unload does not raise here: :meth:`_slept` reads what happened."""
-        if slot.op is not None and not slot.op.done():
-            await asyncio.wait({slot.op})
-
-    def _slept(self, slot: Slot) -> Slot:
-        """The outcome of ``slot``'s sleep, once done, for every caller that asked for it:
-        the slot if it slept (it may be awake again since), else why not."""
-        if self._slots.get(slot.model_id) is slot and slot.state in (*ASLEEP, State.READY):
-            return slot
-        if slot.error is not None:
+        The wait never cancels ``op``: a caller that goes away leaves the sleep running."""
+        if op is not None and not op.done():
+            await asyncio.wait({op})
+        if slot.error is not None:  # stopped (or its engine exited) instead
             raise EngineFailed(
                 f"model {slot.model_id!r} failed to go to sleep and was stopped: {slot.error}"
             )
-        raise LoadCancelled(f"sleep of {slot.model_id} was cancelled by an unload")
+        if op is not None and op.cancelled():
+            raise LoadCancelled(f"sleep of {slot.model_id} was cancelled by an unload")
+        return slot
 
     def _begin_sleep(
         self, slot: Slot, level: int, before: Sequence[asyncio.Task[None]] = ()
