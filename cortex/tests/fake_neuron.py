@@ -63,6 +63,12 @@ class FakeNeuron:
     being answered now, ``waiting`` 0, ``kv_cache_usage`` a tenth per running request."""
     running: dict[str, int] = field(default_factory=dict)
     """Inference requests for each model being answered now (all clients)."""
+    wake_fails: bool = False
+    """A load of a ``sleeping`` model fails to wake it and loads it afresh (a cold start)."""
+    state_s: dict[str, float] = field(default_factory=dict)
+    """Reported per model in ``/models``: seconds in its current state."""
+    wakes: list[str] = field(default_factory=list)
+    """Models a load woke (or, with ``wake_fails``, loaded afresh after a failed wake)."""
 
     def app(self) -> Starlette:
         return Starlette(
@@ -99,6 +105,14 @@ class FakeNeuron:
         model = body["model_id"]
         if self.models.get(model) == "ready":
             return JSONResponse({"status": "loaded", "model": self.info(model)})
+        if self.models.get(model) == "sleeping":  # a wake, as the neuron answers one
+            self.wakes.append(model)
+            self.models[model] = "waking"
+            await asyncio.sleep(self.load_delay)
+            self.models[model] = "ready"
+            woke = not self.wake_fails
+            answer = {"model": self.info(model), "started": not woke, "woken": woke}
+            return JSONResponse({"status": "loaded", **answer, "evicted": [], "slept": []})
         if self.load_status != 200:
             error = {"message": f"fake load of {model} fails", "type": "x", "code": "x"}
             return JSONResponse({"error": error}, self.load_status)
@@ -132,6 +146,8 @@ class FakeNeuron:
             "devices": [],
             "vram_used_mb": 0,
         }
+        if model in self.state_s:
+            info["state_s"] = self.state_s[model]
         if self.report_load:
             running = self.running.get(model, 0)
             info |= {"running": running, "waiting": 0, "kv_cache_usage": min(1, running / 10)}

@@ -11,7 +11,8 @@ Like vLLM (uvicorn), it writes an access-log line per request to stdout, except 
 given to ``--disable-access-log-for-endpoints`` (none with ``--disable-uvicorn-access-log``).
 Sleep mode, as vLLM's development routes (only with ``VLLM_SERVER_DEV_MODE=1``): ``POST /sleep``,
 ``POST /wake_up``, ``GET /is_sleeping``; FAKE_ENGINE_SLEEP_DELAY and FAKE_ENGINE_WAKE_DELAY (seconds
-each takes), FAKE_ENGINE_WAKE_FAIL (``/wake_up`` answers 500), FAKE_ENGINE_GARBAGE_AFTER_WAKE (after
+each takes), FAKE_ENGINE_WAKE_FAIL (``/wake_up`` answers 500), FAKE_ENGINE_SLEEP_FAIL (``/sleep``
+answers 500, after its delay), FAKE_ENGINE_GARBAGE_AFTER_WAKE (after
 a wake, completions answer other text: the canary must catch it). While asleep, generation
 answers 500 (the neuron must never send it any). ``vllm:engine_sleep_state`` and
 ``vllm:fake_sleeps_total``/``vllm:fake_wakes_total`` are in ``/metrics``.
@@ -341,6 +342,8 @@ def build_app(names: list[str]) -> ASGIApp:
         global ASLEEP, SLEEPS
         level = int(request.query_params.get("level", "1"))
         await asyncio.sleep(float(os.environ.get("FAKE_ENGINE_SLEEP_DELAY", "0")))
+        if os.environ.get("FAKE_ENGINE_SLEEP_FAIL"):
+            return error(500, "fake engine: sleep failed", "InternalServerError")
         ASLEEP, SLEEPS = level, SLEEPS + 1
         log(f"INFO fake engine asleep at level {level}")
         return Response(status_code=200)

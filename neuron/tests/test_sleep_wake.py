@@ -228,9 +228,30 @@ async def test_a_failed_wake_loads_the_model_afresh() -> None:
         woke = await n.client.post("/models/wake", json={"model_id": "m1"})
         assert woke.status_code == 200, woke.text
         assert woke.json()["model"]["engine"]["pid"] != pid
+        # A cold start, not a wake: cortex's counts and wake estimates must not take it in.
+        assert (woke.json()["woken"], woke.json()["started"]) == (False, True)
         assert await wait_gone(pid, timeout=5)
         assert (await chat(n, "m1")).status_code == 200
         assert await metric(n, "neuron_model_wakes_total", model="m1", outcome="failed") == 1.0
+
+
+async def test_a_load_whose_wake_failed_is_reported_as_a_cold_start() -> None:
+    async with running(ladder(FAKE_ENGINE_WAKE_FAIL="1")) as n:
+        await n.load("m1")
+        await n.client.post("/models/sleep", json={"model_id": "m1"})
+        loaded = await n.load("m1")  # how cortex wakes a sleeper
+        assert loaded.status_code == 200, loaded.text
+        assert (loaded.json()["woken"], loaded.json()["started"]) == (False, True)
+
+
+async def test_a_load_of_a_sleeper_that_wakes_is_reported_as_a_wake() -> None:
+    async with running(ladder()) as n:
+        await n.load("m1")
+        await n.client.post("/models/sleep", json={"model_id": "m1"})
+        loaded = await n.load("m1")
+        assert (loaded.json()["woken"], loaded.json()["started"]) == (True, False)
+        again = await n.load("m1")  # found ready: neither
+        assert (again.json()["woken"], again.json()["started"]) == (False, False)
 
 
 async def test_unloading_a_sleeper_stops_its_engine() -> None:
@@ -385,3 +406,58 @@ async def test_the_sleeper_being_woken_is_never_stopped_to_give_its_victim_room(
         assert back.json()["slept"] == []  # no room for m2's sleep: it is stopped instead
         assert await wait_gone(pid2, timeout=5)
         assert {m: i["status"] for m, i in (await n.models()).items()} == {"m1": "ready"}
+
+
+async def test_a_sleep_that_fails_fails_for_every_caller_that_joined_it() -> None:
+    # Two sleeps of one model share the engine's one /sleep; when it fails, the one that
+    # joined must hear so too, not "sleeping" for a model that was stopped.
+    async with running(ladder(FAKE_ENGINE_SLEEP_DELAY="0.5", FAKE_ENGINE_SLEEP_FAIL="1")) as n:
+        pid = (await n.load("m1")).json()["model"]["engine"]["pid"]
+        first = asyncio.create_task(n.client.post("/models/sleep", json={"model_id": "m1"}))
+        await asyncio.sleep(0.2)
+        assert (await n.models())["m1"]["status"] == "sleeping"
+        joined = await asyncio.wait_for(
+            n.client.post("/models/sleep", json={"model_id": "m1"}), timeout=10
+        )
+        answers = [await first, joined]
+        for answer in answers:
+            assert answer.status_code == 502, answer.text
+            assert answer.json()["error"]["code"] == "engine_failed"
+            assert "failed to go to sleep" in answer.json()["error"]["message"]
+        assert await wait_gone(pid, timeout=5)
+        assert "m1" not in await n.models()
+        assert await metric(n, "neuron_model_sleeps_total", model="m1", outcome="failed") == 1.0
+
+
+async def test_a_sleep_cut_short_by_an_unload_says_so_to_every_caller() -> None:
+    async with running(ladder(FAKE_ENGINE_SLEEP_DELAY="1.0")) as n:
+        await n.load("m1")
+        first = asyncio.create_task(n.client.post("/models/sleep", json={"model_id": "m1"}))
+        await asyncio.sleep(0.2)
+        joined = asyncio.create_task(n.client.post("/models/sleep", json={"model_id": "m1"}))
+        await asyncio.sleep(0.2)
+        assert (await n.client.post("/models/unload", json={"model_id": "m1"})).status_code == 200
+        for answer in (await first, await joined):
+            assert answer.status_code == 409, answer.text
+            assert answer.json()["error"]["code"] == "load_cancelled"
+
+
+async def test_an_unload_of_a_model_already_unloading_answers_whatever_its_epoch() -> None:
+    # Idempotent answers come before the fence: a second unload, decided before the first
+    # moved the epoch on, joins the first instead of a 409 stale_epoch.
+    async with running(ladder()) as n:
+        pid = (await n.load("m1")).json()["model"]["engine"]["pid"]
+        epoch = (await n.client.get("/health")).json()["epoch"]
+        busy = asyncio.create_task(chat(n, "m1", fake_sleep=1.0))
+        await asyncio.sleep(0.3)
+        first = asyncio.create_task(
+            n.client.post("/models/unload", json={"model_id": "m1", "force": True})
+        )
+        await asyncio.sleep(0.2)
+        assert (await n.models())["m1"]["status"] == "unloading"
+        second = await n.client.post("/models/unload", json={"model_id": "m1", "epoch": epoch})
+        assert second.status_code == 200, second.text
+        assert second.json()["status"] == "unloaded"
+        assert (await first).status_code == 200
+        assert (await busy).status_code == 200
+        assert await wait_gone(pid, timeout=5)

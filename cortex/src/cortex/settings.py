@@ -96,10 +96,10 @@ class Poll(BaseModel):
     interval: Annotated[float, Field(gt=0)] = 2.0
     timeout: Annotated[float, Field(gt=0)] = 5.0
     down_after: Annotated[int, Field(ge=1)] = 3
+    """Consecutive failed polls before a neuron is marked down (one success brings it back)."""
     max_answer_bytes: Annotated[int, Field(ge=1024)] = 8 * 1024 * 1024
     """A ``/models``, ``/health`` or ``/discovery`` answer (over it the poll fails), or a
     neuron's answer to a load or unload."""
-    """Consecutive failed polls before a neuron is marked down (one success brings it back)."""
     watch: bool = True
     """Also long-poll each neuron's ``/models/watch``: its changes arrive in milliseconds."""
     watch_timeout: Annotated[float, Field(gt=0, le=300)] = 25.0
@@ -295,7 +295,8 @@ class CatalogueModel(BaseModel):
     priority: int = 0
     """Evicted after models of lower priority (ties: least recently used first)."""
     idle_ttl: Annotated[float, Field(ge=0)] | None = None
-    """Seconds unused before it is unloaded (0: never; unset: ``[loading] idle_ttl``)."""
+    """Seconds unused before it is put to sleep, or unloaded where it cannot sleep (0: never;
+    unset: ``[loading] idle_ttl``)."""
     engine_args: list[str] = Field(default_factory=list)
 
     def spec(self) -> dict[str, Any]:

@@ -154,6 +154,7 @@ def build(
         health.sample,
         max_loaded_models=settings.max_loaded_models,
         sleep=settings.sleep,
+        keep_awake=frozenset(spec.model_id for spec in settings.default_models),
     )
     return Neuron(
         settings=settings,

@@ -27,7 +27,9 @@ ready, failed, unloading, gone) bumps :attr:`Registry.epoch`, which with the per
 sleep and wake) may carry the epoch its sender's decision was based on: if the state has
 moved on since, it raises :class:`StaleEpoch` and changes nothing (:meth:`Registry.fence`,
 which any future state-changing command reuses). A load of a model already loading or ready
-is answered from that state before the fence: it starts nothing, whatever its epoch. A
+is answered from that state before the fence: it starts nothing, whatever its epoch; so
+are an unload of a model already unloading (it waits for that stop) and a sleep or wake of
+a model already there or on its way (it waits for that one, and shares its outcome). A
 model with requests in flight is never unloaded or evicted, unless its unload was asked to
 wait for them (``Busy.WAIT``) or the neuron is shutting down (``Busy.CUT``).
 """
@@ -126,6 +128,14 @@ class Slot:
     """Its greedy first token for ``sleep.canary_prompt``, recorded before its first sleep."""
     load_s: float | None = None
     wake_s: float | None = None
+    woken_at: float | None = None
+    """When its engine last woke (monotonic; ``None`` if it has not woken since it started)."""
+
+    @property
+    def woke(self) -> bool:
+        """It last became ready by a wake, not a cold start (a wake that failed and was
+        followed by a fresh load is a cold start)."""
+        return self.woken_at is not None
 
     def __post_init__(self) -> None:
         self.quiet.set()
@@ -158,6 +168,10 @@ class Slot:
 
     def _used(self) -> None:
         self.used, self.last_used = time.monotonic(), time.time()
+
+    def settling(self, min_residency: float) -> bool:
+        """Woken less than ``min_residency`` seconds ago: not to be demoted again yet."""
+        return self.woken_at is not None and time.monotonic() - self.woken_at < min_residency
 
     def idle_s(self) -> float | None:
         """Seconds since its last use (0 while in use); since ready if never used."""
@@ -208,8 +222,12 @@ class Registry:
         *,
         max_loaded_models: int | None = None,
         sleep: SleepSettings | None = None,
+        keep_awake: frozenset[str] = frozenset(),
     ) -> None:
         self._harness = harness
+        self.keep_awake = keep_awake
+        """Models this neuron never demotes on its own to wake another (its default models:
+        the only pins it knows of; cortex's ``pinned_on`` stay cortex's to keep)."""
         self.sleep_settings = sleep or SleepSettings()
         self.max_loaded_models = max_loaded_models
         self._client = client
@@ -505,17 +523,18 @@ class Registry:
     ) -> Slot:
         """Put a ready, idle model to sleep (or join its sleep, or find it asleep).
 
-        Raises ModelNotFound (404), StaleEpoch (409: not ready, or the epoch moved on),
-        ModelBusy (409: requests in flight, or used within ``idle_at_least`` seconds),
-        NoSleep (409: sleep off, or its budgets full: stop it instead), EngineFailed (502:
-        the engine failed to sleep, and was stopped).
+        Every caller of one sleep gets its outcome, the one that started it and those that
+        joined it alike. Raises ModelNotFound (404), StaleEpoch (409: not ready, or the
+        epoch moved on), ModelBusy (409: requests in flight, or used within
+        ``idle_at_least`` seconds), NoSleep (409: sleep off, or its budgets full: stop it
+        instead), LoadCancelled (409: unloaded during the sleep), EngineFailed (502: the
+        engine failed to sleep, and was stopped).
         """
         slot = self._slots.get(model_id)
         if slot is None:
             raise ModelNotFound(f"model {model_id!r} is not on this neuron", param="model_id")
-        if slot.state is State.SLEEPING:
-            await self._settle(slot)
-            return slot
+        if slot.state is State.SLEEPING:  # join its sleep; its outcome is this one's
+            return await self._slept(slot, slot.op)
         self.fence(epoch)
         if slot.state is not State.READY:
             raise StaleEpoch(f"cannot put {model_id!r} to sleep: it is {slot.state}")
@@ -527,15 +546,23 @@ class Registry:
         refusal = self._sleep_refusal(slot)
         if refusal is not None:
             raise refusal
-        await asyncio.shield(self._begin_sleep(slot, level or self.sleep_settings.level))
-        if self._slots.get(model_id) is not slot:
-            raise EngineFailed(f"model {model_id!r} failed to go to sleep and was stopped")
-        return slot
+        return await self._slept(slot, self._begin_sleep(slot, level or self.sleep_settings.level))
 
-    async def _settle(self, slot: Slot) -> None:
-        """Wait for ``slot``'s sleep or wake in progress, if any (its outcome is in the state)."""
-        if slot.op is not None and not slot.op.done():
-            await asyncio.wait({slot.op})
+    async def _slept(self, slot: Slot, op: asyncio.Task[None] | None) -> Slot:
+        """Wait for ``op``, ``slot``'s sleep, and give its outcome to whoever asked for it (the
+        one that started it, and every one that joined it): the slot if it slept (it may
+        have woken or be unloading since), else why not.
+
+        The wait never cancels ``op``: a caller that goes away leaves the sleep running."""
+        if op is not None and not op.done():
+            await asyncio.wait({op})
+        if slot.error is not None:  # stopped (or its engine exited) instead
+            raise EngineFailed(
+                f"model {slot.model_id!r} failed to go to sleep and was stopped: {slot.error}"
+            )
+        if op is not None and op.cancelled():
+            raise LoadCancelled(f"sleep of {slot.model_id} was cancelled by an unload")
+        return slot
 
     def _begin_sleep(
         self, slot: Slot, level: int, before: Sequence[asyncio.Task[None]] = ()
@@ -567,7 +594,8 @@ class Registry:
                 return  # unloaded meanwhile: its engine was stopped under the call
             log.warning("%s failed to go to sleep (%s); stopping it", slot.model_id, exc.message)
             self._metrics.sleeps.labels(slot.model_id, "failed").inc()
-            slot.state = State.UNLOADING
+            slot.state, slot.error = State.UNLOADING, exc.message
+            slot.op = None  # else the stop would cancel this task, and itself with it
             await self._stop_later(slot, State.SLEEPING)
             return
         if not slot.slept:
@@ -648,15 +676,22 @@ class Registry:
         more: list[Slot] = []
         if limit is not None and len(awake) + 1 > limit:
             need = len(awake) + 1 - limit
+            kept = [s for s in awake if self._kept_awake(s)]
             idle = sorted(
-                (s for s in awake if s.state is State.READY and not s.in_flight),
+                (s for s in awake if s.state is State.READY and not s.in_flight and s not in kept),
                 key=lambda s: s.used or s.ready_at or 0.0,
             )
             if not make_room or len(idle) < need:
                 names = ", ".join(sorted(s.model_id for s in awake))
+                why = (
+                    f" ({', '.join(sorted(s.model_id for s in kept))} kept awake: default "
+                    "models, or woken less than [sleep] min_residency ago)"
+                    if kept and make_room
+                    else ""
+                )
                 raise DoesNotFit(
                     f"{slot.model_id} cannot wake: this neuron keeps at most {limit} model(s) "
-                    f"awake and has {len(awake)} ({names}); put one to sleep first"
+                    f"awake and has {len(awake)} ({names}); put one to sleep first{why}"
                 )
             more = idle[:need]
         if slot.engine.devices:
@@ -670,6 +705,11 @@ class Registry:
                     "it gave back when it slept"
                 )
         return more
+
+    def _kept_awake(self, slot: Slot) -> bool:
+        """Never a victim of this neuron's own room-making (a command's ``evict`` may still
+        name it: the sender decided that, with its own pins and residency)."""
+        return slot.model_id in self.keep_awake or slot.settling(self.sleep_settings.min_residency)
 
     async def _wake(self, slot: Slot, before: list[asyncio.Task[None]]) -> None:
         conf, engine = self.sleep_settings, slot.engine
@@ -700,7 +740,7 @@ class Registry:
         if not self._waking(slot):
             return  # unloaded meanwhile (a forced unload waits for the request that woke it)
         slot.state, slot.sleep_level = State.READY, None
-        slot.ready_at = time.monotonic()
+        slot.ready_at = slot.woken_at = time.monotonic()
         slot.wake_s = round(time.monotonic() - began, 3)
         self._metrics.wakes.labels(slot.model_id, "ok").inc()
         self._metrics.wake_seconds.labels(slot.model_id).observe(slot.wake_s)
@@ -722,6 +762,7 @@ class Registry:
             return  # unloaded meanwhile: start nothing
         slot.engine = self._engine(slot.spec, old.devices)
         slot.slept, slot.host_ram_mb, slot.canary, slot.sleep_level = False, 0, None, None
+        slot.woken_at = None  # a cold start, not a wake
         self._publish()
         try:
             await slot.engine.start()
@@ -757,12 +798,12 @@ class Registry:
         Raises ModelNotFound (404), StaleEpoch (409), ModelBusy (409).
         """
         slot = self._slots.get(model_id)
-        self.fence(epoch)
         if slot is None:
             raise ModelNotFound(f"model {model_id!r} is not on this neuron", param="model_id")
         if slot.state is State.UNLOADING:
-            await slot.gone.wait()
+            await slot.gone.wait()  # the idempotent answer: whatever epoch it was decided at
             return
+        self.fence(epoch)
         _require_idle(slot, idle_at_least, "unload")
         if slot.in_flight and busy is Busy.REFUSE:
             raise ModelBusy(

@@ -270,6 +270,10 @@ class SleepSettings(BaseModel):
     sleeper_vram_mb: Annotated[int, Field(ge=0)] = 1536
     """The GPU memory a sleeper keeps (CUDA context, graph pools), used where NVML cannot
     measure what its sleep freed."""
+    min_residency: Annotated[float, Field(ge=0)] = 0.0
+    """Seconds after a wake during which this neuron does not put the model back to sleep to
+    wake another for a request that reached it (0: off). Set it to cortex's ``[loading]
+    min_residency``. Default models are never demoted that way."""
     timeout: Annotated[float, Field(gt=0)] = 120.0
     """Longest one ``/sleep``, ``/wake_up`` or canary call to an engine may take (seconds)."""
 

@@ -30,7 +30,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import time
 from collections.abc import Coroutine
 from typing import Any
@@ -48,7 +47,7 @@ from cortex.errors import (
     upstream_message,
 )
 from cortex.fleet import contract
-from cortex.fleet.eta import Estimates
+from cortex.fleet.eta import Estimates, retry_after
 from cortex.fleet.placement import (
     Candidate,
     Device,
@@ -123,15 +122,35 @@ class Loader:
             async with asyncio.timeout(self._cfg.cold_start_timeout):
                 return await self.ensure(model)
         except TimeoutError:
-            coming = self.estimates.coming(model)
-            retry = math.ceil(coming[1]) if coming else self._retry_after
             raise StillLoading(
                 f"model {model!r} is still loading after {self._cfg.cold_start_timeout:g}s; "
                 "retry shortly",
-                retry_after=max(1, retry),
+                retry_after=self.retry_after(model),
             ) from None
         finally:
             gauge.dec()
+
+    def retry_after(self, model: str) -> int:
+        """``Retry-After`` for a 503 about ``model`` not being ready: from the estimate of its
+        load or wake in progress (this cortex's own, else one a neuron reports, less the time
+        it has been at it), at least a quarter of that estimate (:func:`eta.retry_after`);
+        ``gateway.retry_after`` when nothing is coming."""
+        own = self.estimates.retry_after(model)
+        if own is not None:
+            return own
+        seen = []
+        for node in self.fleet.up():
+            info = node.models.get(model) or {}
+            kind = {"loading": "cold", "waking": "wake"}.get(str(info.get("status")))
+            if kind is None:
+                continue
+            estimate = self.estimates.eta(model, node.name, kind)
+            state_s = info.get("state_s")
+            spent = 0.0
+            if isinstance(state_s, int | float) and not isinstance(state_s, bool):
+                spent = max(0.0, float(state_s))
+            seen.append(retry_after(estimate - spent, estimate))
+        return min(seen, default=self._retry_after)
 
     async def ensure(self, model: str, node: str | None = None) -> Node:
         """Load ``model`` (on ``node``, or wherever it fits) unless it is ready; one load at a time.

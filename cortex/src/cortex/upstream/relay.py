@@ -126,7 +126,7 @@ async def handle(gw: Gateway, scope: Scope, read: BodyReader) -> Response:
             raise ModelNotFound(f"model {model!r} does not exist on this gateway", param="model")
         raise ModelNotReady(
             f"model {model!r} is not ready on any neuron; retry shortly",
-            retry_after=gw.settings.gateway.retry_after,
+            retry_after=gw.loader.retry_after(model),
         )
     drop_usage = False
     if stream and path in USAGE_INJECTABLE:
@@ -169,7 +169,7 @@ async def _loaded(gw: Gateway, call: Call) -> list[Node]:
     if not nodes:  # unloaded again already (evicted by another cold load)
         raise ModelNotReady(
             f"model {call.model!r} was unloaded again before it could be used; retry shortly",
-            retry_after=gw.settings.gateway.retry_after,
+            retry_after=gw.loader.retry_after(call.model),
         )
     return nodes
 

@@ -203,9 +203,10 @@ async def load(request: Request) -> Response:
             "slept": [m for m in evicted or () if _asleep(n, m)],
             # Whether this call started the engine (else it joined, or found it ready), and
             # what it evicted to make room: for the caller's own counts.
-            "started": evicted is not None and not asleep,
-            # A load of a sleeping model wakes it (no engine started).
-            "woken": evicted is not None and asleep,
+            "started": evicted is not None and not (asleep and slot.woke),
+            # A load of a sleeping model wakes it (no engine started), unless the wake failed
+            # and the model was loaded afresh: that was a cold start.
+            "woken": evicted is not None and asleep and slot.woke,
             "evicted": list(evicted or ()),
             "state": state(n),
         }
@@ -305,7 +306,10 @@ async def wake(request: Request) -> Response:
         {
             "status": "awake",
             "model": slot.info(),
-            "woken": demoted is not None,
+            # As for a load: a wake that failed and was followed by a fresh load is a cold
+            # start, not a wake.
+            "woken": demoted is not None and slot.woke,
+            "started": demoted is not None and not slot.woke,
             "evicted": list(demoted or ()),
             "slept": [m for m in demoted or () if _asleep(n, m)],
             "state": state(n),
