@@ -28,6 +28,8 @@ sleep and wake) may carry the epoch its sender's decision was based on: if the s
 moved on since, it raises :class:`StaleEpoch` and changes nothing (:meth:`Registry.fence`,
 which any future state-changing command reuses). A load of a model already loading or ready
 is answered from that state before the fence: it starts nothing, whatever its epoch. A
+command may also name the boot its epoch belongs to (``instance``); an epoch of another
+boot is :data:`OTHER_BOOT` (:meth:`Registry.stamp`), which the fence always refuses. A
 model with requests in flight is never unloaded or evicted, unless its unload was asked to
 wait for them (``Busy.WAIT``) or the neuron is shutting down (``Busy.CUT``).
 """
@@ -78,6 +80,9 @@ class State(StrEnum):
 
 ASLEEP = frozenset({State.SLEEPING, State.WAKING})
 ALIVE = frozenset({State.READY, State.SLEEPING})
+OTHER_BOOT = -1
+"""The epoch of a command decided on another boot of this neuron: no state of this boot has
+it (epochs start at 0), so the fence refuses it."""
 """States in which an engine exiting on its own makes the model ``failed``."""
 
 
@@ -242,12 +247,25 @@ class Registry:
         except TimeoutError:
             pass
 
+    def stamp(self, instance: str | None, epoch: int | None) -> int | None:
+        """The epoch a command names, as this boot reads it: :data:`OTHER_BOOT` when it names
+        another boot (even with no epoch: it was decided from that boot's state), else
+        ``epoch`` (``instance`` absent: not checked, as older senders send none)."""
+        if instance is not None and instance != self.instance:
+            return OTHER_BOOT
+        return epoch
+
     def fence(self, epoch: int | None) -> None:
         """Raise :class:`StaleEpoch` if ``epoch`` is given and the state has moved on from it.
 
         Every state-changing command calls this after its idempotent answers and before it
         changes anything, with no await in between.
         """
+        if epoch == OTHER_BOOT:
+            raise StaleEpoch(
+                f"this neuron restarted (instance {self.instance}) since the command was "
+                "decided; plan again from the state in this answer"
+            )
         if epoch is not None and epoch != self.epoch:
             raise StaleEpoch(
                 f"this neuron's state has moved on (epoch {self.epoch}, the command was "

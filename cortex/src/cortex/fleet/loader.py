@@ -8,7 +8,8 @@
 - Several replicas, one fleet: the neuron is the authority. A cold load first re-reads
   the neurons that are up (:meth:`Poller.refresh`), so every replica plans from the same
   account of last use; then one ``/models/load`` carries the evictions (``evict``) and the
-  neuron ``epoch`` the plan was made from. The neuron makes room and starts the engine in
+  neuron ``epoch`` the plan was made from, with the neuron's boot ``instance`` it belongs
+  to (an epoch of an earlier boot means nothing now). The neuron makes room and starts the engine in
   one step, or answers 409 ``stale_epoch`` / ``model_busy`` with its current state, from
   which this cortex plans again (at most ``MAX_REPLANS`` times). A load of a model that is
   already loading there joins it. Older neurons (no epoch) get the unload-then-load of
@@ -48,10 +49,11 @@ from cortex.errors import (
     upstream_message,
 )
 from cortex.fleet import contract
-from cortex.fleet.eta import Estimates
+from cortex.fleet.eta import Estimates, reported
 from cortex.fleet.placement import (
     Candidate,
     Device,
+    Eta,
     NeverFits,
     NoRoom,
     Plan,
@@ -169,6 +171,7 @@ class Loader:
                 target = self._plan(want, only, refused)
                 node = self.fleet.node(target.node)
                 epoch = node.epoch  # what the plan was made from (None: an older neuron)
+                boot = node.instance
                 self._pending.setdefault(node.name, set()).add(model)
                 node.evicting.update(target.evict)
                 self.fleet.changed()
@@ -180,7 +183,7 @@ class Loader:
                     info, started, woken, evicted = await self._send_load(node, entry)
                 else:
                     info, started, woken, evicted = await self._send_load(
-                        node, entry, epoch=epoch, evict=target.evict
+                        node, entry, epoch=epoch, instance=boot, evict=target.evict
                     )
             except Fenced as exc:
                 replans += 1
@@ -252,11 +255,7 @@ class Loader:
                 f"cannot load {want.id} on {only}: {why}", retry_after=self._retry_after
             )
         try:
-            return plan(
-                want,
-                [self.candidate(n) for n in nodes],
-                lambda node, kind: self.estimates.eta(want.id, node, kind),
-            )
+            return plan(want, [self.candidate(n) for n in nodes], self.eta(want.id))
         except NoRoom as exc:
             raise NoCapacity(str(exc), retry_after=self._retry_after) from None
         except NeverFits as exc:
@@ -273,8 +272,22 @@ class Loader:
                 ) from None
             raise Unplaceable(str(exc), param="model") from None
 
+    def eta(self, model: str) -> Eta:
+        """Placement's cost of a wake or a cold load of ``model``: from what the neurons report
+        (the same on every replica), never from this cortex's own timings."""
+        defaults = {"cold": self._cfg.cold_estimate, "wake": self._cfg.wake_estimate}
+        return reported(model, {n.name: n.models for n in self.fleet.up()}, defaults)
+
     def candidate(self, node: Node) -> Candidate:
-        """What :func:`plan` needs to know about ``node``, as of now."""
+        """What :func:`plan` needs to know about ``node``, as of now.
+
+        Read from the neuron's answer, so that replicas that read the same answer make the
+        same plan: last use by the neuron's clock (:meth:`Node.used_at`), requests in flight
+        as the neuron counted them, time since a wake by the neuron's count. This cortex's
+        own knowledge only adds what the neuron cannot have seen yet, and only ever as a
+        veto (its own requests started since, the loads and evictions it has sent): the
+        neuron refuses the same (``model_busy``, ``stale_epoch``) once they reach it.
+        """
         health = node.health or {}
         discovery = node.discovery or {}
         totals = {
@@ -295,20 +308,23 @@ class Loader:
         for model_id, info in node.models.items():
             entry = self.fleet.entry(model_id)
             status = str(info.get("status"))
-            state_s = info.get("state_s")
+            age = node.state_age(model_id)
             settling = (
                 status == "ready"
                 and info.get("last_wake_s") is not None
-                and isinstance(state_s, int | float)
-                and state_s < self._cfg.min_residency
+                and age is not None
+                and age < self._cfg.min_residency
             )
+            # The neuron's count as of its answer (every replica read the same), and this
+            # cortex's requests started since: a veto the neuron would apply anyway.
+            in_flight = max(int(info.get("in_flight") or 0), node.busy(model_id))
             residents.append(
                 Resident(
                     id=model_id,
                     status="unloading" if model_id in node.evicting else status,
                     vram_mb=int(info.get("vram_used_mb") or 0),
                     devices=tuple(int(d) for d in info.get("devices") or ()),
-                    in_flight=node.in_use(model_id),
+                    in_flight=in_flight,
                     last_used=node.used_at(model_id),
                     priority=entry.priority if entry else 0,
                     pinned=entry is not None and node.name in entry.pinned_on,
@@ -334,9 +350,11 @@ class Loader:
         entry: CatalogueModel,
         *,
         epoch: int | None = None,
+        instance: str | None = None,
         evict: tuple[str, ...] = (),
     ) -> tuple[dict[str, Any] | None, bool, bool, tuple[str, ...]]:
-        """``POST /models/load`` on ``node`` (with ``epoch`` and ``evict`` when given).
+        """``POST /models/load`` on ``node`` (with ``epoch``, ``instance`` and ``evict`` when
+        given).
 
         Returns the ready ``ModelInfo`` when the neuron sent no state (else the state is
         applied to ``node`` and this is ``None``), whether this load started the engine,
@@ -348,6 +366,8 @@ class Loader:
         body: dict[str, Any] = entry.spec()
         if epoch is not None:
             body |= {"epoch": epoch, "evict": list(evict)}
+            if instance is not None:
+                body["instance"] = instance
             log.info("loading %s on %s (epoch %d, evicting %s)", entry.id, node.name, epoch, evict)
         else:
             log.info("loading %s on %s", entry.id, node.name)
@@ -428,12 +448,14 @@ class Loader:
         reason: str,
         *,
         epoch: int | None = None,
+        instance: str | None = None,
         idle: float | None = None,
         force: bool = False,
     ) -> bool:
         """Unload ``model`` from ``node``; False if the neuron did not have it.
 
-        ``epoch``: the neuron state the decision was made from; ``idle``: the neuron must
+        ``epoch``: the neuron state the decision was made from; ``instance``: the boot of
+        the neuron it was made on (another boot refuses it); ``idle``: the neuron must
         have seen no use of it for this long; ``force``: requests in flight finish first
         (else the neuron refuses). Raises :class:`Fenced` (the neuron said no, and its state
         is applied) or :class:`UpstreamError`.
@@ -442,6 +464,8 @@ class Loader:
         body: dict[str, Any] = {"model_id": model}
         if epoch is not None:
             body["epoch"] = epoch
+        if instance is not None:
+            body["instance"] = instance
         if idle is not None:
             body["idle_at_least"] = idle
         if force:
@@ -598,6 +622,8 @@ class Loader:
         # As for an idle unload: fenced by the model's own idleness at the neuron (with a
         # tenth of slack), not by the neuron's epoch.
         body: dict[str, Any] = {"model_id": model, "idle_at_least": ttl * 0.9}
+        if node.instance is not None:  # judged idle on this boot: another boot refuses it
+            body["instance"] = node.instance
         asked = time.monotonic()
         try:
             async with self._session.post(
@@ -639,7 +665,7 @@ class Loader:
             # The neuron checks that nobody (no other replica either) used it meanwhile (a
             # tenth of slack: this cortex's view of the last use is as old as its last read).
             # No epoch: other models' changes there do not bear on this one's idleness.
-            await self._unload(node, model, reason, idle=ttl * 0.9)
+            await self._unload(node, model, reason, instance=node.instance, idle=ttl * 0.9)
         except Fenced as exc:
             log.info("%s stays on %s: %s", model, node.name, exc)
         except CortexError as exc:
