@@ -185,3 +185,18 @@ async def test_minimum_residency_counts_the_neurons_seconds_not_this_hosts_clock
         # The same answer, arrived 0.3 s ago: m1 has been awake 10.2 s now.
         a.fleet.node("n1").seen -= 0.3
         assert a.plan("m5") == Plan("n1", ("m1",))
+
+
+async def test_a_model_we_are_putting_to_sleep_is_planned_as_the_neuron_reports_it() -> None:
+    n1 = [info("m1", last_used=T)]
+    n2 = [info("m4", last_used=T + 1)]
+    n3 = [info("m3", in_flight=1)]
+    async with replicas() as (a, b):
+        for r in (a, b):
+            for name, models in (("n1", n1), ("n2", n2), ("n3", n3)):
+                r.read(name, models)
+        # a's housekeeping is putting m1 to sleep (idle): out of a's routing at once, but the
+        # neuron has not heard yet. b knows nothing of it.
+        a.fleet.node("n1").evicting.add("m1")
+        assert a.fleet.ready_nodes("m1") == []
+        assert a.plan("m5") == b.plan("m5") == Plan("n1", ("m1",))

@@ -6,18 +6,19 @@
   what this cortex is doing right now (loads in progress, models being evicted, requests
   in flight), so two loads planned back to back never count the same room twice.
 - Several replicas, one fleet: the neuron is the authority. A cold load first re-reads
-  the neurons that are up (:meth:`Poller.refresh`), so every replica plans from the same
-  account of last use; then one ``/models/load`` carries the evictions (``evict``) and the
-  neuron ``epoch`` the plan was made from, with the neuron's boot ``instance`` it belongs
-  to (an epoch of an earlier boot means nothing now). The neuron makes room and starts the engine in
-  one step, or answers 409 ``stale_epoch`` / ``model_busy`` with its current state, from
-  which this cortex plans again (at most ``MAX_REPLANS`` times). A load of a model that is
-  already loading there joins it. Older neurons (no epoch) get the unload-then-load of
+  the neurons that are up (:meth:`Poller.refresh`), and plans only from what every replica
+  reads alike in their answers (:meth:`Loader.candidate`, :meth:`Loader.eta`); then one
+  ``/models/load`` carries the evictions (``evict``), the neuron ``epoch`` the plan was made
+  from and the neuron's boot ``instance`` that epoch belongs to (an epoch of an earlier boot
+  means nothing now). The neuron makes room and starts the engine in one step, or answers
+  409 ``stale_epoch`` / ``model_busy`` with its current state, from which this cortex plans
+  again (at most ``MAX_REPLANS`` times). A load of a model that is already loading there
+  joins it. Older neurons (no epoch) get the unload-then-load of
   before. A model being evicted is taken out of routing at once (``Node.evicting``).
 - The residency ladder: a model asleep on a neuron is woken there (a load of a sleeping
   model is a wake, with the same ``epoch`` and ``evict``) unless a cold load elsewhere is
-  expected sooner (:class:`cortex.fleet.eta.Estimates`, measured per model and neuron). The
-  neuron puts an evicted model to sleep, or stops it when its host RAM budget is full.
+  expected sooner (:func:`cortex.fleet.eta.reported`: the neurons' own load and wake
+  times). The neuron puts an evicted model to sleep, or stops it when its host RAM budget is full.
 - :meth:`Loader.run` checks every ``check_interval`` for idle models (put to sleep after
   their ``idle_ttl``, unloaded where they cannot sleep; unloaded after ``sleep_ttl`` asleep;
   catalogued models only, never pinned ones) and for pinned models missing from an up
@@ -103,6 +104,8 @@ class Loader:
         self._loads: dict[tuple[str, str | None], asyncio.Task[Node]] = {}
         self._pending: dict[str, set[str]] = {}
         """Node name → models this cortex is loading there (not yet in the neuron's list)."""
+        self._making_room: dict[str, set[str]] = {}
+        """Node name → models this cortex's loads in progress are evicting there."""
         self._planning = asyncio.Lock()
         self._pin_tries: dict[tuple[str, str], float] = {}
         self._unpinned: set[tuple[str, str]] = set()
@@ -173,7 +176,11 @@ class Loader:
                 epoch = node.epoch  # what the plan was made from (None: an older neuron)
                 boot = node.instance
                 self._pending.setdefault(node.name, set()).add(model)
-                node.evicting.update(target.evict)
+                # (A victim already going, say to an idle sleep, stays out of routing when
+                # this load is done with it: only what this load took out is put back.)
+                taken = set(target.evict) - node.evicting
+                node.evicting.update(taken)
+                self._making_room.setdefault(node.name, set()).update(target.evict)
                 self.fleet.changed()
                 kind = "wake" if target.wakes else "cold"
                 self.estimates.started(model, node.name, kind)
@@ -205,7 +212,8 @@ class Loader:
                 raise
             finally:
                 self._pending[node.name].discard(model)
-                node.evicting.difference_update(target.evict)
+                node.evicting.difference_update(taken)
+                self._making_room[node.name].difference_update(target.evict)
                 self.fleet.changed()
                 self.estimates.ended(model)
             if info is not None:  # an older neuron: its answer is all this cortex knows
@@ -304,6 +312,11 @@ class Loader:
         if not devices and totals:  # health not sampled yet: assume the devices are empty
             devices = [Device(int(i or 0), t, t) for i, t in totals.items()]
         limit = health.get("max_loaded_models", discovery.get("max_loaded_models"))
+        # Going: the victims of this cortex's own loads in progress (their room is taken).
+        # A model it is putting to sleep or unloading for idleness or by hand is planned as
+        # the neuron reports it, like every other replica does: a plan that races that
+        # change is fenced at the neuron. (An older neuron fences nothing: all of them.)
+        going = node.evicting if node.epoch is None else self._making_room.get(node.name, ())
         residents = []
         for model_id, info in node.models.items():
             entry = self.fleet.entry(model_id)
@@ -321,7 +334,7 @@ class Loader:
             residents.append(
                 Resident(
                     id=model_id,
-                    status="unloading" if model_id in node.evicting else status,
+                    status="unloading" if model_id in going else status,
                     vram_mb=int(info.get("vram_used_mb") or 0),
                     devices=tuple(int(d) for d in info.get("devices") or ()),
                     in_flight=in_flight,

@@ -120,7 +120,8 @@ class Node:
 
         Not the neuron's own count: that one is as old as the last poll, and it counts this
         cortex's requests too, so a model whose requests have just ended would look busy
-        until the next poll and could not be evicted.
+        until the next poll and would not be put to sleep when idle. (Placement uses the
+        neuron's count instead, read just before it plans: the same on every replica.)
         """
         return self.busy(model) + self.others.get(model, 0)
 
