@@ -57,10 +57,10 @@ async def test_an_older_epoch_never_undoes_a_newer_one_but_a_new_boot_does() -> 
     async with aiohttp.ClientSession() as session:
         poller = Poller(fleet, session, Poll(), CortexMetrics())
         kept = poller.apply(
-            node, {"m": info("m", idle_s=2.0)}, instance="boot1", epoch=5, asked=0.0
+            node, {"m": info("m", idle_s=2.0, last_used=1.7e9)}, instance="boot1", epoch=5, asked=0
         )
         assert kept and node.epoch == 5 and node.status_of("m") == "ready"
-        assert node.used_at("m") == pytest.approx(node.used["m"])
+        assert node.used_at("m") == 1.7e9  # the neuron's own number, not when it arrived
         late = poller.apply(node, {"m": info("m", "loading")}, instance="boot1", epoch=4, asked=0)
         assert not late and node.status_of("m") == "ready"
         same = poller.apply(node, {}, instance="boot1", epoch=5, asked=0.0)

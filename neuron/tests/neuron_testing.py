@@ -80,6 +80,11 @@ async def running(
     config.bind = [f"127.0.0.1:{settings.port}"]
     config.accesslog = None
     config.graceful_timeout = 2.0
+    # As the CLI sets them: with Hypercorn's 5 s keep-alive, a client pooling connections
+    # longer (cortex keeps them 60 s) sends on one the neuron is closing at that moment, and
+    # gets no answer; and a burst of new connections overflows a backlog of 100.
+    config.keep_alive_timeout = 75.0
+    config.backlog = 4096
     stop = asyncio.Event()
     server = asyncio.create_task(neuron.listener.serve(app, config, shutdown_trigger=stop.wait))
     url = f"http://127.0.0.1:{settings.port}"

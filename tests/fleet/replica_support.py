@@ -213,6 +213,7 @@ async def fleet(
     startup_delay: float = 0.2,
     sleep: bool = False,
     wake_delay: float = 0.0,
+    host_ram_budget_mb: int | None = None,
     loading: dict[str, Any] | None = None,
     **poll: Any,
 ) -> AsyncIterator[Fleet]:
@@ -220,7 +221,10 @@ async def fleet(
 
     ``poll``: ``[poll]`` keys for every replica (default interval: 2 s, as shipped).
     ``sleep``: the neurons' residency ladder (off: an evicted model stops, as before it).
+    ``host_ram_budget_mb``: the neurons' budget for sleepers (default: half of this machine's
+    memory, so how many may sleep depends on the machine; a test that counts stops sets it).
     """
+    budget = {} if host_ram_budget_mb is None else {"host_ram_budget_mb": host_ram_budget_mb}
     harness = fake_harness(
         FAKE_ENGINE_STARTUP_DELAY=str(startup_delay), FAKE_ENGINE_WAKE_DELAY=str(wake_delay)
     )
@@ -231,7 +235,7 @@ async def fleet(
                     settings_for(
                         harness=Harnesses(vllm=harness),
                         max_loaded_models=1,
-                        sleep=SleepSettings(enabled=sleep),
+                        sleep=SleepSettings(enabled=sleep, **budget),
                     )
                 )
             )

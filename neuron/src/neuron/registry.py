@@ -30,6 +30,8 @@ which any future state-changing command reuses). A load of a model already loadi
 is answered from that state before the fence: it starts nothing, whatever its epoch; so
 are an unload of a model already unloading (it waits for that stop) and a sleep or wake of
 a model already there or on its way (it waits for that one, and shares its outcome). A
+command may also name the boot its epoch belongs to (``instance``); an epoch of another
+boot is :data:`OTHER_BOOT` (:meth:`Registry.stamp`), which the fence always refuses. A
 model with requests in flight is never unloaded or evicted, unless its unload was asked to
 wait for them (``Busy.WAIT``) or the neuron is shutting down (``Busy.CUT``).
 """
@@ -81,6 +83,9 @@ class State(StrEnum):
 ASLEEP = frozenset({State.SLEEPING, State.WAKING})
 ALIVE = frozenset({State.READY, State.SLEEPING})
 """States in which an engine exiting on its own makes the model ``failed``."""
+OTHER_BOOT = -1
+"""The epoch of a command decided on another boot of this neuron: no state of this boot has
+it (epochs start at 0), so the fence refuses it."""
 
 
 class Busy(StrEnum):
@@ -260,12 +265,25 @@ class Registry:
         except TimeoutError:
             pass
 
+    def stamp(self, instance: str | None, epoch: int | None) -> int | None:
+        """The epoch a command names, as this boot reads it: :data:`OTHER_BOOT` when it names
+        another boot (even with no epoch: it was decided from that boot's state), else
+        ``epoch`` (``instance`` absent: not checked, as older senders send none)."""
+        if instance is not None and instance != self.instance:
+            return OTHER_BOOT
+        return epoch
+
     def fence(self, epoch: int | None) -> None:
         """Raise :class:`StaleEpoch` if ``epoch`` is given and the state has moved on from it.
 
         Every state-changing command calls this after its idempotent answers and before it
         changes anything, with no await in between.
         """
+        if epoch == OTHER_BOOT:
+            raise StaleEpoch(
+                f"this neuron restarted (instance {self.instance}) since the command was "
+                "decided; plan again from the state in this answer"
+            )
         if epoch is not None and epoch != self.epoch:
             raise StaleEpoch(
                 f"this neuron's state has moved on (epoch {self.epoch}, the command was "

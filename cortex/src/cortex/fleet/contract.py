@@ -13,7 +13,9 @@ checked. ``running``, ``waiting`` and ``kv_cache_usage`` are optional: the engin
 which neurons report from issue 17 on. Being optional, a value of theirs that breaks the
 contract (a negative count, a usage over 1, NaN, words) is read as ``None`` (not known)
 instead of failing the poll: one engine's odd gauge must not hide the neuron's models. The
-same holds for ``last_used`` and ``idle_s`` (issue 24).
+same holds for ``last_used`` and ``idle_s`` (issue 24), and for ``since``, ``state_s``,
+``last_load_s`` and ``last_wake_s`` (issue 23): placement decides from them, so a value of
+theirs must be a number every replica reads alike, or nothing.
 
 From issue 24 on a neuron names each state it reports: ``instance`` (one per boot) and
 ``epoch`` (bumped by every change of a model's state), in ``/health``, in the headers of
@@ -63,9 +65,28 @@ class ModelInfo(Contract):
     last_used: Amount | None = None
     """When a request for it last started or ended, by the neuron's clock (unix seconds)."""
     idle_s: Amount | None = None
-    """Seconds since then as of the answer (0: in use): what replicas compare."""
+    """Seconds since then as of the answer (0: in use)."""
+    since: Amount | None = None
+    """When it entered its current state, by the neuron's clock (unix seconds)."""
+    state_s: Amount | None = None
+    """Seconds in its current state as of the answer."""
+    last_load_s: Amount | None = None
+    """How long its engine's cold start took (seconds)."""
+    last_wake_s: Amount | None = None
+    """How long its last wake took (seconds; ``None``: never woken)."""
 
-    @field_validator("running", "waiting", "kv_cache_usage", "last_used", "idle_s", mode="wrap")
+    @field_validator(
+        "running",
+        "waiting",
+        "kv_cache_usage",
+        "last_used",
+        "idle_s",
+        "since",
+        "state_s",
+        "last_load_s",
+        "last_wake_s",
+        mode="wrap",
+    )
     @classmethod
     def _unknown_if_invalid(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
         try:

@@ -1,17 +1,29 @@
-"""How long a model takes to become ready, by kind (``cold`` load or ``wake``), as measured.
+"""How long a model takes to become ready, by kind (``cold`` load or ``wake``).
 
-Per model and neuron, a moving average of what loads and wakes took; for a neuron with no
-measurement yet, the average over the model's other neurons; else the configured default.
-Placement compares these (wake a sleeper here, or cold-load there?), ``/v1/models`` shows
-them as ``estimated_ready_s``, and a 503 for a model still coming sets ``Retry-After`` from them
-(:func:`retry_after`).
+Two sources, for two uses:
+
+- :func:`reported`, what placement compares (wake a sleeper here, or cold-load there?): the
+  neurons' own figures (``last_load_s``, ``last_wake_s`` in ``/models``). Every replica reads
+  the same figures from the same answer, so every replica ranks a wake and a cold load the
+  same way; a replica's own timings would differ from its peers' (only the replica that did a
+  load timed it) and could send two replicas to two neurons for one model.
+- :class:`Estimates`, this cortex's own timings (per model and neuron, a moving average of
+  what its loads and wakes took, from request to ready): ``/v1/models`` shows them as
+  ``estimated_ready_s``, and a 503 for a model still coming sets ``Retry-After`` from them
+  (:func:`retry_after`).
+
+Both fall back alike: for a neuron with no figure, the mean over the model's other neurons;
+else the configured default.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from cortex.fleet.placement import Eta
 
 KINDS = ("cold", "wake")
 WEIGHT = 0.3
@@ -70,3 +82,37 @@ class Estimates:
             return None
         kind, began, estimate = self._coming[model]
         return kind, max(0.0, estimate - (self._clock() - began))
+
+
+FIELDS = {"cold": "last_load_s", "wake": "last_wake_s"}
+"""The ``ModelInfo`` field a neuron reports each kind's last duration in."""
+
+
+def reported(
+    model: str, fleet: Mapping[str, Mapping[str, Mapping[str, Any]]], defaults: Mapping[str, float]
+) -> Eta:
+    """Placement's ``eta`` for ``model``, from ``fleet`` (neuron name → its ``/models`` by id).
+
+    ``model``'s own figure on that neuron; else the mean of its figures on the other
+    neurons (summed in name order: the same float on every replica); else ``defaults``.
+    """
+
+    def eta(node: str, kind: str) -> float:
+        field = FIELDS[kind]
+        here = _seconds(fleet.get(node, {}).get(model, {}).get(field))
+        if here is not None:
+            return here
+        others = [
+            seconds
+            for name in sorted(fleet)
+            if (seconds := _seconds(fleet[name].get(model, {}).get(field))) is not None
+        ]
+        return sum(others) / len(others) if others else defaults[kind]
+
+    return eta
+
+
+def _seconds(value: object) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    return None

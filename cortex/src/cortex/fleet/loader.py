@@ -6,17 +6,19 @@
   what this cortex is doing right now (loads in progress, models being evicted, requests
   in flight), so two loads planned back to back never count the same room twice.
 - Several replicas, one fleet: the neuron is the authority. A cold load first re-reads
-  the neurons that are up (:meth:`Poller.refresh`), so every replica plans from the same
-  account of last use; then one ``/models/load`` carries the evictions (``evict``) and the
-  neuron ``epoch`` the plan was made from. The neuron makes room and starts the engine in
-  one step, or answers 409 ``stale_epoch`` / ``model_busy`` with its current state, from
-  which this cortex plans again (at most ``MAX_REPLANS`` times). A load of a model that is
-  already loading there joins it. Older neurons (no epoch) get the unload-then-load of
+  the neurons that are up (:meth:`Poller.refresh`), and plans only from what every replica
+  reads alike in their answers (:meth:`Loader.candidate`, :meth:`Loader.eta`); then one
+  ``/models/load`` carries the evictions (``evict``), the neuron ``epoch`` the plan was made
+  from and the neuron's boot ``instance`` that epoch belongs to (an epoch of an earlier boot
+  means nothing now). The neuron makes room and starts the engine in one step, or answers
+  409 ``stale_epoch`` / ``model_busy`` with its current state, from which this cortex plans
+  again (at most ``MAX_REPLANS`` times). A load of a model that is already loading there
+  joins it. Older neurons (no epoch) get the unload-then-load of
   before. A model being evicted is taken out of routing at once (``Node.evicting``).
 - The residency ladder: a model asleep on a neuron is woken there (a load of a sleeping
   model is a wake, with the same ``epoch`` and ``evict``) unless a cold load elsewhere is
-  expected sooner (:class:`cortex.fleet.eta.Estimates`, measured per model and neuron). The
-  neuron puts an evicted model to sleep, or stops it when its host RAM budget is full.
+  expected sooner (:func:`cortex.fleet.eta.reported`: the neurons' own load and wake
+  times). The neuron puts an evicted model to sleep, or stops it when its host RAM budget is full.
 - :meth:`Loader.run` checks every ``check_interval`` for idle models (put to sleep after
   their ``idle_ttl``, unloaded where they cannot sleep; unloaded after ``sleep_ttl`` asleep;
   catalogued models only, never pinned ones) and for pinned models missing from an up
@@ -47,10 +49,11 @@ from cortex.errors import (
     upstream_message,
 )
 from cortex.fleet import contract
-from cortex.fleet.eta import Estimates, retry_after
+from cortex.fleet.eta import Estimates, reported, retry_after
 from cortex.fleet.placement import (
     Candidate,
     Device,
+    Eta,
     NeverFits,
     NoRoom,
     Plan,
@@ -100,6 +103,8 @@ class Loader:
         self._loads: dict[tuple[str, str | None], asyncio.Task[Node]] = {}
         self._pending: dict[str, set[str]] = {}
         """Node name → models this cortex is loading there (not yet in the neuron's list)."""
+        self._making_room: dict[str, set[str]] = {}
+        """Node name → models this cortex's loads in progress are evicting there."""
         self._planning = asyncio.Lock()
         self._pin_tries: dict[tuple[str, str], float] = {}
         self._unpinned: set[tuple[str, str]] = set()
@@ -188,8 +193,13 @@ class Loader:
                 target = self._plan(want, only, refused)
                 node = self.fleet.node(target.node)
                 epoch = node.epoch  # what the plan was made from (None: an older neuron)
+                boot = node.instance
                 self._pending.setdefault(node.name, set()).add(model)
-                node.evicting.update(target.evict)
+                # (A victim already going, say to an idle sleep, stays out of routing when
+                # this load is done with it: only what this load took out is put back.)
+                taken = set(target.evict) - node.evicting
+                node.evicting.update(taken)
+                self._making_room.setdefault(node.name, set()).update(target.evict)
                 self.fleet.changed()
                 kind = "wake" if target.wakes else "cold"
                 self.estimates.started(model, node.name, kind)
@@ -199,7 +209,7 @@ class Loader:
                     info, started, woken, evicted = await self._send_load(node, entry)
                 else:
                     info, started, woken, evicted = await self._send_load(
-                        node, entry, epoch=epoch, evict=target.evict
+                        node, entry, epoch=epoch, instance=boot, evict=target.evict
                     )
             except Fenced as exc:
                 replans += 1
@@ -221,7 +231,8 @@ class Loader:
                 raise
             finally:
                 self._pending[node.name].discard(model)
-                node.evicting.difference_update(target.evict)
+                node.evicting.difference_update(taken)
+                self._making_room[node.name].difference_update(target.evict)
                 self.fleet.changed()
                 self.estimates.ended(model)
             if info is not None:  # an older neuron: its answer is all this cortex knows
@@ -271,11 +282,7 @@ class Loader:
                 f"cannot load {want.id} on {only}: {why}", retry_after=self._retry_after
             )
         try:
-            return plan(
-                want,
-                [self.candidate(n) for n in nodes],
-                lambda node, kind: self.estimates.eta(want.id, node, kind),
-            )
+            return plan(want, [self.candidate(n) for n in nodes], self.eta(want.id))
         except NoRoom as exc:
             raise NoCapacity(str(exc), retry_after=self._retry_after) from None
         except NeverFits as exc:
@@ -292,8 +299,22 @@ class Loader:
                 ) from None
             raise Unplaceable(str(exc), param="model") from None
 
+    def eta(self, model: str) -> Eta:
+        """Placement's cost of a wake or a cold load of ``model``: from what the neurons report
+        (the same on every replica), never from this cortex's own timings."""
+        defaults = {"cold": self._cfg.cold_estimate, "wake": self._cfg.wake_estimate}
+        return reported(model, {n.name: n.models for n in self.fleet.up()}, defaults)
+
     def candidate(self, node: Node) -> Candidate:
-        """What :func:`plan` needs to know about ``node``, as of now."""
+        """What :func:`plan` needs to know about ``node``, as of now.
+
+        Read from the neuron's answer, so that replicas that read the same answer make the
+        same plan: last use by the neuron's clock (:meth:`Node.used_at`), requests in flight
+        as the neuron counted them, time since a wake by the neuron's count. This cortex's
+        own knowledge only adds what the neuron cannot have seen yet, and only ever as a
+        veto (its own requests started since, the loads and evictions it has sent): the
+        neuron refuses the same (``model_busy``, ``stale_epoch``) once they reach it.
+        """
         health = node.health or {}
         discovery = node.discovery or {}
         totals = {
@@ -310,24 +331,32 @@ class Loader:
         if not devices and totals:  # health not sampled yet: assume the devices are empty
             devices = [Device(int(i or 0), t, t) for i, t in totals.items()]
         limit = health.get("max_loaded_models", discovery.get("max_loaded_models"))
+        # Going: the victims of this cortex's own loads in progress (their room is taken).
+        # A model it is putting to sleep or unloading for idleness or by hand is planned as
+        # the neuron reports it, like every other replica does: a plan that races that
+        # change is fenced at the neuron. (An older neuron fences nothing: all of them.)
+        going = node.evicting if node.epoch is None else self._making_room.get(node.name, ())
         residents = []
         for model_id, info in node.models.items():
             entry = self.fleet.entry(model_id)
             status = str(info.get("status"))
-            state_s = info.get("state_s")
+            age = node.state_age(model_id)
             settling = (
                 status == "ready"
                 and info.get("last_wake_s") is not None
-                and isinstance(state_s, int | float)
-                and state_s < self._cfg.min_residency
+                and age is not None
+                and age < self._cfg.min_residency
             )
+            # The neuron's count as of its answer (every replica read the same), and this
+            # cortex's requests started since: a veto the neuron would apply anyway.
+            in_flight = max(int(info.get("in_flight") or 0), node.busy(model_id))
             residents.append(
                 Resident(
                     id=model_id,
-                    status="unloading" if model_id in node.evicting else status,
+                    status="unloading" if model_id in going else status,
                     vram_mb=int(info.get("vram_used_mb") or 0),
                     devices=tuple(int(d) for d in info.get("devices") or ()),
-                    in_flight=node.in_use(model_id),
+                    in_flight=in_flight,
                     last_used=node.used_at(model_id),
                     priority=entry.priority if entry else 0,
                     pinned=entry is not None and node.name in entry.pinned_on,
@@ -353,9 +382,11 @@ class Loader:
         entry: CatalogueModel,
         *,
         epoch: int | None = None,
+        instance: str | None = None,
         evict: tuple[str, ...] = (),
     ) -> tuple[dict[str, Any] | None, bool, bool, tuple[str, ...]]:
-        """``POST /models/load`` on ``node`` (with ``epoch`` and ``evict`` when given).
+        """``POST /models/load`` on ``node`` (with ``epoch``, ``instance`` and ``evict`` when
+        given).
 
         Returns the ready ``ModelInfo`` when the neuron sent no state (else the state is
         applied to ``node`` and this is ``None``), whether this load started the engine,
@@ -367,6 +398,8 @@ class Loader:
         body: dict[str, Any] = entry.spec()
         if epoch is not None:
             body |= {"epoch": epoch, "evict": list(evict)}
+            if instance is not None:
+                body["instance"] = instance
             log.info("loading %s on %s (epoch %d, evicting %s)", entry.id, node.name, epoch, evict)
         else:
             log.info("loading %s on %s", entry.id, node.name)
@@ -447,12 +480,14 @@ class Loader:
         reason: str,
         *,
         epoch: int | None = None,
+        instance: str | None = None,
         idle: float | None = None,
         force: bool = False,
     ) -> bool:
         """Unload ``model`` from ``node``; False if the neuron did not have it.
 
-        ``epoch``: the neuron state the decision was made from; ``idle``: the neuron must
+        ``epoch``: the neuron state the decision was made from; ``instance``: the boot of
+        the neuron it was made on (another boot refuses it); ``idle``: the neuron must
         have seen no use of it for this long; ``force``: requests in flight finish first
         (else the neuron refuses). Raises :class:`Fenced` (the neuron said no, and its state
         is applied) or :class:`UpstreamError`.
@@ -461,6 +496,8 @@ class Loader:
         body: dict[str, Any] = {"model_id": model}
         if epoch is not None:
             body["epoch"] = epoch
+        if instance is not None:
+            body["instance"] = instance
         if idle is not None:
             body["idle_at_least"] = idle
         if force:
@@ -617,6 +654,8 @@ class Loader:
         # As for an idle unload: fenced by the model's own idleness at the neuron (with a
         # tenth of slack), not by the neuron's epoch.
         body: dict[str, Any] = {"model_id": model, "idle_at_least": ttl * 0.9}
+        if node.instance is not None:  # judged idle on this boot: another boot refuses it
+            body["instance"] = node.instance
         asked = time.monotonic()
         try:
             async with self._session.post(
@@ -658,7 +697,7 @@ class Loader:
             # The neuron checks that nobody (no other replica either) used it meanwhile (a
             # tenth of slack: this cortex's view of the last use is as old as its last read).
             # No epoch: other models' changes there do not bear on this one's idleness.
-            await self._unload(node, model, reason, idle=ttl * 0.9)
+            await self._unload(node, model, reason, instance=node.instance, idle=ttl * 0.9)
         except Fenced as exc:
             log.info("%s stays on %s: %s", model, node.name, exc)
         except CortexError as exc:

@@ -4,22 +4,23 @@
 
 0. the residency ladder: a neuron where the model is ``waking`` (the load joins the wake), or
    where it is ``sleeping`` and room can be made, unless a cold load elsewhere is expected
-   to be ready sooner (``eta``: measured per model and neuron, defaults until measured);
+   to be ready sooner (``eta``: as the neurons report it, defaults until they do);
 1. a neuron where the model is already ``loading`` (the load joins it);
 2. a neuron the model is pinned on, if it fits there now or after evictions;
 3. a neuron where it fits now (free VRAM as reported, and under ``max_loaded_models``);
 4. a neuron where it fits after evicting idle models;
 
-ties going to the neuron with the fewest models, then the most free VRAM, then the highest
-rendezvous hash of (model, neuron): only what every replica reads alike from the neurons,
-so that replicas seeing the same fleet choose the same neuron for the same cold model (this
-replica's own requests in flight are not used: the others cannot see them). Neurons with
-too few devices, devices that are too small, or without the model's harness are never
-chosen.
+ties going to the neuron with the fewest models, then the most free VRAM in whole GiB, then
+the highest rendezvous hash of (model, neuron). Every input is what every replica reads
+alike from the neurons' answers (the caller builds them so: ``eta`` from the neurons'
+reported load and wake times, ``last_used`` by the neuron's clock, ``in_flight`` as the
+neuron counted it), so that replicas seeing the same fleet choose the same neuron for the
+same cold model, whether that is a wake or a cold load. Neurons with too few devices,
+devices that are too small, or without the model's harness are never chosen.
 
 :func:`victims` says which models to unload on a neuron to make room: ``ready`` models that
 are not pinned there and serve no request, lowest ``priority`` first, then least recently
-used (by the neuron's account of last use, which every replica shares), until the new
+used (by the neuron's clock, which every replica reads alike), until the new
 model fits. A model with requests in flight is never evicted, nor one woken less than the
 minimum residency ago (``Resident.settling``). The neuron decides whether an evicted model
 sleeps or stops (its host RAM budget); sleeping models hold no slot of ``max_loaded_models``.
@@ -35,6 +36,10 @@ HOLDING = frozenset({"loading", "ready", "unloading", "waking"})
 """States in which a model occupies an awake engine (``failed`` and ``sleeping`` ones do not)."""
 DEFAULT_ETA = {"wake": 5.0, "cold": 60.0}
 """Seconds until ready, by kind, where nothing has been measured (``[loading]`` overrides)."""
+
+TIE_MB = 1024
+"""Free VRAM breaks ties in whole GiB: the exact figure moves by megabytes between two reads
+of one neuron, and replicas must not break a tie on a difference one of them did not see."""
 
 Eta = Callable[[str, str], float]
 """``eta(node, kind)``: the expected seconds until the model is ready there (``wake``/``cold``)."""
@@ -159,7 +164,8 @@ def _cold(want: Want, candidates: Sequence[Candidate]) -> Plan:
 
     def tie(c: Candidate) -> tuple[int, int, int]:
         holding = sum(1 for r in c.residents if r.status in HOLDING)
-        return (holding, -sum(d.free_mb for d in c.devices), -rendezvous(want.id, c.name))
+        free_gib = sum(d.free_mb for d in c.devices) // TIE_MB
+        return (holding, -free_gib, -rendezvous(want.id, c.name))
 
     pinned = [c for c in able if c.name in want.pinned_on]
     for group in (pinned, able):

@@ -127,7 +127,7 @@ class Poller:
             return False
         node.instance, node.epoch = instance, epoch
         node.models = models
-        now = time.monotonic()
+        now = node.seen = time.monotonic()
         node.used = {
             model_id: now - idle
             for model_id, info in models.items()

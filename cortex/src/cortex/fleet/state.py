@@ -6,6 +6,7 @@ the fleet views. Everything runs on one event loop, so no locks are needed.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,7 +84,11 @@ class Node:
     used: dict[str, float] = field(default_factory=dict)
     """Model id → when a request for it last started or ended on the neuron, from any
     replica, as the neuron reported it (its ``idle_s``, turned into this cortex's monotonic
-    clock when the answer arrived). Every replica reads the same: eviction ranks by it."""
+    clock when the answer arrived): what idle unload measures. Not what eviction ranks by
+    (:meth:`used_at`): the turn into this clock differs between replicas by the answer's
+    transit time, enough to swap two models used a few milliseconds apart."""
+    seen: float = 0.0
+    """When ``models`` arrived (monotonic): how old its ``state_s`` figures are."""
     instance: str | None = None
     """The neuron's boot id, as of ``models`` (``None``: it names none, or not read yet)."""
     epoch: int | None = None
@@ -115,15 +120,33 @@ class Node:
 
         Not the neuron's own count: that one is as old as the last poll, and it counts this
         cortex's requests too, so a model whose requests have just ended would look busy
-        until the next poll and could not be evicted.
+        until the next poll and would not be put to sleep when idle. (Placement uses the
+        neuron's count instead, read just before it plans: the same on every replica.)
         """
         return self.busy(model) + self.others.get(model, 0)
 
     def used_at(self, model: str) -> float:
-        """When ``model`` was last used here: by the neuron's account when it gives one (the
-        same for every replica), else by this cortex's own (0: never)."""
-        neuron = self.used.get(model)
-        return neuron if neuron is not None else self.last_used.get(model, 0.0)
+        """When ``model`` was last used here, in unix seconds by the neuron's clock: its
+        ``last_used``, or for a model never used, its ``since`` (when it entered its state).
+        Numbers from the neuron's answer, not from when it arrived, so every replica that read
+        the same answer ranks alike. A neuron that reports neither (older than issue 24):
+        this cortex's own record, in unix seconds too (0: never)."""
+        info = self.models.get(model) or {}
+        for key in ("last_used", "since"):
+            value = info.get(key)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                return float(value)
+        own = self.last_used.get(model)
+        return 0.0 if own is None else time.time() - (time.monotonic() - own)
+
+    def state_age(self, model: str) -> float | None:
+        """Seconds ``model`` has been in its current state, by the neuron's count as of its
+        answer plus the time since it arrived (no two hosts' clocks compared); ``None``:
+        not reported."""
+        state_s = (self.models.get(model) or {}).get("state_s")
+        if not isinstance(state_s, int | float) or isinstance(state_s, bool):
+            return None
+        return float(state_s) + max(0.0, time.monotonic() - self.seen)
 
     def newer(self, instance: str | None, epoch: int | None) -> bool:
         """Is a state named ``(instance, epoch)`` at least as new as what is kept?"""

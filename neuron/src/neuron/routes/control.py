@@ -3,7 +3,9 @@
 Every answer that tells a model's state names it: ``/models`` in its ``X-Neuron-Epoch`` and
 ``X-Neuron-Instance`` headers, ``/health`` in ``epoch`` and ``instance``, and load, unload,
 ``/models/watch`` and every 409 ``stale_epoch`` / ``model_busy`` in a ``state`` object
-(``{"instance", "epoch", "status", "models": [ModelInfo...]}``).
+(``{"instance", "epoch", "status", "models": [ModelInfo...]}``). Load, unload, sleep and
+wake may carry the ``epoch`` and the ``instance`` (boot) their sender decided from: a command
+decided from another state, or on another boot, is 409 ``stale_epoch`` with the state.
 """
 
 from __future__ import annotations
@@ -150,11 +152,16 @@ def _number(text: str | None, name: str, kind: type[int] | type[float]) -> float
     return value
 
 
-def _epoch(body: dict[str, Any]) -> int | None:
+def _epoch(body: dict[str, Any], n: Neuron) -> int | None:
+    """The command's ``epoch``, read against its ``instance`` (the boot it was decided on):
+    a command decided on another boot of this neuron is fenced (:meth:`Registry.stamp`)."""
     epoch = body.pop("epoch", None)
     if epoch is not None and (not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0):
         raise BadRequest("'epoch' must be a whole number >= 0", param="epoch")
-    return epoch
+    instance = body.pop("instance", None)
+    if instance is not None and (not isinstance(instance, str) or not 0 < len(instance) <= 64):
+        raise BadRequest("'instance' must be a string of 1 to 64 characters", param="instance")
+    return n.registry.stamp(instance, epoch)
 
 
 def _asker(request: Request) -> str:
@@ -176,7 +183,7 @@ def _evict(body: dict[str, Any]) -> tuple[str, ...]:
 async def load(request: Request) -> Response:
     n = _neuron(request)
     body = await read_object(request, n.settings.max_body_bytes)
-    epoch = _epoch(body)
+    epoch = _epoch(body, n)
     evict = _evict(body)
     try:
         spec = ModelSpec.model_validate(body)
@@ -221,7 +228,7 @@ async def unload(request: Request) -> Response:
     model_id = body.get("model_id")
     if not isinstance(model_id, str) or not model_id:
         raise BadRequest("'model_id' is required and must be a string", param="model_id")
-    epoch = _epoch(body)
+    epoch = _epoch(body, n)
     force = body.get("force", False)
     if not isinstance(force, bool):
         raise BadRequest("'force' must be true or false", param="force")
@@ -263,12 +270,12 @@ def _model_id(body: dict[str, Any]) -> str:
 
 
 async def sleep(request: Request) -> Response:
-    """``POST /models/sleep {"model_id", "epoch"?, "level"?, "idle_at_least"?}``: put a ready,
-    idle model to sleep (idempotent: a sleeping one answers at once)."""
+    """``POST /models/sleep {"model_id", "epoch"?, "instance"?, "level"?, "idle_at_least"?}``:
+    put a ready, idle model to sleep (idempotent: a sleeping one answers at once)."""
     n = _neuron(request)
     body = await read_object(request, n.settings.max_body_bytes)
     model_id = _model_id(body)
-    epoch = _epoch(body)
+    epoch = _epoch(body, n)
     level = body.get("level")
     if level is not None and (isinstance(level, bool) or level not in (1, 2)):
         raise BadRequest("'level' must be 1 or 2", param="level")
@@ -287,12 +294,13 @@ async def sleep(request: Request) -> Response:
 
 
 async def wake(request: Request) -> Response:
-    """``POST /models/wake {"model_id", "epoch"?, "evict"?}``: wake a sleeping model, first
-    putting ``evict`` to sleep (or stopping them) for room; idempotent like a load."""
+    """``POST /models/wake {"model_id", "epoch"?, "instance"?, "evict"?}``: wake a sleeping
+    model, first putting ``evict`` to sleep (or stopping them) for room; idempotent like a
+    load."""
     n = _neuron(request)
     body = await read_object(request, n.settings.max_body_bytes)
     model_id = _model_id(body)
-    epoch = _epoch(body)
+    epoch = _epoch(body, n)
     evict = _evict(body)
     log.info(
         "wake of %r from %s (epoch %s, evict %s)", model_id[:256], _asker(request), epoch, evict
