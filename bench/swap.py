@@ -127,7 +127,10 @@ class Vllm:
         self.model_dir = model_dir
 
     def neuron_config(self, path: Path, port: int, setup: Setup, ladder: bool) -> Path:
-        sleep: dict[str, Any] = {"enabled": ladder}
+        # A sleeper here keeps its whole engine (~2 GiB for the tiny model with a 1 GiB KV
+        # cache): charged so, and not the GPU default of 4 GiB, which would let only two
+        # sleep within half of this machine's RAM.
+        sleep: dict[str, Any] = {"enabled": ladder, "host_ram_per_model_mb": 2048}
         if ladder and setup.sleepers:
             sleep["max_sleeping_models"] = setup.sleepers
         return write_config(
@@ -232,8 +235,13 @@ def quantile(values: list[float], q: float) -> float | None:
 
 async def run(kind: str, policy: str, engine: Engine, args: argparse.Namespace) -> dict[str, Any]:
     setup = trace(kind, args)
-    with tempfile.TemporaryDirectory(prefix="swap-bench-") as tmp:
-        with fleet(Path(tmp), engine, setup, policy == "ladder") as (url, neurons):
+    with contextlib.ExitStack() as stack:
+        if args.logs:
+            tmp = args.logs / f"{engine.name}-{kind}-{policy}"
+            tmp.mkdir(parents=True, exist_ok=True)
+        else:
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="swap-bench-")))
+        with fleet(tmp, engine, setup, policy == "ladder") as (url, neurons):
             peak = [0]
             sampler = asyncio.create_task(count_engines(neurons, peak))
             try:
@@ -351,20 +359,21 @@ async def main() -> int:
     parser.add_argument("--trace", choices=("ab", "zipf", "both"), default="both")
     parser.add_argument("--scale", type=float, default=0.1, help="stand-in timings (1 = GPU-like)")
     parser.add_argument("--requests-ab", type=int, help="default 20; vllm 6")
-    parser.add_argument("--requests-zipf", type=int, help="default 400; vllm 24")
+    parser.add_argument("--requests-zipf", type=int, help="default 400; vllm 48")
     parser.add_argument("--zipf-models", type=int, help="default 6; vllm 4")
     parser.add_argument("--room", type=int, help="awake models per Zipf neuron: default 2; vllm 1")
-    parser.add_argument("--sleepers", type=int, help="max_sleeping_models: default unset; vllm 1")
+    parser.add_argument("--sleepers", type=int, help="max_sleeping_models: default unset; vllm 2")
     parser.add_argument("--seed", type=int, default=23)
-    parser.add_argument("--out", type=Path)
+    parser.add_argument("--out", type=Path, help="also append the JSON lines to this file")
+    parser.add_argument("--logs", type=Path, help="keep configs and logs here (one folder a run)")
     args = parser.parse_args()
     real = args.engine == "vllm"
     defaults = {
         "requests_ab": 6 if real else 20,
-        "requests_zipf": 24 if real else 400,
+        "requests_zipf": 48 if real else 400,
         "zipf_models": 4 if real else 6,
         "room": 1 if real else 2,
-        "sleepers": 1 if real else None,
+        "sleepers": 2 if real else None,
     }
     for key, value in defaults.items():
         if getattr(args, key) is None:
