@@ -22,7 +22,11 @@ Traces:
   catalogued models; each request's model drawn from a Zipf law (s = 1.1) with a fixed seed.
 
 ``stop``: ``[sleep] enabled = false`` (an evicted model stops, as before the ladder);
-``ladder``: the defaults (it sleeps), with ``max_sleeping_models = --sleepers`` if given.
+``ladder``: the defaults (it sleeps), with ``max_sleeping_models = --sleepers`` if given. The
+``vllm`` defaults are smaller (A/B 6 requests; Zipf 48 requests, 4 models, room for one awake
+model per neuron, 3 sleepers) to keep at most 4 engines alive on a shared machine; the sleeper
+limit is one more than the sleepers wanted, since a sleeper being woken still counts against
+it (bench/README.md).
 Before the trace, the model of its first request is loaded and asked five times: the median
 of those first tokens is a warm request's (the floor). Then the requests are sent one after
 another, streamed; for each, the time to its first token. ``waiting_s``: the sum over
@@ -362,7 +366,7 @@ async def main() -> int:
     parser.add_argument("--requests-zipf", type=int, help="default 400; vllm 48")
     parser.add_argument("--zipf-models", type=int, help="default 6; vllm 4")
     parser.add_argument("--room", type=int, help="awake models per Zipf neuron: default 2; vllm 1")
-    parser.add_argument("--sleepers", type=int, help="max_sleeping_models: default unset; vllm 2")
+    parser.add_argument("--sleepers", type=int, help="max_sleeping_models: default unset; vllm 3")
     parser.add_argument("--seed", type=int, default=23)
     parser.add_argument("--out", type=Path, help="also append the JSON lines to this file")
     parser.add_argument("--logs", type=Path, help="keep configs and logs here (one folder a run)")
@@ -373,7 +377,7 @@ async def main() -> int:
         "requests_zipf": 48 if real else 400,
         "zipf_models": 4 if real else 6,
         "room": 1 if real else 2,
-        "sleepers": 2 if real else None,
+        "sleepers": 3 if real else None,
     }
     for key, value in defaults.items():
         if getattr(args, key) is None:
