@@ -2,7 +2,7 @@
 
 Usage: .venv/bin/python bench/swap.py [--engine stand-in|vllm] [--policy stop|ladder|both]
            [--trace ab|zipf|both] [--scale F] [--requests-ab N] [--requests-zipf N]
-           [--zipf-models N] [--room N] [--sleepers N] [--seed S] [--out FILE]
+           [--zipf-models N] [--room N] [--sleepers N] [--seed S] [--out FILE] [--logs DIR]
 
 Real ``neuron`` processes and one ``cortex serve`` in front of them, from this checkout's
 sources, started and cleaned up with the end-to-end tests' helpers (``tests/e2e/e2e_support``).
