@@ -24,9 +24,7 @@ Traces:
 ``stop``: ``[sleep] enabled = false`` (an evicted model stops, as before the ladder);
 ``ladder``: the defaults (it sleeps), with ``max_sleeping_models = --sleepers`` if given. The
 ``vllm`` defaults are smaller (A/B 6 requests; Zipf 48 requests, 4 models, room for one awake
-model per neuron, 3 sleepers) to keep at most 4 engines alive on a shared machine; the sleeper
-limit is one more than the sleepers wanted, since a sleeper being woken still counts against
-it (bench/README.md).
+model per neuron, 3 sleepers) to keep at most 4 engines alive on a shared machine.
 Before the trace, the model of its first request is loaded and asked five times: the median
 of those first tokens is a warm request's (the floor). Then the requests are sent one after
 another, streamed; for each, the time to its first token. ``waiting_s``: the sum over

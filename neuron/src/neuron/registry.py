@@ -488,14 +488,19 @@ class Registry:
         """What ``slot``'s weights take in host RAM once it has slept (MiB, an estimate)."""
         return slot.spec.vram_mb or slot.reserved_mb or self.sleep_settings.host_ram_per_model_mb
 
-    def _sleep_refusal(self, slot: Slot, stopping: Sequence[Slot] = ()) -> NoSleep | None:
+    def _sleep_refusal(
+        self, slot: Slot, stopping: Sequence[Slot] = (), coming: str | None = None
+    ) -> NoSleep | None:
         """Why ``slot`` may not go to sleep now for lack of budget (``None``: it may), once
-        the sleepers in ``stopping`` are stopped."""
+        the sleepers in ``stopping`` are stopped. ``coming``: a sleeper being woken, whose
+        room this sleep makes: it leaves the count of sleepers as ``slot`` joins it (its host
+        RAM stays counted: vLLM keeps it pinned after a wake)."""
         conf = self.sleep_settings
         if not conf.enabled:
             return NoSleep("sleep mode is off on this neuron ([sleep] enabled = false)")
         limit = conf.max_sleeping_models
-        if limit is not None and len(self.sleepers()) - len(stopping) >= limit:
+        asleep = sum(1 for s in self.sleepers() if s.model_id != coming)
+        if limit is not None and asleep - len(stopping) >= limit:
             return NoSleep(f"this neuron keeps at most {limit} sleeping model(s)")
         if not slot.slept:
             freed = sum(s.host_ram_mb for s in stopping)
@@ -522,7 +527,7 @@ class Registry:
             key=lambda s: s.used or s.ready_at or 0.0,
         )
         chosen: list[Slot] = []
-        while self._sleep_refusal(victim, chosen) is not None:
+        while self._sleep_refusal(victim, chosen, coming) is not None:
             if not order:
                 return None
             chosen.append(order.pop(0))
