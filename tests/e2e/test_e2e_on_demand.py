@@ -10,6 +10,8 @@ same neurons, four engine starts in all:
 2. ``a`` pinned on n1: cortex loads it at start; ``b`` then answers 503 + Retry-After and
    ``a`` stays.
 3. n1 and n2: ``b`` loads on n2, the one with room, and is unloaded once idle for its TTL.
+
+Then, cortex gone, ``a`` is unloaded straight from n1: its engine goes and ``a`` is unknown.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ from e2e_support import (
     ENGINE_START_TIMEOUT,
     async_wait_group_gone,
     chat_body,
+    client,
     cortex_serving,
     free_port,
+    list_models,
     neuron_running,
     prometheus_value,
     record,
@@ -169,6 +173,23 @@ async def test_models_load_on_demand_evict_pin_and_go_idle(
                     == 1
                 )
                 assert set(n1.models()) == {"a"}, "a pinned model is never idle-unloaded"
+
+        # 4. With cortex gone, an unload straight to n1: its engine goes, and so does a.
+        async with client(n1) as direct:
+            engine_a = (await list_models(direct, n1))["a"]["engine"]["pid"]
+            began = time.monotonic()
+            unloaded = await direct.post("/models/unload", json={"model_id": "a"})
+            assert unloaded.status_code == 200, unloaded.text
+            assert unloaded.json()["status"] == "unloaded"
+            record("unload a (request → 200)", time.monotonic() - began)
+            gone = await async_wait_group_gone(engine_a, timeout=10)
+            assert gone is not None, (
+                f"engine process group {engine_a} still there 10 s after unload"
+            )
+            assert await list_models(direct, n1) == {}
+            gone_request = await direct.post("/v1/chat/completions", json=chat_body("a"))
+            assert gone_request.status_code == 404
+            assert gone_request.json()["error"]["code"] == "model_not_found"
 
 
 async def _ready_in_cortex(c: httpx.AsyncClient, model: str) -> bool:
