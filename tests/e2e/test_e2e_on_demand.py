@@ -195,10 +195,10 @@ async def test_models_load_on_demand_evict_pin_sleep_wake_and_go_idle(
                 models = n2.models()
                 assert models["b"]["status"] == "ready" and models["c"]["status"] == "sleeping"
 
-                answers = await asyncio.gather(
+                woken = await asyncio.gather(
                     *(c.post("/v1/chat/completions", json=chat_body("c")) for _ in range(10))
                 )
-                assert [r.status_code for r in answers] == [200] * 10, [r.text for r in answers]
+                assert [r.status_code for r in woken] == [200] * 10, [r.text for r in woken]
 
                 async with httpx.AsyncClient(timeout=30) as direct:
                     own = (await direct.get(f"{n2.url}/metrics")).text
