@@ -15,6 +15,8 @@ from chaos_support import CortexProcess, NeuronProcess, cortex, neuron, nonce
 
 STREAMS = 500
 HOLD = 60.0
+WARM_HOLD = 2.0
+"""The first round, which only sets the baseline, holds its streams this long."""
 GAP = 1.0
 """Seconds between two events of a stream: 500 events a second through cortex in all."""
 FD_SLACK = 10
@@ -126,7 +128,7 @@ async def test_held_streams_then_all_clients_gone(tmp_path: Path) -> None:
         neuron(tmp_path, "n1", chunks=0, chunk_delay=GAP) as n1,
         cortex(tmp_path, [n1]) as gw,
     ):
-        warm = await _round(gw, n1, 5)
+        warm = await _round(gw, n1, WARM_HOLD)
         assert {h.status for h in warm} == {200}
         baseline = await _settled(gw, n1, STREAMS)
 

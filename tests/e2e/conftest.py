@@ -22,6 +22,7 @@ from e2e_support import (
     RUNNING,
     TIMINGS,
     SharedNeuron,
+    broken_spec,
     free_port,
     tail,
     tiny_spec,
@@ -60,6 +61,11 @@ def tiny_model(vllm_available: None, tmp_path_factory: pytest.TempPathFactory) -
     return model
 
 
+SHARED_HEALTH_INTERVAL = 1.0
+"""The shared neurons read their engines' load every second: the prefix test waits for a
+flood to show in their ``/models`` (5 s, the default, would make it wait longer)."""
+
+
 @pytest.fixture(scope="session")
 def shared_neuron(
     tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
@@ -67,10 +73,38 @@ def shared_neuron(
     """One neuron with ``tiny`` as its default model, for every test that needs a ready
     engine and not a fresh one (see :class:`SharedNeuron`): one engine start for all of
     them instead of one each. Tests that are about an engine's or a neuron's start or end
-    (activation, SIGTERM, on-demand loads and evictions) start their own."""
+    (on-demand loads and evictions, the residency ladder) start their own."""
     tmp = tmp_path_factory.mktemp("shared")
     spec = tiny_spec(tiny_model)
-    config = write_config(tmp / "neuron.toml", port=free_port(), default_models=[spec])
+    config = write_config(
+        tmp / "shared-neuron.toml",
+        port=free_port(),
+        default_models=[spec],
+        health_interval=SHARED_HEALTH_INTERVAL,
+    )
+    shared = SharedNeuron(config=config, logs=tmp, spec=spec)
+    try:
+        yield shared
+    finally:
+        shared.close()
+
+
+@pytest.fixture(scope="session")
+def defaults_neuron(
+    tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Generator[SharedNeuron, None, None]:
+    """A second neuron serving ``tiny``, whose default models are ``broken`` (its engine exits
+    while starting) and then ``tiny``. In file order: the activation test starts it and
+    watches it activate past the failure (``fresh()``), the prefix test uses it as its second
+    engine of ``tiny`` beside ``shared_neuron``, and the SIGTERM test stops it last."""
+    tmp = tmp_path_factory.mktemp("defaults")
+    spec = tiny_spec(tiny_model)
+    config = write_config(
+        tmp / "defaults-neuron.toml",
+        port=free_port(),
+        default_models=[broken_spec(), spec],
+        health_interval=SHARED_HEALTH_INTERVAL,
+    )
     shared = SharedNeuron(config=config, logs=tmp, spec=spec)
     try:
         yield shared

@@ -331,14 +331,16 @@ def neuron_running(config: Path, log_path: Path) -> Iterator[NeuronProcess]:
 
 @dataclass(eq=False)
 class SharedNeuron:
-    """One neuron serving the tiny model (its default model), shared by the e2e tests that
-    need a ready engine but not a fresh one (the ``shared_neuron`` fixture: one per session).
+    """One neuron whose default models include ``spec``'s, shared by the e2e tests that need a
+    ready engine but not a fresh one (the ``shared_neuron`` and ``defaults_neuron`` fixtures:
+    one of each per session).
 
     ``ready()`` gives the running neuron with ``spec``'s model ready: started (and its engine
     waited for) on first use, started again if a test left it dead, and the model loaded
-    again if a test unloaded it, so the tests that share it may run in any order. A test
-    that kills it calls ``restart()`` and leaves the new one, on the same port and
-    configuration, to the tests after it. Tests leave it serving that model alone.
+    again if a test unloaded it, so the tests that share it may run in any order: the order
+    only decides how many engines start. A test that kills it calls ``restart()`` and leaves
+    the new one, on the same port and configuration, to the tests after it; a test that
+    watches it activate calls ``fresh()``. Tests leave it serving its models, idle.
     """
 
     config: Path
@@ -363,10 +365,19 @@ class SharedNeuron:
     def restart(self) -> NeuronProcess:
         """Clean up the current neuron (whatever state it is in), start a new one, wait
         until it is ready; returns it."""
+        self.fresh().wait_ready(ENGINE_START_TIMEOUT)
+        assert self.current is not None
+        return self.current
+
+    def fresh(self) -> NeuronProcess:
+        """A neuron started now and not waited for, for a test that watches it activate;
+        the current one, if any, is cleaned up first (no cost when that test is the first
+        to use this neuron). The tests after it get it through ``ready()``."""
         self.close()
         self.starts += 1
-        self.current = start_neuron(self.config, self.logs / f"shared-neuron-{self.starts}.log")
-        self.current.wait_ready(ENGINE_START_TIMEOUT)
+        self.current = start_neuron(
+            self.config, self.logs / f"{self.config.stem}-{self.starts}.log"
+        )
         return self.current
 
     def close(self) -> None:

@@ -28,37 +28,14 @@ from vllm.entrypoints.launchers.cli_args import make_arg_parser
 parser = make_arg_parser(FlexibleArgumentParser())
 kinds = {o: a.nargs == 0 for a in parser._actions for o in a.option_strings}
 ns = parser.parse_args(["m", "--seed", "-sc.model", "--seed", "5"])
-print(json.dumps({"switch": kinds, "speculative": ns.speculative_config}))
-"""
-
-
-def test_the_catalogue_agrees_with_vllms_parser() -> None:
-    """Against the real parser (vLLM 0.32, where installed): every catalogued flag exists
-    with the kind the catalogue gives it, and the `-X.key` smuggling is real."""
-    done = subprocess.run(
-        [sys.executable, "-c", VLLM], capture_output=True, text=True, timeout=120, check=False
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    found = json.loads(done.stdout.splitlines()[-1])
-    assert found["speculative"] == {"model": "--seed"}  # what the first case above stops
-    for flag, kind in CATALOGUE.items():
-        assert flag in found["switch"], flag
-        assert found["switch"][flag] == (kind == "switch"), flag
-    for flag in NEVER_ALLOWED - {"-O"}:  # -O is rewritten by parse_args, not an option
-        assert flag in found["switch"], flag
-
-
-PARSE = """
-import json, sys
-from vllm.utils.argparse_utils import FlexibleArgumentParser
-from vllm.entrypoints.launchers.cli_args import make_arg_parser
 parsed = []
 for argv in json.loads(sys.stdin.read()):
     try:
         parsed.append(vars(make_arg_parser(FlexibleArgumentParser()).parse_args(argv)))
     except SystemExit:  # argparse's error: the engine would not start
         parsed.append(None)
-print(json.dumps(parsed, default=repr))
+found = {"switch": kinds, "speculative": ns.speculative_config, "parsed": parsed}
+print(json.dumps(found, default=repr))
 """
 PORT = 20000
 SOURCE = "/var/lib/neuron/models/m"
@@ -107,18 +84,44 @@ def _checked(fields: dict[str, Any]) -> ModelSpec:
     return spec
 
 
-def _parse(argvs: list[list[str]]) -> list[dict[str, Any] | None]:
+def _specs() -> list[ModelSpec]:
+    """The baseline spec, then each hostile one unchecked, then each accepted one."""
+    baseline = _checked({})
+    unchecked = [
+        ModelSpec.model_construct(**{**baseline.model_dump(), "engine_args": [], **fields})
+        for fields, _ in HOSTILE
+    ]
+    return [baseline, *unchecked, *(_checked(fields) for fields, _ in ACCEPTED)]
+
+
+@pytest.fixture(scope="module")
+def vllm() -> dict[str, Any]:
+    """vLLM's parser, asked once (importing vLLM takes seconds): the kind of each of its
+    options (``switch``: True for a switch), what it makes of ``--seed -sc.model --seed 5``
+    (``speculative``), and its reading of the argv the neuron builds for each spec of
+    :func:`_specs` (``parsed``: None where it refused one)."""
     done = subprocess.run(
-        [sys.executable, "-c", PARSE],
-        input=json.dumps(argvs),
+        [sys.executable, "-c", VLLM],
+        input=json.dumps([_argv(spec) for spec in _specs()]),
         capture_output=True,
         text=True,
         timeout=180,
         check=False,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    parsed: list[dict[str, Any] | None] = json.loads(done.stdout.splitlines()[-1])
-    return parsed
+    found: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
+    return found
+
+
+def test_the_catalogue_agrees_with_vllms_parser(vllm: dict[str, Any]) -> None:
+    """Against the real parser (vLLM 0.32, where installed): every catalogued flag exists
+    with the kind the catalogue gives it, and the `-X.key` smuggling is real."""
+    assert vllm["speculative"] == {"model": "--seed"}  # what --seed -sc.model smuggles
+    for flag, kind in CATALOGUE.items():
+        assert flag in vllm["switch"], flag
+        assert vllm["switch"][flag] == (kind == "switch"), flag
+    for flag in NEVER_ALLOWED - {"-O"}:  # -O is rewritten by parse_args, not an option
+        assert flag in vllm["switch"], flag
 
 
 def _changes(parsed: dict[str, Any] | None, baseline: dict[str, Any]) -> dict[str, Any]:
@@ -130,7 +133,9 @@ def _changes(parsed: dict[str, Any] | None, baseline: dict[str, Any]) -> dict[st
     }
 
 
-def test_vllms_parser_reads_only_the_intended_options_from_the_argv_the_neuron_builds() -> None:
+def test_vllms_parser_reads_only_the_intended_options_from_the_argv_the_neuron_builds(
+    vllm: dict[str, Any],
+) -> None:
     """Hostile model_id/quant/dtype/source/engine_args are refused before any argv is built,
     and unchecked they would really have changed the engine's options (the attacks are real);
     what the neuron accepts, however odd, changes nothing but the options it means to set.
@@ -138,13 +143,7 @@ def test_vllms_parser_reads_only_the_intended_options_from_the_argv_the_neuron_b
     for fields, _ in HOSTILE:
         with pytest.raises((ValidationError, BadRequest)):
             _checked(fields)
-    baseline_spec = _checked({})
-    unchecked = [
-        ModelSpec.model_construct(**{**baseline_spec.model_dump(), "engine_args": [], **fields})
-        for fields, _ in HOSTILE
-    ]
-    accepted = [_checked(fields) for fields, _ in ACCEPTED]
-    baseline, *rest = _parse([_argv(s) for s in (baseline_spec, *unchecked, *accepted)])
+    baseline, *rest = vllm["parsed"]
     assert baseline is not None
     assert baseline["host"] == "127.0.0.1"
     assert baseline["port"] == PORT

@@ -1,15 +1,24 @@
-"""Models on demand end to end: real cortex processes, real neurons, real vLLM engines.
+"""Models on demand and the residency ladder end to end: real cortex processes, real
+neurons, real vLLM engines (CPU: sleep frees nothing there, but every call of the control
+path is real).
 
-Two neurons that hold one model each (``max_loaded_models = 1``) and two catalogued copies
-of the tiny model, ``a`` and ``b``. Three cortex configurations run in turn against the
-same neurons, four engine starts in all:
+Two neurons that hold one awake model each (``max_loaded_models = 1``): n1 stop-only (the
+ladder off), n2 with the ladder on (its default). Three catalogued copies of the tiny model,
+``a``, ``b`` and ``c``. Four cortex configurations run in turn against the same neurons, five
+engine starts in all:
 
 1. ``a`` and ``b`` on n1: five concurrent first requests for ``a`` (one of them streaming,
    which receives keep-alives, then tokens) cause one load; a request for ``b`` evicts ``a``
    (its engine process is gone) and loads ``b``.
 2. ``a`` pinned on n1: cortex loads it at start; ``b`` then answers 503 + Retry-After and
    ``a`` stays.
-3. n1 and n2: ``b`` loads on n2, the one with room, and is unloaded once idle for its TTL.
+3. n1 and n2: ``b`` loads on n2, the one with room; ``c`` then puts ``b`` to sleep, ``b``
+   again wakes with its first token within 3 s (a cold start is about 30 s), and ten
+   concurrent requests for the sleeping ``c`` cause one wake: only two engines started.
+4. n1 alone, ``a`` unpinned with an idle TTL: unloaded once idle for it.
+
+Then, cortex gone: ``c`` is unloaded straight from n2 (its engine goes, ``c`` is unknown), and
+SIGTERM stops n2 with ``b`` asleep, leaving no engine.
 """
 
 from __future__ import annotations
@@ -25,8 +34,10 @@ from e2e_support import (
     ENGINE_START_TIMEOUT,
     async_wait_group_gone,
     chat_body,
+    client,
     cortex_serving,
     free_port,
+    list_models,
     neuron_running,
     prometheus_value,
     record,
@@ -35,15 +46,31 @@ from e2e_support import (
     write_config,
 )
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 
 LOAD_WAIT = ENGINE_START_TIMEOUT + 60
+FIRST_TOKEN_WITHIN = 3.0
+"""A sleeper's first token after its wake (a cold start here is about 30 s)."""
 
 
 def entry(model_dir: Path, model_id: str, **extra: Any) -> dict[str, Any]:
     """A catalogue entry serving the tiny model as ``model_id``."""
     spec = tiny_spec(model_dir, model_id)
     return {"id": spec.pop("model_id"), **spec, **extra}
+
+
+async def first_token(c: httpx.AsyncClient, model: str) -> float:
+    """Seconds until the first token of a streamed answer for ``model``."""
+    began = time.monotonic()
+    body = chat_body(model, stream=True)
+    async with c.stream("POST", "/v1/chat/completions", json=body) as response:
+        assert response.status_code == 200, await response.aread()
+        took = None
+        async for line in response.aiter_lines():
+            if took is None and line.startswith("data:") and '"content"' in line:
+                took = time.monotonic() - began
+        assert took is not None
+        return took
 
 
 async def neurons_up(c: httpx.AsyncClient, count: int) -> None:
@@ -54,14 +81,15 @@ async def neurons_up(c: httpx.AsyncClient, count: int) -> None:
     await wait_until(up, 30, f"cortex to see {count} neuron(s) up")
 
 
-async def test_models_load_on_demand_evict_pin_and_go_idle(
+async def test_models_load_on_demand_evict_pin_sleep_wake_and_go_idle(
     tiny_model: Path, tmp_path: Path
 ) -> None:
-    # Stop-only (the residency ladder off): an evicted model's engine is gone.
+    # n1 is stop-only (the residency ladder off): an evicted model's engine is gone.
     off = {"enabled": False}
     n1_config = write_config(tmp_path / "n1.toml", port=free_port(), max_loaded_models=1, sleep=off)
-    n2_config = write_config(tmp_path / "n2.toml", port=free_port(), max_loaded_models=1, sleep=off)
-    a, b = entry(tiny_model, "a"), entry(tiny_model, "b")
+    # The residency ladder on (its default): an evicted model sleeps.
+    n2_config = write_config(tmp_path / "n2.toml", port=free_port(), max_loaded_models=1)
+    a, b, third = entry(tiny_model, "a"), entry(tiny_model, "b"), entry(tiny_model, "c")
     with (
         neuron_running(n1_config, tmp_path / "n1.log") as n1,
         neuron_running(n2_config, tmp_path / "n2.log") as n2,
@@ -144,31 +172,99 @@ async def test_models_load_on_demand_evict_pin_and_go_idle(
                 assert refused.json()["error"]["code"] == "no_capacity"
                 assert set(n1.models()) == {"a"}
 
-        # 3. Two neurons: b goes where there is room, and leaves once idle.
-        idle = {**b, "idle_ttl": 3.0}
+        # 3. Two neurons: b goes to n2, the one with room. n2 runs the residency ladder
+        # (its default): c then puts b to sleep, b wakes within FIRST_TOKEN_WITHIN, and
+        # ten concurrent requests for the sleeping c cause one wake. Only b and c start.
         neurons = {"n1": n1.url, "n2": n2.url}
-        with cortex_serving(tmp_path, "c3", neurons, [pinned, idle], loading) as (api, metrics):
+        loading = {**loading, "keepalive_interval": 1.0, "cold_start_timeout": LOAD_WAIT}
+        with cortex_serving(tmp_path, "c3", neurons, [pinned, b, third], loading) as (api, metrics):
             async with httpx.AsyncClient(base_url=api, timeout=LOAD_WAIT) as c:
                 await neurons_up(c, 2)
-                answer = await c.post("/v1/chat/completions", json=chat_body("b"))
-                assert answer.status_code == 200, answer.text
+                record("ladder: cold start of b on n2", await first_token(c, "b"))
                 assert set(n2.models()) == {"b"}
                 assert set(n1.models()) == {"a"}
+                record("ladder: cold start of c (b sleeps)", await first_token(c, "c"))
+                models = n2.models()
+                assert models["b"]["status"] == "sleeping", models
+                assert models["b"]["sleep_level"] == 1
+                assert models["c"]["status"] == "ready"
 
-                async def b_gone() -> bool:
-                    return "b" not in n2.models()
+                took = await first_token(c, "b")
+                record("ladder: b again (b wakes, c sleeps): first token", took)
+                assert took < FIRST_TOKEN_WITHIN, f"first token after {took:.1f}s"
+                models = n2.models()
+                assert models["b"]["status"] == "ready" and models["c"]["status"] == "sleeping"
 
-                began = time.monotonic()
-                await wait_until(b_gone, 60, "the idle b to be unloaded from n2")
-                record("on demand: idle b unloaded (idle_ttl 3 s)", time.monotonic() - began)
-                scraped = (await c.get(metrics)).text
+                woken = await asyncio.gather(
+                    *(c.post("/v1/chat/completions", json=chat_body("c")) for _ in range(10))
+                )
+                assert [r.status_code for r in woken] == [200] * 10, [r.text for r in woken]
+
+                async with httpx.AsyncClient(timeout=30) as direct:
+                    own = (await direct.get(f"{n2.url}/metrics")).text
+                assert prometheus_value(own, "neuron_model_wakes_total", model="c") == 1
+                assert prometheus_value(own, "neuron_model_wakes_total", model="b") == 1
+                assert prometheus_value(own, "neuron_model_load_seconds_count") == 2
+                assert prometheus_value(own, "neuron_engine_exits_total") is None
                 assert (
                     prometheus_value(
-                        scraped, "cortex_evictions_total", model="b", node="n2", reason="idle"
+                        own, "vllm:engine_sleep_state", model="b", sleep_state="weights_offloaded"
                     )
                     == 1
                 )
-                assert set(n1.models()) == {"a"}, "a pinned model is never idle-unloaded"
+                scraped = (await c.get(metrics)).text
+                assert prometheus_value(scraped, "cortex_wakes_total", model="b") == 1
+                cold = [
+                    prometheus_value(scraped, "cortex_cold_starts_total", model=m)
+                    for m in ("b", "c")
+                ]
+                assert cold == [1, 1], cold
+                assert set(n1.models()) == {"a"}, "the pinned a was never evicted"
+
+        # 4. n1 alone, a no longer pinned: it leaves once idle (stop-only: unloaded).
+        idle = {**a, "idle_ttl": 3.0}
+        with cortex_serving(tmp_path, "c4", {"n1": n1.url}, [idle], loading) as (api, metrics):
+            async with httpx.AsyncClient(base_url=api, timeout=LOAD_WAIT) as c:
+                await neurons_up(c, 1)
+
+                async def a_gone() -> bool:
+                    return "a" not in n1.models()
+
+                began = time.monotonic()
+                await wait_until(a_gone, 60, "the idle a to be unloaded from n1")
+                record("on demand: idle a unloaded (idle_ttl 3 s)", time.monotonic() - began)
+                scraped = (await c.get(metrics)).text
+                assert (
+                    prometheus_value(
+                        scraped, "cortex_evictions_total", model="a", node="n1", reason="idle"
+                    )
+                    == 1
+                )
+        assert n1.models() == {}
+
+        # 5. With cortex gone, an unload straight to n2: c's engine goes, and so does c.
+        async with client(n2) as direct:
+            engine_c = (await list_models(direct, n2))["c"]["engine"]["pid"]
+            began = time.monotonic()
+            unloaded = await direct.post("/models/unload", json={"model_id": "c"})
+            assert unloaded.status_code == 200, unloaded.text
+            assert unloaded.json()["status"] == "unloaded"
+            record("unload c (request → 200)", time.monotonic() - began)
+            gone = await async_wait_group_gone(engine_c, timeout=10)
+            assert gone is not None, (
+                f"engine process group {engine_c} still there 10 s after unload"
+            )
+            assert set(await list_models(direct, n2)) == {"b"}
+            gone_request = await direct.post("/v1/chat/completions", json=chat_body("c"))
+            assert gone_request.status_code == 404
+            assert gone_request.json()["error"]["code"] == "model_not_found"
+
+        # 6. SIGTERM to n2 with b asleep: it exits 0 and leaves no engine.
+        pids = [m["engine"]["pid"] for m in n2.models().values()]
+        assert len(pids) == 1
+        assert n2.stop(timeout=120) == 0
+        for pid in pids:
+            assert await async_wait_group_gone(pid, 30) is not None, f"engine {pid} lives on"
 
 
 async def _ready_in_cortex(c: httpx.AsyncClient, model: str) -> bool:
