@@ -67,6 +67,8 @@ class FakeNeuron:
     """A load of a ``sleeping`` model fails to wake it and loads it afresh (a cold start)."""
     state_s: dict[str, float] = field(default_factory=dict)
     """Reported per model in ``/models``: seconds in its current state."""
+    timings: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Reported per model in ``/models`` as they are: ``last_load_s``, ``last_wake_s``."""
     wakes: list[str] = field(default_factory=list)
     """Models a load woke (or, with ``wake_fails``, loaded afresh after a failed wake)."""
 
@@ -148,6 +150,7 @@ class FakeNeuron:
         }
         if model in self.state_s:
             info["state_s"] = self.state_s[model]
+        info |= self.timings.get(model, {})
         if self.report_load:
             running = self.running.get(model, 0)
             info |= {"running": running, "waiting": 0, "kv_cache_usage": min(1, running / 10)}

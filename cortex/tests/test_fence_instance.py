@@ -33,6 +33,11 @@ class Neuron:
         self.restart_before_next = False
         """Restart (a new boot, its epoch where the last one's was) as the next command arrives,
         and refuse it: what a neuron restarted since cortex's last read answers."""
+        self.no_sleep = False
+        """Refuse sleeps (409 ``no_sleep``: sleep off, or its budget full), as a neuron does."""
+        self.hold: asyncio.Event | None = None
+        """When set: a sleep's answer waits for it (``asked`` is set once the sleep arrived)."""
+        self.asked = asyncio.Event()
 
     def state(self) -> dict[str, Any]:
         return {"instance": self.instance, "epoch": self.epoch, "models": self.models}
@@ -52,6 +57,9 @@ class Neuron:
                 extra = {"X-Neuron-Instance": self.instance, "X-Neuron-Epoch": str(self.epoch)}
             elif isinstance(answer, tuple):
                 status, answer = answer
+            if path == "/models/sleep" and self.hold is not None:
+                self.asked.set()
+                await self.hold.wait()
             raw = json.dumps(answer).encode()
             head_out = f"HTTP/1.1 {status} X\r\ncontent-length: {len(raw)}\r\n"
             head_out += "".join(f"{k}: {v}\r\n" for k, v in extra.items())
@@ -73,7 +81,18 @@ class Neuron:
             self.instance, self.models = "boot-2", []
             error = {"message": "restarted", "type": "conflict_error", "code": "stale_epoch"}
             return 409, {"error": error, "state": self.state()}
-        model = json.loads(body)["model_id"]
+        sent = json.loads(body)
+        if sent.get("instance") not in (None, self.instance):  # decided on another boot
+            error = {"message": "another boot", "type": "conflict_error", "code": "stale_epoch"}
+            return 409, {"error": error, "state": self.state()}
+        if path == "/models/sleep" and self.no_sleep:
+            error = {
+                "message": "sleep is off",
+                "type": "insufficient_resources",
+                "code": "no_sleep",
+            }
+            return 409, {"error": error}
+        model = sent["model_id"]
         if path == "/models/load":
             self.models = [{"id": model, "status": "ready", "in_flight": 0}]
             self.epoch += 2
@@ -84,7 +103,7 @@ class Neuron:
 
 
 @asynccontextmanager
-async def cortex(neuron: Neuron, **loading: Any) -> AsyncIterator[tuple[Loader, Fleet]]:
+async def cortex(neuron: Neuron, **loading: Any) -> AsyncIterator[tuple[Loader, Fleet, Poller]]:
     async with scripted(neuron.serve) as url, aiohttp.ClientSession() as session:
         settings = CortexSettings(
             neurons=[{"name": "n1", "endpoint": url}], loading=loading, poll={"watch": False}
@@ -93,12 +112,12 @@ async def cortex(neuron: Neuron, **loading: Any) -> AsyncIterator[tuple[Loader, 
         metrics = CortexMetrics()
         poller = Poller(fleet, session, settings.poll, metrics)
         await poller.poll_once()
-        yield Loader(fleet, session, settings, metrics, poller), fleet
+        yield Loader(fleet, session, settings, metrics, poller), fleet, poller
 
 
 async def test_a_load_names_the_boot_and_the_epoch_it_was_planned_from() -> None:
     neuron = Neuron()
-    async with cortex(neuron) as (loader, _):
+    async with cortex(neuron) as (loader, _, _):
         await loader.ensure("m1")
     [(path, body)] = neuron.commands
     assert path == "/models/load"
@@ -107,7 +126,7 @@ async def test_a_load_names_the_boot_and_the_epoch_it_was_planned_from() -> None
 
 async def test_a_restarted_neuron_refuses_and_cortex_plans_again_from_the_new_boot() -> None:
     neuron = Neuron()
-    async with cortex(neuron) as (loader, fleet):
+    async with cortex(neuron) as (loader, fleet, _):
         # Between cortex's read and its command the neuron restarted, at the same epoch.
         neuron.restart_before_next = True
         await loader.ensure("m1")
@@ -119,7 +138,7 @@ async def test_a_restarted_neuron_refuses_and_cortex_plans_again_from_the_new_bo
 async def test_an_idle_sleep_names_the_boot_it_judged_idle_on() -> None:
     neuron = Neuron()
     neuron.models = [{"id": "m1", "status": "ready", "in_flight": 0, "idle_s": 100.0}]
-    async with cortex(neuron, idle_ttl=0.05) as (loader, _):
+    async with cortex(neuron, idle_ttl=0.05) as (loader, _, _):
         await loader.housekeeping()  # first sight of m1
         await asyncio.sleep(0.06)
         began = time.monotonic()
@@ -128,3 +147,25 @@ async def test_an_idle_sleep_names_the_boot_it_judged_idle_on() -> None:
     [(path, body)] = neuron.commands
     assert path == "/models/sleep"
     assert body["instance"] == "boot-1" and "epoch" not in body
+
+
+async def test_an_idle_unload_names_the_boot_judged_on_though_a_poll_read_a_new_one() -> None:
+    neuron = Neuron()
+    neuron.models = [{"id": "m1", "status": "ready", "in_flight": 0, "idle_s": 100.0}]
+    neuron.no_sleep, neuron.hold = True, asyncio.Event()
+    async with cortex(neuron, idle_ttl=0.05) as (loader, fleet, poller):
+        await loader.housekeeping()  # first sight of m1
+        await asyncio.sleep(0.06)
+        job = asyncio.create_task(loader.housekeeping())  # judged idle on boot-1: a sleep
+        await neuron.asked.wait()
+        # The neuron restarts (it loads m1 again, as a default model) and a poll reads the new
+        # boot before boot-1's refusal of the sleep arrives; cortex unloads instead.
+        neuron.instance, neuron.epoch = "boot-2", 1
+        neuron.models = [{"id": "m1", "status": "ready", "in_flight": 0, "idle_s": 0.0}]
+        await poller.poll_once()
+        assert fleet.node("n1").instance == "boot-2"
+        neuron.hold.set()
+        await asyncio.wait_for(job, 5)
+    sent = [(path, body["instance"]) for path, body in neuron.commands]
+    assert sent == [("/models/sleep", "boot-1"), ("/models/unload", "boot-1")]
+    assert neuron.models[0]["status"] == "ready"  # boot-2 refused boot-1's judgement

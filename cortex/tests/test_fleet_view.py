@@ -125,3 +125,15 @@ async def test_routing_follows_each_change_a_poll_brings() -> None:
         await c.poll()
         await c.poll()  # down after two
         assert await status() == 404
+
+
+async def test_models_this_cortex_never_timed_show_the_neurons_figures() -> None:
+    # Another replica woke and loaded these: the neuron's own timings, not the defaults.
+    n1 = FakeNeuron("n1", models={"m2": "sleeping", "m4": "waking", "m5": "loading"})
+    n1.timings = {"m2": {"last_wake_s": 1.5}, "m4": {"last_wake_s": 2.0}}
+    n1.timings["m5"] = {"last_load_s": 42.0}
+    async with cortex(n1) as c:
+        listed = {m["id"]: m for m in (await c.client.get("/v1/models")).json()["data"]}
+    assert listed["m2"]["estimated_ready_s"] == 1.5
+    assert listed["m4"]["estimated_ready_s"] == 2.0
+    assert listed["m5"]["estimated_ready_s"] == 42.0

@@ -10,7 +10,8 @@ Two sources, for two uses:
 - :class:`Estimates`, this cortex's own timings (per model and neuron, a moving average of
   what its loads and wakes took, from request to ready): ``/v1/models`` shows them as
   ``estimated_ready_s``, and a 503 for a model still coming sets ``Retry-After`` from them
-  (:func:`retry_after`).
+  (:func:`retry_after`). For a model this cortex never timed (another replica loaded it),
+  the neurons' figures stand in.
 
 Both fall back alike: for a neuron with no figure, the mean over the model's other neurons;
 else the configured default.
@@ -29,14 +30,20 @@ KINDS = ("cold", "wake")
 WEIGHT = 0.3
 """Of a new measurement in the moving average."""
 RETRY_FLOOR = 0.25
-"""Of the estimate: the shortest ``Retry-After`` for a model still coming. A load that
-overruns its estimate is asked about again every quarter of the estimate, not every second."""
+"""Of the estimate: ``Retry-After`` for a model whose load or wake overran its estimate, so
+that it is asked about again every quarter of the estimate, not every second."""
+RETRY_CAP = 60.0
+"""Seconds: the most that floor comes to (a 20-minute estimate is not asked about hourly)."""
 
 
 def retry_after(left: float, estimate: float) -> int:
-    """Whole seconds for ``Retry-After``: the ``left`` of the ``estimate``, but never less
-    than :data:`RETRY_FLOOR` of it, nor less than 1."""
-    return max(1, math.ceil(max(left, RETRY_FLOOR * estimate)))
+    """Whole seconds for ``Retry-After``, at least 1: while the load or wake is on schedule
+    (``left`` > 0), the time ``left`` of the ``estimate`` (never more: a client asking just
+    before it is due is not sent away for longer); once it has overrun, :data:`RETRY_FLOOR`
+    of the estimate, at most :data:`RETRY_CAP`."""
+    if left > 0:
+        return max(1, math.ceil(left))
+    return max(1, math.ceil(min(RETRY_FLOOR * estimate, RETRY_CAP)))
 
 
 class Estimates:
@@ -54,17 +61,24 @@ class Estimates:
         before = self._seen.get(key)
         self._seen[key] = seconds if before is None else before + WEIGHT * (seconds - before)
 
-    def eta(self, model: str, node: str | None, kind: str) -> float:
-        """Expected seconds from start to ready for ``model`` on ``node`` (any, if ``None``)."""
+    def eta(self, model: str, node: str | None, kind: str, fallback: Eta | None = None) -> float:
+        """Expected seconds from start to ready for ``model`` on ``node`` (any, if ``None``):
+        this cortex's own timing there, else the mean of its own on the other neurons. With
+        none of its own (it never loaded or woke the model: another replica did), the
+        ``fallback`` for ``node`` where given (the neurons' figures, :func:`reported`, which
+        end in the same defaults), else the configured default."""
         if node is not None and (model, node, kind) in self._seen:
             return self._seen[(model, node, kind)]
         others = [v for (m, _, k), v in self._seen.items() if m == model and k == kind]
         if others:
             return sum(others) / len(others)
+        if fallback is not None and node is not None:
+            return fallback(node, kind)
         return self._defaults[kind]
 
-    def started(self, model: str, node: str, kind: str) -> None:
-        self._coming[model] = (kind, self._clock(), self.eta(model, node, kind))
+    def started(self, model: str, node: str, kind: str, fallback: Eta | None = None) -> None:
+        """``model`` is being loaded or woken on ``node`` now; its estimate as :meth:`eta`."""
+        self._coming[model] = (kind, self._clock(), self.eta(model, node, kind, fallback))
 
     def ended(self, model: str) -> None:
         self._coming.pop(model, None)

@@ -136,24 +136,22 @@ class Loader:
             gauge.dec()
 
     def retry_after(self, model: str) -> int:
-        """``Retry-After`` for a 503 about ``model`` not being ready: from the estimate of its
-        load or wake in progress (this cortex's own, else one a neuron reports, less the time
-        it has been at it), at least a quarter of that estimate (:func:`eta.retry_after`);
-        ``gateway.retry_after`` when nothing is coming."""
+        """``Retry-After`` for a 503 about ``model`` not being ready (:func:`eta.retry_after`):
+        from the estimate of its load or wake in progress, this cortex's own, else one a neuron
+        reports coming, less the time it has been at it (:meth:`Node.state_age`, the same age
+        :meth:`candidate` reads); the estimate is this cortex's timing, else the neurons'
+        (:meth:`eta`). ``gateway.retry_after`` when nothing is coming."""
         own = self.estimates.retry_after(model)
         if own is not None:
             return own
+        reported = self.eta(model)
         seen = []
         for node in self.fleet.up():
-            info = node.models.get(model) or {}
-            kind = {"loading": "cold", "waking": "wake"}.get(str(info.get("status")))
+            kind = {"loading": "cold", "waking": "wake"}.get(node.status_of(model) or "")
             if kind is None:
                 continue
-            estimate = self.estimates.eta(model, node.name, kind)
-            state_s = info.get("state_s")
-            spent = 0.0
-            if isinstance(state_s, int | float) and not isinstance(state_s, bool):
-                spent = max(0.0, float(state_s))
+            estimate = self.estimates.eta(model, node.name, kind, reported)
+            spent = max(0.0, node.state_age(model) or 0.0)
             seen.append(retry_after(estimate - spent, estimate))
         return min(seen, default=self._retry_after)
 
@@ -202,7 +200,7 @@ class Loader:
                 self._making_room.setdefault(node.name, set()).update(target.evict)
                 self.fleet.changed()
                 kind = "wake" if target.wakes else "cold"
-                self.estimates.started(model, node.name, kind)
+                self.estimates.started(model, node.name, kind, self.eta(model))
             try:
                 if epoch is None:
                     await self._evict(node, target.evict, "lru")
@@ -616,7 +614,9 @@ class Loader:
                         node.evicting.add(model_id)
                         self.fleet.changed()
                         jobs.append(
-                            self._idle_unload(node, model_id, now - since, 0.0, "sleep_ttl")
+                            self._idle_unload(
+                                node, model_id, now - since, 0.0, node.instance, "sleep_ttl"
+                            )
                         )
                     continue
                 if info.get("status") != "ready":
@@ -629,7 +629,7 @@ class Loader:
                 if ttl and idle and now - last >= ttl:
                     node.evicting.add(model_id)  # out of routing before anything awaits
                     self.fleet.changed()
-                    jobs.append(self._idle_sleep(node, model_id, now - last, ttl))
+                    jobs.append(self._idle_sleep(node, model_id, now - last, ttl, node.instance))
         for entry in self.fleet.catalogue.models:
             for name in entry.pinned_on:
                 self._check_pin(entry, name, now)
@@ -648,14 +648,20 @@ class Loader:
             return 0.0
         return self._cfg.sleep_ttl
 
-    async def _idle_sleep(self, node: Node, model: str, idle: float, ttl: float) -> None:
-        """``idle_ttl`` passed: the model goes to sleep; where it cannot, it is unloaded."""
+    async def _idle_sleep(
+        self, node: Node, model: str, idle: float, ttl: float, boot: str | None
+    ) -> None:
+        """``idle_ttl`` passed: the model goes to sleep; where it cannot, it is unloaded.
+
+        ``boot``: the neuron's ``instance`` when the model was judged idle, sent with each
+        command, so that a neuron restarted since (its new boot applied by a poll meanwhile)
+        refuses them rather than taking the old boot's judgement for its own."""
         log.info("%s idle on %s for %.0fs: putting it to sleep", model, node.name, idle)
         # As for an idle unload: fenced by the model's own idleness at the neuron (with a
         # tenth of slack), not by the neuron's epoch.
         body: dict[str, Any] = {"model_id": model, "idle_at_least": ttl * 0.9}
-        if node.instance is not None:  # judged idle on this boot: another boot refuses it
-            body["instance"] = node.instance
+        if boot is not None:  # judged idle on this boot: another boot refuses it
+            body["instance"] = boot
         asked = time.monotonic()
         try:
             async with self._session.post(
@@ -687,17 +693,24 @@ class Loader:
         # Cannot sleep here (sleep off, host RAM budget full, a neuron without sleep): unload.
         node.evicting.add(model)
         self.fleet.changed()
-        await self._idle_unload(node, model, idle, ttl)
+        await self._idle_unload(node, model, idle, ttl, boot)
 
     async def _idle_unload(
-        self, node: Node, model: str, idle: float, ttl: float, reason: str = "idle"
+        self,
+        node: Node,
+        model: str,
+        idle: float,
+        ttl: float,
+        boot: str | None,
+        reason: str = "idle",
     ) -> None:
+        """Unload ``model``, idle (or asleep) past its ttl, as judged on the neuron's ``boot``."""
         log.info("%s idle on %s for %.0fs: unloading it", model, node.name, idle)
         try:
             # The neuron checks that nobody (no other replica either) used it meanwhile (a
             # tenth of slack: this cortex's view of the last use is as old as its last read).
             # No epoch: other models' changes there do not bear on this one's idleness.
-            await self._unload(node, model, reason, instance=node.instance, idle=ttl * 0.9)
+            await self._unload(node, model, reason, instance=boot, idle=ttl * 0.9)
         except Fenced as exc:
             log.info("%s stays on %s: %s", model, node.name, exc)
         except CortexError as exc:

@@ -79,7 +79,8 @@ def _eta(gw: Gateway, model_id: str, locations: list[dict[str, str]]) -> float:
     for kind, status in (("wake", "waking"), ("cold", "loading"), ("wake", "sleeping")):
         nodes = [loc["node"] for loc in locations if loc["status"] == status]
         if nodes:
-            return min(estimates.eta(model_id, node, kind) for node in nodes)
+            reported = gw.loader.eta(model_id)
+            return min(estimates.eta(model_id, node, kind, reported) for node in nodes)
     return estimates.eta(model_id, None, "cold")
 
 
