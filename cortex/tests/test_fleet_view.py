@@ -137,3 +137,17 @@ async def test_models_this_cortex_never_timed_show_the_neurons_figures() -> None
     assert listed["m2"]["estimated_ready_s"] == 1.5
     assert listed["m4"]["estimated_ready_s"] == 2.0
     assert listed["m5"]["estimated_ready_s"] == 42.0
+
+
+async def test_a_load_or_wake_under_way_elsewhere_shows_the_time_it_has_left() -> None:
+    # The neuron says how long each has been in its state: a load 30 s into a 42 s estimate
+    # has about 12 s left; a sleeper's estimate is its whole wake.
+    n1 = FakeNeuron("n1", models={"m2": "sleeping", "m4": "waking", "m5": "loading"})
+    n1.timings = {"m2": {"last_wake_s": 1.5}, "m4": {"last_wake_s": 2.0}}
+    n1.timings["m5"] = {"last_load_s": 42.0}
+    n1.state_s = {"m2": 100.0, "m4": 5.0, "m5": 30.0}
+    async with cortex(n1) as c:
+        listed = {m["id"]: m for m in (await c.client.get("/v1/models")).json()["data"]}
+    assert listed["m2"]["estimated_ready_s"] == 1.5
+    assert listed["m4"]["estimated_ready_s"] == 0.0
+    assert 11.0 <= listed["m5"]["estimated_ready_s"] <= 12.0

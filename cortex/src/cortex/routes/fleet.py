@@ -80,8 +80,22 @@ def _eta(gw: Gateway, model_id: str, locations: list[dict[str, str]]) -> float:
         nodes = [loc["node"] for loc in locations if loc["status"] == status]
         if nodes:
             reported = gw.loader.eta(model_id)
-            return min(estimates.eta(model_id, node, kind, reported) for node in nodes)
+            # Under way (another replica's load or wake): the time left, by the neuron's age
+            # of that state; a sleeper: the whole wake.
+            return min(
+                max(0.0, estimates.eta(model_id, node, kind, reported) - _age(gw, node, model_id))
+                if status != "sleeping"
+                else estimates.eta(model_id, node, kind, reported)
+                for node in nodes
+            )
     return estimates.eta(model_id, None, "cold")
+
+
+def _age(gw: Gateway, node: str, model_id: str) -> float:
+    try:
+        return gw.fleet.node(node).state_age(model_id) or 0.0
+    except KeyError:
+        return 0.0
 
 
 async def fleet(request: Request) -> Response:
