@@ -11,7 +11,8 @@ Like vLLM (uvicorn), it writes an access-log line per request to stdout, except 
 given to ``--disable-access-log-for-endpoints`` (none with ``--disable-uvicorn-access-log``).
 Sleep mode, as vLLM's development routes (only with ``VLLM_SERVER_DEV_MODE=1``): ``POST /sleep``,
 ``POST /wake_up``, ``GET /is_sleeping``; FAKE_ENGINE_SLEEP_DELAY and FAKE_ENGINE_WAKE_DELAY (seconds
-each takes), FAKE_ENGINE_WAKE_FAIL (``/wake_up`` answers 500), FAKE_ENGINE_SLEEP_FAIL (``/sleep``
+each takes), FAKE_ENGINE_WAKE_FAIL (``/wake_up`` answers 500; FAKE_ENGINE_WAKE_FAIL_AFTER=N: once it has
+woken N times), FAKE_ENGINE_SLEEP_FAIL (``/sleep``
 answers 500, after its delay), FAKE_ENGINE_GARBAGE_AFTER_WAKE (after
 a wake, completions answer other text: the canary must catch it). While asleep, generation
 answers 500 (the neuron must never send it any). ``vllm:engine_sleep_state`` and
@@ -351,7 +352,10 @@ def build_app(names: list[str]) -> ASGIApp:
     async def wake_up(_: Request) -> Response:
         global ASLEEP, WAKES, WOKEN
         await asyncio.sleep(float(os.environ.get("FAKE_ENGINE_WAKE_DELAY", "0")))
-        if os.environ.get("FAKE_ENGINE_WAKE_FAIL"):
+        fail_after = os.environ.get("FAKE_ENGINE_WAKE_FAIL_AFTER")
+        if os.environ.get("FAKE_ENGINE_WAKE_FAIL") or (
+            fail_after is not None and WAKES >= int(fail_after)
+        ):
             return error(500, "fake engine: wake failed", "InternalServerError")
         if ASLEEP is not None:
             WAKES, WOKEN = WAKES + 1, True

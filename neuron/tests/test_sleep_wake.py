@@ -466,3 +466,99 @@ async def test_an_unload_of_a_model_already_unloading_answers_whatever_its_epoch
         assert (await first).status_code == 200
         assert (await busy).status_code == 200
         assert await wait_gone(pid, timeout=5)
+
+
+def two_awake(sleep: dict[str, Any] | None = None, **env: str) -> Any:
+    return settings_for(
+        max_loaded_models=2,
+        sleep=SleepSettings(**(sleep or {})),
+        harness=Harnesses(vllm=fake_harness(**env)),
+    )
+
+
+async def test_concurrent_sleeps_never_overshoot_the_host_ram_budget() -> None:
+    # Room for one sleeper (4096 MiB each): a sleep is charged when it begins, so the second,
+    # sent while the first is under way, is refused (was: both passed, 8192 of 6000 used).
+    budget = {"host_ram_budget_mb": 6000}
+    async with running(two_awake(budget, FAKE_ENGINE_SLEEP_DELAY="0.5")) as n:
+        await n.load("m1")
+        await n.load("m2")
+        answers = await asyncio.gather(
+            *(n.client.post("/models/sleep", json={"model_id": m}) for m in ("m1", "m2"))
+        )
+        assert sorted(a.status_code for a in answers) == [200, 409], [a.text for a in answers]
+        refused = next(a for a in answers if a.status_code == 409)
+        assert refused.json()["error"]["code"] == "no_sleep"
+        health = (await n.client.get("/health")).json()["sleep"]
+        assert health["host_ram_used_mb"] == 4096 and health["sleeping_models"] == 1
+        assert sorted(i["status"] for i in (await n.models()).values()) == ["ready", "sleeping"]
+
+
+async def test_a_load_that_evicts_two_puts_only_what_the_budget_holds_to_sleep() -> None:
+    budget = {"host_ram_budget_mb": 6000}
+    async with running(two_awake(budget, FAKE_ENGINE_SLEEP_DELAY="0.5")) as n:
+        await n.load("m1")
+        await n.load("m2")
+        third = await n.load("m3", evict=["m1", "m2"])
+        assert third.status_code == 200, third.text
+        assert third.json()["slept"] == ["m1"]  # m2 was stopped: no host RAM left for it
+        models = await n.models()
+        assert {m: i["status"] for m, i in models.items()} == {"m1": "sleeping", "m3": "ready"}
+        assert (await n.client.get("/health")).json()["sleep"]["host_ram_used_mb"] == 4096
+
+
+async def test_a_sleep_that_fails_and_stops_the_engine_gives_its_host_ram_back() -> None:
+    async with running(ladder(FAKE_ENGINE_SLEEP_DELAY="0.5", FAKE_ENGINE_SLEEP_FAIL="1")) as n:
+        await n.load("m1")
+        first = asyncio.create_task(n.client.post("/models/sleep", json={"model_id": "m1"}))
+        await asyncio.sleep(0.2)
+        assert (await n.client.get("/health")).json()["sleep"]["host_ram_used_mb"] == 4096
+        assert (await first).status_code == 502
+        assert (await n.client.get("/health")).json()["sleep"]["host_ram_used_mb"] == 0
+
+
+async def test_last_wake_s_counts_the_wait_for_room_as_last_load_s_does() -> None:
+    # Waking m1 first puts m2 to sleep (1 s): that wait is in the wake's time, as a load's
+    # wait for its victims is in last_load_s (cortex compares the two).
+    async with running(ladder(FAKE_ENGINE_SLEEP_DELAY="1.0")) as n:
+        await n.load("m1")
+        second = await n.load("m2", evict=["m1"])
+        assert second.json()["slept"] == ["m1"]
+        assert second.json()["model"]["last_load_s"] >= 1.0  # waited for m1's sleep
+        back = await n.client.post("/models/wake", json={"model_id": "m1", "evict": ["m2"]})
+        assert back.status_code == 200, back.text
+        assert back.json()["slept"] == ["m2"]
+        assert back.json()["model"]["last_wake_s"] >= 1.0  # was ~0: timed after the wait
+
+
+async def test_a_failed_wake_then_fresh_load_forgets_the_last_wake_time() -> None:
+    async with running(ladder(FAKE_ENGINE_WAKE_FAIL_AFTER="1")) as n:
+        await n.load("m1")
+        await n.client.post("/models/sleep", json={"model_id": "m1"})
+        woke = await n.client.post("/models/wake", json={"model_id": "m1"})
+        assert woke.json()["woken"] is True and woke.json()["model"]["last_wake_s"] is not None
+        await n.client.post("/models/sleep", json={"model_id": "m1"})
+        again = await n.client.post("/models/wake", json={"model_id": "m1"})  # fails: reload
+        assert again.status_code == 200, again.text
+        assert (again.json()["woken"], again.json()["started"]) == (False, True)
+        info = (await n.models())["m1"]
+        assert info["status"] == "ready" and info["last_wake_s"] is None
+        assert await metric(n, "neuron_model_wakes_total", model="m1", outcome="failed") == 1.0
+
+
+async def test_a_sleep_that_fails_while_a_wake_waits_for_it_says_so() -> None:
+    async with running(ladder(FAKE_ENGINE_SLEEP_DELAY="0.5", FAKE_ENGINE_SLEEP_FAIL="1")) as n:
+        pid = (await n.load("m1")).json()["model"]["engine"]["pid"]
+        sleep = asyncio.create_task(n.client.post("/models/sleep", json={"model_id": "m1"}))
+        await asyncio.sleep(0.2)
+        wake = asyncio.create_task(n.client.post("/models/wake", json={"model_id": "m1"}))
+        await asyncio.sleep(0.1)
+        assert (await n.models())["m1"]["status"] == "waking"
+        slept = await sleep
+        assert slept.status_code == 502, slept.text  # was 200 "sleeping"
+        assert slept.json()["error"]["code"] == "engine_failed"
+        assert "failed to go to sleep" in slept.json()["error"]["message"]
+        woke = await wake
+        assert woke.status_code == 200, woke.text
+        assert woke.json()["model"]["engine"]["pid"] == pid
+        assert await metric(n, "neuron_model_sleeps_total", model="m1", outcome="failed") == 1.0

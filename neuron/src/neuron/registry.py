@@ -9,7 +9,8 @@ woken by a wake command, a load of it, or a request for it (one wake, whoever as
 Sleep and wake go through the same authority as load and unload: fenced by the epoch, a
 sleep refused (409 ``model_busy``) while requests are in flight, single-flight per model. A
 model evicted to make room sleeps instead of stopping while ``[sleep]`` budgets allow (host
-RAM for every model that has slept since its engine started, and ``max_sleeping_models``).
+RAM for every model that has begun a sleep since its engine started, charged as the sleep
+begins so that concurrent sleeps cannot overshoot it, and ``max_sleeping_models``).
 A wake whose engine fails, or whose canary token differs from the one recorded before its
 first sleep, stops that engine and loads the model afresh.
 
@@ -121,18 +122,26 @@ class Slot:
     """Set while no request is in flight (an unload with ``Busy.WAIT`` waits for it)."""
     since: float = field(default_factory=time.time)
     """When it entered its current state (unix seconds)."""
-    op: asyncio.Task[None] | None = None
+    op: asyncio.Task[str | None] | None = None
     """The sleep or wake in progress (or last done): every waker joins it."""
     sleep_level: int | None = None
     slept: bool = False
-    """Has slept since its engine started: its host RAM stays counted (vLLM keeps it pinned)."""
+    """Has slept since its engine started (vLLM keeps its host memory pinned after a wake)."""
     host_ram_mb: int = 0
+    """The host RAM charged to its engine against ``[sleep] host_ram_budget_mb``: charged when
+    its first sleep *begins* (so concurrent sleeps cannot all pass the budget check), kept
+    until the engine stops; 0 for an engine that never began a sleep."""
     sleep_vram_mb: int = 0
     """The GPU memory it keeps while asleep (measured, or ``sleep.sleeper_vram_mb``)."""
     canary: str | None = None
     """Its greedy first token for ``sleep.canary_prompt``, recorded before its first sleep."""
     load_s: float | None = None
+    """``last_load_s``: seconds its last cold start took, from the moment the neuron began it
+    (including the wait for the models it displaces to stop or sleep) until ready."""
     wake_s: float | None = None
+    """``last_wake_s``: the same for its last wake (from the moment the neuron began it,
+    including the wait for its room and for its own sleep to finish); ``None`` if its engine
+    has not woken since it started. Timed alike, so the two can be compared."""
     woken_at: float | None = None
     """When its engine last woke (monotonic; ``None`` if it has not woken since it started)."""
 
@@ -206,7 +215,7 @@ class Slot:
             "since": self.since,
             "state_s": round(max(0.0, time.time() - self.since), 3),
             "sleep_level": self.sleep_level if self.state in ASLEEP else None,
-            "host_ram_mb": self.host_ram_mb if self.slept else 0,
+            "host_ram_mb": self.host_ram_mb,
             "last_load_s": self.load_s,
             "last_wake_s": self.wake_s,
             "engine": {"pid": self.engine.pid, "url": self.engine.url},
@@ -311,8 +320,9 @@ class Registry:
         return [s for s in self._slots.values() if s.state is State.SLEEPING]
 
     def host_ram_used_mb(self) -> int:
-        """Host RAM held for sleepers: every engine that has slept since it started."""
-        return sum(s.host_ram_mb for s in self.engines() if s.slept)
+        """Host RAM charged for sleepers: every engine that has begun a sleep since it started
+        (a sleep under way included)."""
+        return sum(s.host_ram_mb for s in self.engines())
 
     def sleep_info(self) -> dict[str, Any]:
         """For ``/health`` and ``/discovery``."""
@@ -426,7 +436,7 @@ class Registry:
             sleep_mode=self.sleep_settings.enabled,
         )
 
-    def _demote(self, victim: Slot, model_id: str) -> asyncio.Task[None]:
+    def _demote(self, victim: Slot, model_id: str) -> asyncio.Task[Any]:
         """Make room: ``victim`` (ready and idle, or asleep) sleeps if the budgets allow,
         else stops; the returned task ends when its memory is given back."""
         spare = self._spare_sleepers(victim, model_id) if victim.state is State.READY else None
@@ -443,7 +453,7 @@ class Registry:
         # Its own task: a cancelled load must not leave an engine half stopped.
         return self._stop_later(victim, was)
 
-    async def _join(self, slot: Slot, start: asyncio.Task[None] | None = None) -> Slot:
+    async def _join(self, slot: Slot, start: asyncio.Task[Any] | None = None) -> Slot:
         start = start or slot.start
         if start is None:
             return slot
@@ -459,7 +469,7 @@ class Registry:
             raise
         return slot
 
-    async def _start(self, slot: Slot, stops: list[asyncio.Task[None]] | None = None) -> None:
+    async def _start(self, slot: Slot, stops: list[asyncio.Task[Any]] | None = None) -> None:
         began = time.monotonic()
         if stops:
             await asyncio.wait(stops)  # the room first
@@ -502,7 +512,7 @@ class Registry:
         asleep = sum(1 for s in self.sleepers() if s.model_id != coming)
         if limit is not None and asleep - len(stopping) >= limit:
             return NoSleep(f"this neuron keeps at most {limit} sleeping model(s)")
-        if not slot.slept:
+        if not slot.host_ram_mb:  # not charged yet (charged engines keep theirs)
             freed = sum(s.host_ram_mb for s in stopping)
             used, need = self.host_ram_used_mb() - freed, self._host_ram(slot)
             if used + need > conf.host_ram_budget_mb:
@@ -571,7 +581,7 @@ class Registry:
             raise refusal
         return await self._slept(slot, self._begin_sleep(slot, level or self.sleep_settings.level))
 
-    async def _slept(self, slot: Slot, op: asyncio.Task[None] | None) -> Slot:
+    async def _slept(self, slot: Slot, op: asyncio.Task[str | None] | None) -> Slot:
         """Wait for ``op``, ``slot``'s sleep, and give its outcome to whoever asked for it (the
         one that started it, and every one that joined it): the slot if it slept (it may
         have woken or be unloading since), else why not.
@@ -585,12 +595,17 @@ class Registry:
             )
         if op is not None and op.cancelled():
             raise LoadCancelled(f"sleep of {slot.model_id} was cancelled by an unload")
+        failed = op.result() if op is not None else None
+        if failed is not None:  # a wake was waiting for it: the model is not stopped
+            raise EngineFailed(f"model {slot.model_id!r} failed to go to sleep: {failed}")
         return slot
 
     def _begin_sleep(
-        self, slot: Slot, level: int, before: Sequence[asyncio.Task[None]] = ()
-    ) -> asyncio.Task[None]:
+        self, slot: Slot, level: int, before: Sequence[asyncio.Task[Any]] = ()
+    ) -> asyncio.Task[str | None]:
         slot.state, slot.sleep_level = State.SLEEPING, level
+        if not slot.host_ram_mb:  # charged now, before the next sleep's budget check
+            slot.host_ram_mb = self._host_ram(slot)
         slot.op = asyncio.create_task(
             self._sleep(slot, level, before), name=f"sleep {slot.model_id}"
         )
@@ -598,8 +613,10 @@ class Registry:
         return slot.op
 
     async def _sleep(
-        self, slot: Slot, level: int, before_it: Sequence[asyncio.Task[None]] = ()
-    ) -> None:
+        self, slot: Slot, level: int, before_it: Sequence[asyncio.Task[Any]] = ()
+    ) -> str | None:
+        """Put ``slot``'s engine to sleep; returns why it failed (``None``: it slept, or an
+        unload cut it short), for :meth:`_slept` to give every caller."""
         conf, engine = self.sleep_settings, slot.engine
         if before_it:
             await asyncio.wait(before_it)  # the sleepers that give it their host RAM
@@ -613,16 +630,29 @@ class Registry:
             await engine_sleep.sleep(self._client, engine.url, level, conf.timeout)
             after = await self._sample() if engine.devices else []
         except EngineFailed as exc:
-            if slot.state is not State.SLEEPING or slot.engine is not engine:
-                return  # unloaded meanwhile: its engine was stopped under the call
+            if self._slots.get(slot.model_id) is not slot or slot.engine is not engine:
+                return None  # unloaded meanwhile: its engine was stopped under the call
+            if slot.state is State.WAKING:
+                # A wake waits for this sleep: it goes on (and loads afresh if the engine
+                # cannot wake); the engine, maybe half offloaded, stays charged.
+                log.warning(
+                    "%s failed to go to sleep (%s) while a wake waited for it",
+                    slot.model_id,
+                    exc.message,
+                )
+                self._metrics.sleeps.labels(slot.model_id, "failed").inc()
+                return exc.message
+            if slot.state is not State.SLEEPING:
+                return None  # unloading: that unload stops it
             log.warning("%s failed to go to sleep (%s); stopping it", slot.model_id, exc.message)
             self._metrics.sleeps.labels(slot.model_id, "failed").inc()
             slot.state, slot.error = State.UNLOADING, exc.message
+            if not slot.slept:
+                slot.host_ram_mb = 0  # it never held the weights in host RAM: uncharged
             slot.op = None  # else the stop would cancel this task, and itself with it
             await self._stop_later(slot, State.SLEEPING)
-            return
-        if not slot.slept:
-            slot.slept, slot.host_ram_mb = True, self._host_ram(slot)
+            return exc.message
+        slot.slept = True
         slot.sleep_vram_mb = _kept_vram(slot, before, after, conf.sleeper_vram_mb)
         self._metrics.sleeps.labels(slot.model_id, "ok").inc()
         log.info(
@@ -633,6 +663,7 @@ class Registry:
             slot.sleep_vram_mb,
         )
         self._publish()
+        return None
 
     async def wake(
         self,
@@ -734,11 +765,11 @@ class Registry:
         name it: the sender decided that, with its own pins and residency)."""
         return slot.model_id in self.keep_awake or slot.settling(self.sleep_settings.min_residency)
 
-    async def _wake(self, slot: Slot, before: list[asyncio.Task[None]]) -> None:
+    async def _wake(self, slot: Slot, before: list[asyncio.Task[Any]]) -> None:
         conf, engine = self.sleep_settings, slot.engine
+        began = time.monotonic()  # as a load's: its wait for room counts (see Slot.wake_s)
         if before:
             await asyncio.wait(before)  # its own sleep, and the room, first
-        began = time.monotonic()
         level = slot.sleep_level or conf.level
         outcome = "failed"
         try:
@@ -785,7 +816,7 @@ class Registry:
             return  # unloaded meanwhile: start nothing
         slot.engine = self._engine(slot.spec, old.devices)
         slot.slept, slot.host_ram_mb, slot.canary, slot.sleep_level = False, 0, None, None
-        slot.woken_at = None  # a cold start, not a wake
+        slot.woken_at = slot.wake_s = None  # a cold start, not a wake
         self._publish()
         try:
             await slot.engine.start()
