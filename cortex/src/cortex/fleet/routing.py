@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from cortex.settings import Routing
 
 _in_flight = attrgetter("in_flight")
+_name = attrgetter("name")
 
 
 def rank(nodes: list[Node], model: str, turn: int = 0) -> list[Node]:
@@ -62,15 +63,15 @@ def scores(nodes: list[Node], model: str) -> list[float]:
     The engine's load score where every node reports one; otherwise this cortex's requests
     in flight on each node.
     """
-    out: list[float] = []
-    append = out.append
-    for node in nodes:
-        load = node.loads.get(model)
-        if load is None:
-            return [float(n.in_flight) for n in nodes]
-        queued = node.queued_others.get(model, 0) + node.model_in_flight.get(model, 0)
-        append(queued + (load.kv_cache_usage or 0.0) / 2)
-    return out
+    try:  # one comprehension: a third cheaper than a loop with .get() and append
+        return [
+            n.queued_others.get(model, 0)
+            + n.model_in_flight.get(model, 0)
+            + (n.loads[model].kv_cache_usage or 0.0) / 2
+            for n in nodes
+        ]
+    except KeyError:  # a node that does not report load
+        return [float(n.in_flight) for n in nodes]
 
 
 PREFIX = "prefix"
@@ -109,39 +110,78 @@ def choose(
     ``key`` is called only then), so replicas that know nothing of a conversation send it
     to the same engine. The rest follow by load (the relay's second try).
     """
-    least = min(load)
-    first = load.index(least)
-    if load.count(least) > 1:  # rare under load: no hashing at all otherwise
+    count = len(nodes)
+    if count == 2:
+        first = 0 if load[0] <= load[1] else 1
+        least = load[first]
+        tie = load[0] == load[1]
+        order: list[int] = []
+    else:  # sorted once: the least loaded, a tie, and the order of the rest
+        order = sorted(range(count), key=load.__getitem__)
+        first = order[0]
+        least = load[first]
+        tie = count > 1 and load[order[1]] == least
+    if tie:  # rare under load: no hashing at all otherwise
         k = key()
         tied = [i for i, score in enumerate(load) if score == least]
         first = max(tied, key=lambda i: rendezvous(k, nodes[i].name))
     reason = LOAD
     if held and total > 0:
-        get = held.get
-        base = get(nodes[first].name, 0)
-        top = low = base
-        best = first
-        for i, node in enumerate(nodes):
-            has = get(node.name, 0)
-            if has > top or (has == top and load[i] < load[best]):
-                top, best = has, i
-            if has < low:
-                low = has
-        if top > base:
-            allowed = (margin + ratio * least) * (top - base) / total
-            if load[best] - least > allowed or (
-                model is not None and _waits(nodes[best], model) and not _waits(nodes[first], model)
-            ):
-                reason = GUARD
-            else:
-                first, reason = best, PREFIX
-        elif top > low:
-            reason = PREFIX  # the least loaded holds the most of it
-    if len(nodes) == 2:
+        first, reason = _holder(nodes, load, held, total, first, margin, ratio, model)
+    if count == 2:
         return [nodes[first], nodes[1 - first]], reason
-    ranked = [nodes[first]]
-    ranked.extend(nodes[i] for i in sorted(range(len(nodes)), key=load.__getitem__) if i != first)
-    return ranked, reason
+    if first != order[0]:
+        order.remove(first)
+        order.insert(0, first)
+    return list(map(nodes.__getitem__, order)), reason
+
+
+def _holder(
+    nodes: list[Node],
+    load: list[float],
+    held: dict[str, int],
+    total: int,
+    first: int,
+    margin: float,
+    ratio: float,
+    model: str | None,
+) -> tuple[int, str]:
+    """:func:`choose`'s decision between the least loaded node ``first`` and the one
+    holding the most of the prompt: which comes first, and why.
+
+    Among the nodes holding the most, the least loaded wins; among those, ``first`` if it
+    is one, else the earliest in ``nodes`` (the node a walk over ``nodes`` in order picks).
+    Only the engines named in ``held`` are walked (usually one or two), and only when one
+    of them holds more than ``first``.
+    """
+    base = held.get(nodes[first].name, 0)
+    top = base
+    best = first
+    names: list[str] | None = None
+    if base < max(held.values()):  # another engine holds more: which node is it?
+        names = [n.name for n in nodes]
+        for engine, has in held.items():
+            if has < top or engine not in names:  # (no longer serving the model)
+                continue
+            i = names.index(engine)
+            if has > top or (
+                best != first and (load[i] < load[best] or (load[i] == load[best] and i < best))
+            ):
+                top, best = has, i
+    if top > base:
+        allowed = (margin + ratio * load[first]) * (top - base) / total
+        if load[best] - load[first] > allowed or (
+            model is not None and _waits(nodes[best], model) and not _waits(nodes[first], model)
+        ):
+            return first, GUARD
+        return best, PREFIX
+    # ``first`` holds the most of it: a prefix decision if some node holds less.
+    if len(held) < len(nodes):  # (names are unique: some node is not in ``held``)
+        return first, PREFIX if base > 0 else LOAD
+    if names is None:
+        names = [n.name for n in nodes]
+    low = min(held.get(name, 0) for name in names)
+    return first, PREFIX if base > low else LOAD
 
 
 def _waits(node: Node, model: str) -> bool:
