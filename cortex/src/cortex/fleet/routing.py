@@ -66,15 +66,17 @@ def scores(nodes: list[Node], model: str) -> list[float]:
     The engine's load score where every node reports one; otherwise this cortex's requests
     in flight on each node.
     """
-    try:  # one comprehension: a third cheaper than a loop with .get() and append
-        return [
-            n.queued_others.get(model, 0)
-            + n.model_in_flight.get(model, 0)
-            + (n.loads[model].kv_cache_usage or 0.0) / 2
-            for n in nodes
-        ]
-    except KeyError:  # a node that does not report load
+    out: list[float] = []
+    try:  # a subscript, not .get() and a test: a node that does not report load is rare
+        for n in nodes:
+            out.append(
+                n.queued_others.get(model, 0)
+                + n.model_in_flight.get(model, 0)
+                + (n.loads[model].kv_cache_usage or 0.0) * 0.5  # (the same float as / 2)
+            )
+    except KeyError:
         return [float(n.in_flight) for n in nodes]
+    return out
 
 
 PREFIX = "prefix"
@@ -95,7 +97,6 @@ def choose(
     margin: float,
     ratio: float,
     model: str | None = None,
-    *,
     most: int | None = None,
 ) -> tuple[list[Node], str]:
     """``nodes`` best first, and why, for a prompt of ``total`` characters of which each
@@ -301,7 +302,7 @@ class Router:
             self._margin,
             self._ratio,
             model,
-            most=TRIES,
+            TRIES,
         )
         decided = (label, reason)
         self.decisions[decided] = self.decisions.get(decided, 0) + 1
