@@ -180,8 +180,6 @@ def prompt_hashes(path: str, payload: dict[str, Any], chunk: int, limit: int) ->
         return chain(pieces(path, payload, limit // CHARS_PER_PIECE + 1)[0], chunk, limit)
     hashes: list[int] = []
     ends: list[int] = []
-    append = hashes.append
-    end = ends.append
     most = limit // CHARS_PER_PIECE + 1
     h = 0
     done = 0  # characters hashed so far
@@ -195,15 +193,16 @@ def prompt_hashes(path: str, payload: dict[str, Any], chunk: int, limit: int) ->
                 break
             text = message.get("content")
             tag = message.get("role")
-        if type(text) is not str:
-            one: list[Piece] = []
-            _add(one, "", text, most)
-            text = one[0][1]
-        if type(tag) is not str:
-            tag = "?"
+        if type(text) is not str or type(tag) is not str:
+            if type(text) is not str:
+                one: list[Piece] = []
+                _add(one, "", text, most)
+                text = one[0][1]
+            if type(tag) is not str:
+                tag = "?"
         size = len(text)
-        if size <= chunk and done + size <= limit:  # nearly every message: no copy
-            done += size
+        done += size
+        if size <= chunk and done <= limit:  # nearly every message: no copy
             if carry is None:
                 if tag == ASSISTANT:
                     carry = text
@@ -212,13 +211,14 @@ def prompt_hashes(path: str, payload: dict[str, Any], chunk: int, limit: int) ->
             else:
                 h = hash((h, ASSISTANT, carry, tag, text))
                 carry = None
-            append(h)
-            end(done)
+            hashes.append(h)
+            ends.append(done)
             continue
+        done -= size
         if carry is not None:
             h = hash((h, ASSISTANT, carry))
-            append(h)
-            end(done)
+            hashes.append(h)
+            ends.append(done)
             carry = None
         if size > limit - done:
             text = text[: limit - done]  # (the last piece hashed)
@@ -226,15 +226,15 @@ def prompt_hashes(path: str, payload: dict[str, Any], chunk: int, limit: int) ->
         for start in range(0, size, chunk):
             piece = text[start : start + chunk]
             h = hash((h, tag, piece))
-            append(h)
-            end(done + start + len(piece))
+            hashes.append(h)
+            ends.append(done + start + len(piece))
         done += size
         if done >= limit:
             break
     if carry is not None:
         h = hash((h, ASSISTANT, carry))
-        append(h)
-        end(done)
+        hashes.append(h)
+        ends.append(done)
     return hashes, ends
 
 

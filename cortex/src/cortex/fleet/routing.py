@@ -16,6 +16,10 @@ if TYPE_CHECKING:
 
 _in_flight = attrgetter("in_flight")
 
+TRIES = 2
+"""Neurons the relay tries for one request: the first, and the next when the first cannot be
+reached (the relay's ``nodes[:2]``). Prefix routing orders no more than that many."""
+
 
 def rank(nodes: list[Node], model: str, turn: int = 0) -> list[Node]:
     """``nodes`` (all serving ``model``) least loaded first.
@@ -63,13 +67,15 @@ def scores(nodes: list[Node], model: str) -> list[float]:
     in flight on each node.
     """
     out: list[float] = []
-    append = out.append
-    for node in nodes:
-        load = node.loads.get(model)
-        if load is None:
-            return [float(n.in_flight) for n in nodes]
-        queued = node.queued_others.get(model, 0) + node.model_in_flight.get(model, 0)
-        append(queued + (load.kv_cache_usage or 0.0) / 2)
+    try:  # a subscript, not .get() and a test: a node that does not report load is rare
+        for n in nodes:
+            out.append(
+                n.queued_others.get(model, 0)
+                + n.model_in_flight.get(model, 0)
+                + (n.loads[model].kv_cache_usage or 0.0) * 0.5  # (the same float as / 2)
+            )
+    except KeyError:
+        return [float(n.in_flight) for n in nodes]
     return out
 
 
@@ -91,9 +97,11 @@ def choose(
     margin: float,
     ratio: float,
     model: str | None = None,
+    most: int | None = None,
 ) -> tuple[list[Node], str]:
     """``nodes`` best first, and why, for a prompt of ``total`` characters of which each
-    engine named in ``held`` holds that many leading characters.
+    engine named in ``held`` holds that many leading characters; only the first ``most``
+    (None: all).
 
     ``load`` is each node's score (:func:`scores`). The node holding the most of the prompt
     (the least loaded among equals) comes first unless the guard, on the load of this
@@ -107,41 +115,103 @@ def choose(
     ``margin`` requests more. Otherwise the least loaded node comes first. Equal scores go
     to the highest rendezvous weight of ``key()`` (:func:`cortex.fleet.prefix.rendezvous`;
     ``key`` is called only then), so replicas that know nothing of a conversation send it
-    to the same engine. The rest follow by load (the relay's second try).
+    to the same engine. The rest follow by load (the relay's second try); asked for two at
+    most, they are found without sorting.
     """
-    least = min(load)
-    first = load.index(least)
-    if load.count(least) > 1:  # rare under load: no hashing at all otherwise
+    count = len(nodes)
+    order: list[int] | None = None
+    if count == 2:
+        low, next_low = (0, 1) if load[0] <= load[1] else (1, 0)
+    elif most is not None and most <= 2 and count > 2:  # the relay's two tries: no sort
+        low, next_low = _lowest_two(load)
+    else:
+        order = sorted(range(count), key=load.__getitem__)
+        low = order[0]
+        next_low = order[1] if count > 1 else low
+    least = load[low]
+    first = low
+    if next_low != low and load[next_low] == least:  # rare under load: no hashing otherwise
         k = key()
         tied = [i for i, score in enumerate(load) if score == least]
         first = max(tied, key=lambda i: rendezvous(k, nodes[i].name))
     reason = LOAD
     if held and total > 0:
-        get = held.get
-        base = get(nodes[first].name, 0)
-        top = low = base
-        best = first
-        for i, node in enumerate(nodes):
-            has = get(node.name, 0)
-            if has > top or (has == top and load[i] < load[best]):
-                top, best = has, i
-            if has < low:
-                low = has
-        if top > base:
-            allowed = (margin + ratio * least) * (top - base) / total
-            if load[best] - least > allowed or (
-                model is not None and _waits(nodes[best], model) and not _waits(nodes[first], model)
-            ):
-                reason = GUARD
-            else:
-                first, reason = best, PREFIX
-        elif top > low:
-            reason = PREFIX  # the least loaded holds the most of it
-    if len(nodes) == 2:
-        return [nodes[first], nodes[1 - first]], reason
-    ranked = [nodes[first]]
-    ranked.extend(nodes[i] for i in sorted(range(len(nodes)), key=load.__getitem__) if i != first)
+        first, reason = _holder(nodes, load, held, total, first, margin, ratio, model)
+    if order is None:  # the next one by load, after ``first``
+        ranked = [nodes[first], nodes[low if first != low else next_low]]
+    else:
+        order.remove(first)
+        ranked = [nodes[first]]
+        ranked += [nodes[i] for i in order]
+    if most is not None and len(ranked) > most:
+        del ranked[most:]
     return ranked, reason
+
+
+def _lowest_two(load: list[float]) -> tuple[int, int]:
+    """The first two indices of ``load`` sorted (stably): the lowest score, then the next,
+    each the earliest among equals. One pass, for :func:`choose`'s two tries."""
+    a, b = (0, 1) if load[0] <= load[1] else (1, 0)
+    la = load[a]
+    lb = load[b]
+    for i in range(2, len(load)):
+        x = load[i]
+        if x < lb:
+            if x < la:
+                a, b, la, lb = i, a, x, la
+            else:
+                b, lb = i, x
+    return a, b
+
+
+def _holder(
+    nodes: list[Node],
+    load: list[float],
+    held: dict[str, int],
+    total: int,
+    first: int,
+    margin: float,
+    ratio: float,
+    model: str | None,
+) -> tuple[int, str]:
+    """:func:`choose`'s decision between the least loaded node ``first`` and the one
+    holding the most of the prompt: which comes first, and why.
+
+    Among the nodes holding the most, the least loaded wins; among those, ``first`` if it
+    is one, else the earliest in ``nodes`` (the node a walk over ``nodes`` in order picks).
+    Only the engines named in ``held`` are walked (usually one or two), and the nodes'
+    names listed only when one of them may come before ``first``.
+    """
+    base = held.get(nodes[first].name, 0)
+    if base and len(held) == 1:  # ``first`` alone holds any of it: the usual case
+        return first, PREFIX if len(nodes) > 1 else LOAD
+    top = base
+    best = first
+    names: list[str] | None = None
+    for engine, has in held.items():
+        if has < top or (has == top and best == first):  # (``first`` is the least loaded)
+            continue
+        if names is None:
+            names = [n.name for n in nodes]
+        if engine not in names:  # no longer serving the model
+            continue
+        i = names.index(engine)
+        if has > top or load[i] < load[best] or (load[i] == load[best] and i < best):
+            top, best = has, i
+    if top > base:
+        allowed = (margin + ratio * load[first]) * (top - base) / total
+        if load[best] - load[first] > allowed or (
+            model is not None and _waits(nodes[best], model) and not _waits(nodes[first], model)
+        ):
+            return first, GUARD
+        return best, PREFIX
+    # ``first`` holds the most of it: a prefix decision if some node holds less.
+    if len(held) < len(nodes):  # (names are unique: some node is not in ``held``)
+        return first, PREFIX if base > 0 else LOAD
+    if names is None:
+        names = [n.name for n in nodes]
+    low = min(held.get(name, 0) for name in names)
+    return first, PREFIX if base > low else LOAD
 
 
 def _waits(node: Node, model: str) -> bool:
@@ -163,6 +233,11 @@ class Router:
         self.settings = settings
         self.prefix = settings.policy == "prefix"
         self.index = PrefixIndex(settings.index_entries_per_model, settings.index_entries)
+        # Read per request: plain attributes cost a third of a pydantic model's.
+        self._chunk = settings.chunk_chars
+        self._limit = settings.max_prompt_chars
+        self._margin = settings.guard_margin
+        self._ratio = settings.guard_ratio
         self.decisions = metrics.routing.counts
         self._fleet: Fleet | None = None
         self._ready: dict[str, dict[str, str | None]] = {}
@@ -203,23 +278,32 @@ class Router:
         turn: int,
     ) -> tuple[list[Node], list[int] | None]:
         """``nodes`` (all serving ``model``) best first, and the prompt's prefix hashes to
-        pass to :meth:`served` (None when there is nothing to learn)."""
+        pass to :meth:`served` (None when there is nothing to learn). By prefix, only the
+        first :data:`TRIES` of them."""
         if len(nodes) < 2:
             return nodes, None
         if not self.prefix:
             decided = (label, LOAD)
             self.decisions[decided] = self.decisions.get(decided, 0) + 1
             return rank(nodes, model, turn), None
-        s = self.settings
-        hashes, ends = prompt_hashes(path, payload, s.chunk_chars, s.max_prompt_chars)
+        chunk = self._chunk
+        hashes, ends = prompt_hashes(path, payload, chunk, self._limit)
         held = self.index.lookup(model, hashes, ends)
 
         def key() -> int:
-            return anchor_key(*pieces(path, payload, 4), s.chunk_chars)
+            return anchor_key(*pieces(path, payload, 4), chunk)
 
-        load = scores(nodes, model)
-        total = ends[-1] if ends else 0
-        ranked, reason = choose(nodes, load, held, total, key, s.guard_margin, s.guard_ratio, model)
+        ranked, reason = choose(
+            nodes,
+            scores(nodes, model),
+            held,
+            ends[-1] if ends else 0,
+            key,
+            self._margin,
+            self._ratio,
+            model,
+            TRIES,
+        )
         decided = (label, reason)
         self.decisions[decided] = self.decisions.get(decided, 0) + 1
         return ranked, hashes or None
