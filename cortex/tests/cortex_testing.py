@@ -132,3 +132,16 @@ async def cortex(
 
 def sse_data(text: str) -> list[str]:
     return [line[6:] for line in text.split("\n") if line.startswith("data: ")]
+
+
+def value(metrics: str, name: str, **labels: str) -> float:
+    """The sum of the samples of ``name`` in a Prometheus text ``metrics`` whose labels
+    include ``labels`` (0 if none)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total = 0.0
+    for family in text_string_to_metric_families(metrics):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total

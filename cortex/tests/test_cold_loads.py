@@ -6,9 +6,8 @@ import asyncio
 import json
 
 import pytest
-from cortex_testing import cortex, sse_data
+from cortex_testing import cortex, sse_data, value
 from fake_neuron import FakeNeuron
-from prometheus_client.parser import text_string_to_metric_families
 
 from cortex.cli import main
 
@@ -17,15 +16,6 @@ CHAT = "/v1/chat/completions"
 
 def empty(name: str = "n1", **kw: object) -> FakeNeuron:
     return FakeNeuron(name, models={}, max_loaded_models=1, **kw)  # type: ignore[arg-type]
-
-
-def value(metrics: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for family in text_string_to_metric_families(metrics):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
 
 
 async def test_a_request_loads_its_model_and_the_next_one_evicts_it() -> None:

@@ -3,21 +3,11 @@ and the model was loaded afresh; that is a cold start, in the metrics and the es
 
 from __future__ import annotations
 
-from cortex_testing import cortex
+from cortex_testing import cortex, value
 from fake_neuron import FakeNeuron
-from prometheus_client.parser import text_string_to_metric_families
 
 CHAT = "/v1/chat/completions"
 COLD, WAKE = 60.0, 5.0  # the default estimates, until something is measured
-
-
-def value(metrics: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for family in text_string_to_metric_families(metrics):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
 
 
 async def test_a_woken_sleeper_counts_as_a_wake() -> None:
