@@ -66,6 +66,26 @@ SHARED_HEALTH_INTERVAL = 1.0
 flood to show in their ``/models`` (5 s, the default, would make it wait longer)."""
 
 
+def _shared(
+    tiny_model: Path, factory: pytest.TempPathFactory, name: str, *, broken: bool
+) -> Generator[SharedNeuron, None, None]:
+    """A :class:`SharedNeuron` serving ``tiny`` (after ``broken`` as a default, if asked),
+    closed when the session ends."""
+    tmp = factory.mktemp(name)
+    spec = tiny_spec(tiny_model)
+    config = write_config(
+        tmp / f"{name}-neuron.toml",
+        port=free_port(),
+        default_models=[broken_spec(), spec] if broken else [spec],
+        health_interval=SHARED_HEALTH_INTERVAL,
+    )
+    shared = SharedNeuron(config=config, logs=tmp, spec=spec)
+    try:
+        yield shared
+    finally:
+        shared.close()
+
+
 @pytest.fixture(scope="session")
 def shared_neuron(
     tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
@@ -74,19 +94,7 @@ def shared_neuron(
     engine and not a fresh one (see :class:`SharedNeuron`): one engine start for all of
     them instead of one each. Tests that are about an engine's or a neuron's start or end
     (on-demand loads and evictions, the residency ladder) start their own."""
-    tmp = tmp_path_factory.mktemp("shared")
-    spec = tiny_spec(tiny_model)
-    config = write_config(
-        tmp / "shared-neuron.toml",
-        port=free_port(),
-        default_models=[spec],
-        health_interval=SHARED_HEALTH_INTERVAL,
-    )
-    shared = SharedNeuron(config=config, logs=tmp, spec=spec)
-    try:
-        yield shared
-    finally:
-        shared.close()
+    yield from _shared(tiny_model, tmp_path_factory, "shared", broken=False)
 
 
 @pytest.fixture(scope="session")
@@ -97,19 +105,7 @@ def defaults_neuron(
     while starting) and then ``tiny``. In file order: the activation test starts it and
     watches it activate past the failure (``fresh()``), the prefix test uses it as its second
     engine of ``tiny`` beside ``shared_neuron``, and the SIGTERM test stops it last."""
-    tmp = tmp_path_factory.mktemp("defaults")
-    spec = tiny_spec(tiny_model)
-    config = write_config(
-        tmp / "defaults-neuron.toml",
-        port=free_port(),
-        default_models=[broken_spec(), spec],
-        health_interval=SHARED_HEALTH_INTERVAL,
-    )
-    shared = SharedNeuron(config=config, logs=tmp, spec=spec)
-    try:
-        yield shared
-    finally:
-        shared.close()
+    yield from _shared(tiny_model, tmp_path_factory, "defaults", broken=True)
 
 
 def _run(argv: list[str]) -> None:
