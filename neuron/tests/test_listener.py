@@ -7,15 +7,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import sys
 import time
 from collections.abc import AsyncIterator
 
 import h11
 import httpx
-from neuron_testing import Running, running, settings_for
+import pytest
+from hypercorn.config import Config
+from neuron_testing import Running, free_port, running, settings_for
+from starlette.types import Receive, Scope, Send
 
-from neuron.listener import busy_answer
+from neuron.listener import Listener, busy_answer
+from neuron.metrics import NeuronMetrics
 
 TOKEN = {"authorization": "Bearer s3cret"}
 
@@ -169,3 +174,40 @@ async def running_client(port: int) -> AsyncIterator[httpx.AsyncClient]:
     """A client with a pool of its own: its first request opens a new connection."""
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
         yield client
+
+
+async def test_a_connection_cut_at_shutdown_logs_no_error(caplog: pytest.LogCaptureFixture) -> None:
+    """A request still running when the grace is over is cancelled quietly: on Python 3.11,
+    asyncio logs a connection task that ends cancelled as "Exception in callback" (ERROR)."""
+    entered = asyncio.Event()
+
+    async def never_answers(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        entered.set()
+        await asyncio.Event().wait()
+
+    port = free_port()
+    config = Config()
+    config.bind, config.accesslog, config.graceful_timeout = [f"127.0.0.1:{port}"], None, 0.1
+    listener = Listener(NeuronMetrics(), max_connections=8, head_timeout=5.0)
+    stop = asyncio.Event()
+    server = asyncio.create_task(listener.serve(never_answers, config, shutdown_trigger=stop.wait))
+    for _ in range(100):
+        with contextlib.suppress(OSError):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            break
+        await asyncio.sleep(0.02)
+    writer.write(b"GET /models HTTP/1.1\r\nhost: neuron\r\n\r\n")
+    await asyncio.wait_for(entered.wait(), 5.0)
+    stop.set()
+    await asyncio.wait_for(server, 5.0)
+    answer = await asyncio.wait_for(reader.read(), 2.0)  # then closed
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 5"), answer
+    writer.close()
+    await asyncio.sleep(0.05)  # the done-callbacks of the cancelled task run
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [], [r.getMessage() for r in errors]

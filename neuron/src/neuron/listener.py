@@ -99,7 +99,13 @@ class Listener:
             if task is not None:
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
-            await self._connection(serving, reader, writer)
+            try:
+                await self._connection(serving, reader, writer)
+            except asyncio.CancelledError:
+                # Only the shutdown below cancels this task (its grace is over), and nothing
+                # awaits it but that gather: end it quietly. asyncio's own done-callback for
+                # it (Python 3.11) logs a task that ends cancelled as an ERROR.
+                writer.transport.abort()
 
         servers = []
         for sock in config.create_sockets().insecure_sockets:
