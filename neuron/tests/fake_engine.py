@@ -423,6 +423,8 @@ async def main(args: argparse.Namespace, names: list[str]) -> None:
     config = Config()
     config.bind, config.accesslog = [f"{args.host}:{args.port}"], None
     config.loglevel, config.graceful_timeout = "WARNING", 0.5  # quiet stderr, fast SIGTERM
+    # As vLLM: idle connections are closed after VLLM_HTTP_TIMEOUT_KEEP_ALIVE (uvicorn's 5 s).
+    config.keep_alive_timeout = float(os.environ.get("VLLM_HTTP_TIMEOUT_KEEP_ALIVE", "5"))
     exit_after = os.environ.get("FAKE_ENGINE_EXIT_AFTER")
     excluded = None
     if not args.disable_uvicorn_access_log:

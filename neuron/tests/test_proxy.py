@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 
 import httpx
+import pytest
 from neuron_testing import Running, fake_harness, running, settings_for
+
+from neuron.engine.process import ENGINE_KEEP_ALIVE_S, POOL_KEEP_ALIVE_S
 
 RUNNING = re.compile(r'vllm:num_requests_running\{[^}]*model_name="(?P<m>[^"]+)"[^}]*\} (?P<n>\S+)')
 
@@ -219,3 +223,28 @@ async def test_every_answer_to_a_numbered_request_echoes_it_errors_included() ->
         assert str(answer.status_code) == what.split()[0], (what, answer.text)
         assert answer.headers.get_list("x-cortex-request") == ["5"], what
     assert "x-cortex-request" not in unanswered.headers, "no number asked, none given"
+
+
+ACCESS = re.compile(r'\[m1\] INFO: +127\.0\.0\.1:(?P<port>\d+) - "POST /v1/chat/completions ')
+
+
+async def test_the_engine_keeps_a_pooled_connection_longer_than_the_neuron_does(
+    neuron: Running, caplog: pytest.LogCaptureFixture
+) -> None:
+    # vLLM closes an idle connection after VLLM_HTTP_TIMEOUT_KEEP_ALIVE (default 5 s), the
+    # neuron reuses one for POOL_KEEP_ALIVE_S: with the engine's default, a request sent on
+    # one at the moment the engine closed it got a 502. The neuron sets it (the stand-in reads
+    # it as vLLM does), so a connection idle past vLLM's default is still the engine's.
+    assert ENGINE_KEEP_ALIVE_S > POOL_KEEP_ALIVE_S
+    caplog.set_level(logging.INFO, logger="neuron.engine")
+    await neuron.load("m1")
+    body = {"model": "m1", "messages": [{"role": "user", "content": "hi"}]}
+    assert (await neuron.client.post("/v1/chat/completions", json=body)).status_code == 200
+    await asyncio.sleep(5.5)
+    assert (await neuron.client.post("/v1/chat/completions", json=body)).status_code == 200
+    for _ in range(50):  # the engine's access-log lines arrive through its stdout
+        ports = [m["port"] for r in caplog.records if (m := ACCESS.search(r.getMessage()))]
+        if len(ports) == 2:
+            break
+        await asyncio.sleep(0.05)
+    assert len(ports) == 2 and ports[0] == ports[1], ports  # one connection, still open

@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from neuron.discovery import GpuProbe
 from neuron.echo import Echo
 from neuron.engine.policy import LaunchPolicy
+from neuron.engine.process import POOL_KEEP_ALIVE_S
 from neuron.errors import ModelLoading, ModelNotFound, ModelUnloading, NeuronError, envelope
 from neuron.gate import Gate
 from neuron.health import HealthMonitor
@@ -66,7 +67,7 @@ class Neuron:
         """The client that relays inference to engines (made on first use, in the loop)."""
         if self._session is None:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=POOL_KEEP_ALIVE_S),
                 auto_decompress=False,  # relay the engine's bytes as they are
                 # Short connect (loopback); the read timeout is an idle timeout between
                 # chunks, never a deadline on a whole stream.

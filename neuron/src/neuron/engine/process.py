@@ -43,6 +43,16 @@ otherwise fill the neuron's log (and an operator's journal) with the neuron's ow
 NOISE = ("nanobind:", "- leaked ", "... skipped remainder")
 
 
+POOL_KEEP_ALIVE_S = 60
+"""How long the neuron keeps an idle connection to an engine for the next request."""
+ENGINE_KEEP_ALIVE_S = 75
+"""How long an engine keeps an idle connection open (``VLLM_HTTP_TIMEOUT_KEEP_ALIVE``, read by
+vLLM since 0.9.1; vLLM's own default is uvicorn's 5 s). Longer than the neuron's pool keeps
+one: else a request sent on a connection at the moment the engine closes it gets no answer
+(a 502 to its client), which with 5 s against 60 s happened to any model used again about 5 s
+after its last request."""
+
+
 def free_port() -> int:
     """A currently free loopback port (the engine binds it a moment later)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -87,8 +97,10 @@ def engine_env(
     harness: VllmHarness, devices: list[int] | None, environ: Mapping[str, str] | None = None
 ) -> dict[str, str]:
     """The engine's whole environment: the names ``env_passthrough`` lets through from
-    ``environ`` (the neuron's own), then ``[harness.vllm.env]``. ``NEURON_*`` in any case (the
-    neuron's token among them) never passes: an engine's environment is readable in
+    ``environ`` (the neuron's own), then ``[harness.vllm.env]``, then what the neuron sets
+    itself (``VLLM_HTTP_TIMEOUT_KEEP_ALIVE``: see :data:`ENGINE_KEEP_ALIVE_S`;
+    ``CUDA_VISIBLE_DEVICES``). ``NEURON_*`` in any case (the neuron's token among them) never
+    passes: an engine's environment is readable in
     ``/proc/<pid>/environ`` by anything running as the neuron's user."""
     environ = os.environ if environ is None else environ
     names = [p for p in harness.env_passthrough if not p.endswith("*")]
@@ -100,6 +112,7 @@ def engine_env(
     }
     env.update(harness.env)
     env["PYTHONUNBUFFERED"] = "1"
+    env["VLLM_HTTP_TIMEOUT_KEEP_ALIVE"] = str(ENGINE_KEEP_ALIVE_S)
     if harness.hf_cache:
         env["HF_HOME"] = harness.hf_cache
     if devices is not None:
