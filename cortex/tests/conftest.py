@@ -14,14 +14,6 @@ WATCHED = ("cortex.http", "cortex.upstream")
 """Loggers whose ERROR records fail a test: an ERROR there is a bug of cortex's own."""
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers",
-        "logs_error(text): this test expects cortex.http or cortex.upstream to log an ERROR "
-        "whose message (or exception) contains text",
-    )
-
-
 @pytest.fixture(autouse=True)
 def no_errors_logged(
     request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture

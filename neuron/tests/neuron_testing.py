@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from hypercorn.config import Config
 
 from neuron.app import Neuron, build, create_app
@@ -27,6 +29,31 @@ from neuron.engine.process import free_port
 from neuron.settings import Harnesses, NeuronSettings, VllmHarness
 
 FAKE_ENGINE = Path(__file__).with_name("fake_engine.py")
+
+
+def errors_logged(request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture) -> None:
+    """Fail the test if a ``neuron`` logger or ``asyncio`` logged an ERROR during it, other
+    than what its ``logs_error(text)`` markers allow (for the neuron's conftest fixtures)."""
+    allowed = [str(marker.args[0]) for marker in request.node.iter_markers("logs_error")]
+    errors = [
+        record
+        for when in ("setup", "call")
+        for record in caplog.get_records(when)  # type: ignore[arg-type]
+        if record.levelno >= logging.ERROR
+        and (record.name == "asyncio" or record.name.split(".")[0] == "neuron")
+        and not any(text in _said(record) for text in allowed)
+    ]
+    if errors:
+        pytest.fail(
+            "the neuron logged an ERROR: " + "; ".join(f"{r.name}: {_said(r)}" for r in errors),
+            pytrace=False,
+        )
+
+
+def _said(record: logging.LogRecord) -> str:
+    """A record's message and the exception it carries, if any."""
+    exc = record.exc_info[1] if record.exc_info else None
+    return record.getMessage() if exc is None else f"{record.getMessage()}: {exc!r}"
 
 
 def fake_harness(**env: str) -> VllmHarness:
