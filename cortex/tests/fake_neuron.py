@@ -192,8 +192,8 @@ class FakeNeuron:
             }
         )
         if self.answer_status != 200:
-            error = {"error": {"message": "fake neuron says no", "type": "x", "code": "x"}}
-            return JSONResponse(error, self.answer_status)
+            refusal = {"error": {"message": "fake neuron says no", "type": "x", "code": "x"}}
+            return JSONResponse(refusal, self.answer_status)
         if not body.get("stream"):
             model = body["model"]
             self.running[model] = self.running.get(model, 0) + 1

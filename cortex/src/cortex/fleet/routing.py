@@ -18,7 +18,7 @@ _in_flight = attrgetter("in_flight")
 
 TRIES = 2
 """Neurons the relay tries for one request: the first, and the next when the first cannot be
-reached (the relay's ``nodes[:2]``). Prefix routing orders no more than that many."""
+reached (the relay takes ``nodes[:TRIES]``). Prefix routing orders no more than that many."""
 
 
 def rank(nodes: list[Node], model: str, turn: int = 0) -> list[Node]:

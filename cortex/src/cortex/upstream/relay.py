@@ -45,7 +45,7 @@ from cortex.errors import (
     sse_error,
     upstream_message,
 )
-from cortex.fleet.routing import rank
+from cortex.fleet.routing import TRIES, rank
 from cortex.routes.body import BodyReader, asgi_reader, parse_object, read_bounded
 from cortex.upstream.events import Events
 from cortex.upstream.headers import Headers, forwarded, returned
@@ -146,7 +146,7 @@ async def handle(gw: Gateway, scope: Scope, read: BodyReader) -> Response:
             gw.metrics.requests.labels(call.label, "none", path, str(exc.status), call.key).inc()
             raise
 
-    answer, node = await _open(gw, call, nodes[:2], body, headers)
+    answer, node = await _open(gw, call, nodes[:TRIES], body, headers)
     if prefix is not None and answer.status < 400:
         gw.router.served(model, prefix, node)
     if not answer.is_event_stream:
@@ -193,7 +193,7 @@ def _cold_stream(
             )[0]:
                 yield comment
             nodes = await waiting
-            answer, node = await _open(gw, call, nodes[:2], body, headers)
+            answer, node = await _open(gw, call, nodes[:TRIES], body, headers)
         except CortexError as exc:
             if call.node == "none":
                 status = str(exc.status)
