@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -122,6 +123,31 @@ async def test_the_engines_metrics_and_load_show_through_the_neuron(
     ]
     assert [line for line in access if '"POST /v1/chat/completions HTTP/1.1" 200' in line]
     assert not [line for line in access if "GET /metrics " in line or "GET /health " in line]
+
+
+CHAT_ACCESS = re.compile(
+    r'neuron\.engine: \[tiny\] .*127\.0\.0\.1:(\d+) - "POST /v1/chat/completions '
+)
+
+
+async def test_the_engine_keeps_an_idle_connection_past_vllms_default(
+    neuron: NeuronProcess, tiny_model: Path
+) -> None:
+    # The neuron sets VLLM_HTTP_TIMEOUT_KEEP_ALIVE above its own pool's keep-alive: a real
+    # vLLM keeps the neuron's connection open past its default 5 s, so the neuron never sends
+    # a request on a connection the engine is closing (which was a 502).
+    async with client(neuron) as c:
+        await ensure_tiny(c, neuron, tiny_model)
+        before = len(CHAT_ACCESS.findall(neuron.log()))
+        for pause in (0.0, 5.5):
+            await asyncio.sleep(pause)
+            response = await c.post("/v1/chat/completions", json=chat_body("tiny", max_tokens=2))
+            assert response.status_code == 200, response.text
+    deadline, ports = time.monotonic() + 10, []
+    while time.monotonic() < deadline and len(ports) < 2:  # the log arrives through a pipe
+        ports = CHAT_ACCESS.findall(neuron.log())[before:]
+        await asyncio.sleep(0.1)
+    assert len(ports) == 2 and ports[0] == ports[1], ports
 
 
 async def test_streaming_chat_with_usage(neuron: NeuronProcess, tiny_model: Path) -> None:

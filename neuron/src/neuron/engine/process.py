@@ -46,11 +46,11 @@ NOISE = ("nanobind:", "- leaked ", "... skipped remainder")
 POOL_KEEP_ALIVE_S = 60
 """How long the neuron keeps an idle connection to an engine for the next request."""
 ENGINE_KEEP_ALIVE_S = 75
-"""How long an engine keeps an idle connection open (``VLLM_HTTP_TIMEOUT_KEEP_ALIVE``, read by
-vLLM since 0.9.1; vLLM's own default is uvicorn's 5 s). Longer than the neuron's pool keeps
-one: else a request sent on a connection at the moment the engine closes it gets no answer
-(a 502 to its client), which with 5 s against 60 s happened to any model used again about 5 s
-after its last request."""
+"""How long an engine keeps an idle connection open (``VLLM_HTTP_TIMEOUT_KEEP_ALIVE``, which
+vLLM reads since mid-2025, vllm-project/vllm#18472; its default is uvicorn's 5 s). Longer than
+the pool keeps one: else a request sent on a connection at the moment the engine closes it gets
+no answer (a 502 to its client), which with 5 s against 60 s happened to a model used again
+about 5 s after its last request."""
 
 
 def free_port() -> int:
