@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,7 +19,9 @@ from e2e_support import (
     ENGINE_STARTS,
     MAKE_TINY_MODEL,
     MODEL_LAYERS,
+    NEURON_ERROR,
     RUNNING,
+    STARTED,
     TIMINGS,
     SharedNeuron,
     broken_spec,
@@ -111,6 +113,21 @@ def defaults_neuron(
 def _run(argv: list[str]) -> None:
     done = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, f"{argv} failed:\n{done.stdout}\n{done.stderr}"
+
+
+@pytest.fixture(autouse=True)
+def no_neuron_errors() -> Iterator[None]:
+    """Fail a test during which a neuron logged an ERROR: its clients may all have got their
+    answers while the neuron hit a bug."""
+    seen = {neuron.log_path: len(neuron.log()) for neuron in STARTED}
+    yield
+    errors = [
+        line
+        for neuron in STARTED
+        for line in NEURON_ERROR.findall(neuron.log()[seen.get(neuron.log_path, 0) :])
+    ]
+    if errors:
+        pytest.fail("a neuron logged an ERROR:\n" + "\n".join(errors[:5]), pytrace=False)
 
 
 @pytest.hookimpl(wrapper=True)

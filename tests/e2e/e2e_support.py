@@ -45,6 +45,11 @@ TIMINGS: list[tuple[str, float]] = []
 """``(what, seconds)`` measured during the run; printed in the terminal summary."""
 RUNNING: list[NeuronProcess] = []
 """Neurons started and not yet cleaned up; their logs are attached to failing reports."""
+STARTED: list[NeuronProcess] = []
+"""Every neuron started in this run: the tests fail on an ERROR any of them logged."""
+NEURON_ERROR = re.compile(r"^\S+ \S+ (?:ERROR|CRITICAL) (?:neuron|asyncio)\b.*$", re.MULTILINE)
+"""A line the neuron (or its event loop) logged at ERROR; an engine's own output is logged by
+``neuron.engine`` at INFO, whatever it says."""
 ENGINE_STARTS: list[str] = []
 """The model id of every engine start the neurons of this run logged (read from each neuron's
 log when it is cleaned up); the terminal summary counts them. An engine start is most of an
@@ -301,6 +306,7 @@ def start_neuron(config: Path, log_path: Path, *, timeout: float = 60.0) -> Neur
         proc=proc, url=f"http://127.0.0.1:{port}", log_path=log_path, started=time.monotonic()
     )
     RUNNING.append(neuron)
+    STARTED.append(neuron)
     deadline = time.monotonic() + timeout
     while True:
         try:
