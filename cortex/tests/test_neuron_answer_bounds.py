@@ -74,7 +74,7 @@ async def test_an_idle_sleeps_answer_over_the_limit_is_a_failed_sleep(
         try:
             node = gateway.fleet.node("n1")
             node.evicting.add("m")
-            await gateway.loader._idle_sleep(node, "m", 120.0, 60.0, node.instance)
+            await gateway.loader.housekeeper._idle_sleep(node, "m", 120.0, 60.0, node.instance)
         finally:
             await gateway.session.close()
     assert len(asked) == 1 and b"/models/sleep" in asked[0]  # no unload after it either

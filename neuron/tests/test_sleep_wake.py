@@ -24,7 +24,8 @@ from neuron_testing import (
 
 from neuron.discovery import DeviceSample
 from neuron.engine import EngineProcess
-from neuron.registry import Slot, _kept_vram
+from neuron.registry import Slot
+from neuron.registry.ladder import _kept_vram
 from neuron.settings import Harnesses, ModelSpec, SleepSettings
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
