@@ -1,5 +1,6 @@
-"""The commands this cortex sends a neuron (``/models/load``, ``/models/unload``,
-``/models/sleep``) and what their answers mean: the neuron state an answer carries is applied
+"""The commands this cortex sends a neuron (``/models/load``, ``/models/unload``; the idle
+``/models/sleep`` is sent through :meth:`Commands.post` by the housekeeper, which reads its
+answer) and what their answers mean: the neuron state an answer carries is applied
 to the :class:`Node` (:meth:`Commands.apply`); a refusal is :class:`Refused` (try another
 neuron), a fenced one :class:`Fenced` (plan again). Every answer is read within
 ``poll.max_answer_bytes``; every command within ``loading.load_timeout``."""

@@ -24,18 +24,17 @@ Concurrency contract, per model id:
 
 Authority (several cortex replicas, one neuron): every change of a model's state (placed,
 ready, failed, unloading, gone) bumps :attr:`Registry.epoch`, which with the per-boot
-:attr:`Registry.instance` names one state of this neuron. A command (load, unload; later
-sleep and wake) may carry the epoch its sender's decision was based on: if the state has
-moved on since, it raises :class:`StaleEpoch` and changes nothing (:meth:`Registry.fence`,
-which any future state-changing command reuses). A load of a model already loading or ready
-is answered from that state before the fence: it starts nothing, whatever its epoch; so
-are an unload of a model already unloading (it waits for that stop) and a sleep or wake of
-a model already there or on its way (it waits for that one, and shares its outcome). A
-command may also name the boot its epoch belongs to (``instance``); an epoch of another
-boot is :data:`OTHER_BOOT` (:meth:`Registry.stamp`), which the fence always refuses. A
-model with requests in flight is never unloaded or evicted, unless its unload was asked to
-wait for them (``Busy.WAIT``) or the neuron is shutting down (``Busy.CUT``).
-"""
+:attr:`Registry.instance` names one state of this neuron. A command (load, unload, sleep,
+wake) may carry the epoch its sender's decision was based on: if the state has
+moved on since, it raises :class:`StaleEpoch` and changes nothing (:meth:`Fence.check
+<neuron.registry.fence.Fence.check>`, which every command reuses). A load of a model already
+loading or ready is answered from that state before the fence: it starts nothing, whatever
+its epoch; so are an unload of a model already unloading (it waits for that stop) and a
+sleep or wake of a model already there or on its way (it waits for that one, and shares its
+outcome). A command may also name the boot its epoch belongs to (``instance``); an epoch of
+another boot is :data:`OTHER_BOOT` (:meth:`Registry.stamp`), which the fence always refuses.
+A model with requests in flight is never unloaded or evicted, unless its unload was asked to
+wait for them (``Busy.WAIT``) or the neuron is shutting down (``Busy.CUT``)."""
 
 from neuron.registry.authority import Registry
 from neuron.registry.fence import OTHER_BOOT

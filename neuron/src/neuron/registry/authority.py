@@ -3,7 +3,8 @@ command that changes them (load, sleep, wake, unload), each answered from the st
 is idempotent, fenced, and single-flight per model (the contract is in
 :mod:`neuron.registry`). It owns the placement lock and the cold start; the residency ladder
 (:mod:`~neuron.registry.ladder`), unloading (:mod:`~neuron.registry.unload`), room-making
-(:mod:`~neuron.registry.room`) and the epoch (:mod:`~neuron.registry.fence`) are its parts."""
+(:mod:`~neuron.registry.room`), the slots by model (:mod:`~neuron.registry.table`) and the
+epoch (:mod:`~neuron.registry.fence`) are its parts."""
 
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ class Registry:
         self.keep_awake = keep_awake
         """Models this neuron never demotes on its own to wake another (its default models:
         the only pins it knows of; cortex's ``pinned_on`` stay cortex's to keep)."""
-        self.sleep_settings = sleep or SleepSettings()
+        sleep_settings = sleep or SleepSettings()
         self.max_loaded_models = max_loaded_models
         self._client = client
         self._metrics = metrics
@@ -65,8 +66,13 @@ class Registry:
         self._table = Table(self._fence, metrics)
         self._unloads = Unloads(self._table, metrics)
         self._ladder = Ladder(
-            self._table, self._unloads, client, metrics, sample, self.sleep_settings, self._engine
+            self._table, self._unloads, client, metrics, sample, sleep_settings, self._engine
         )
+
+    @property
+    def sleep_settings(self) -> SleepSettings:
+        """The ``[sleep]`` settings: the ladder's own, so that one object decides everywhere."""
+        return self._ladder.settings
 
     @property
     def instance(self) -> str:

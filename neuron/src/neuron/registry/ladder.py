@@ -48,13 +48,13 @@ class Ladder:
         self._client = client
         self._metrics = metrics
         self._sample = sample
-        self._settings = settings
+        self.settings = settings
         self._engine = engine
         """A fresh engine for a model on the given devices (a reload after a failed wake)."""
 
     def _host_ram(self, slot: Slot) -> int:
         """What ``slot``'s weights take in host RAM once it has slept (MiB, an estimate)."""
-        return slot.spec.vram_mb or slot.reserved_mb or self._settings.host_ram_per_model_mb
+        return slot.spec.vram_mb or slot.reserved_mb or self.settings.host_ram_per_model_mb
 
     def _sleep_refusal(
         self, slot: Slot, stopping: Sequence[Slot] = (), coming: str | None = None
@@ -63,7 +63,7 @@ class Ladder:
         the sleepers in ``stopping`` are stopped. ``coming``: a sleeper being woken, whose
         room this sleep makes: it leaves the count of sleepers as ``slot`` joins it (its host
         RAM stays counted: vLLM keeps it pinned after a wake)."""
-        conf = self._settings
+        conf = self.settings
         if not conf.enabled:
             return NoSleep("sleep mode is off on this neuron ([sleep] enabled = false)")
         limit = conf.max_sleeping_models
@@ -84,7 +84,7 @@ class Ladder:
         """The fewest least recently used idle sleepers to stop so that ``victim`` may sleep
         (``[]``: it may as things are; ``None``: it may not even then). ``coming``: the model
         the room is for, never one of them (a sleeper about to wake is still ``sleeping``)."""
-        if not self._settings.enabled:
+        if not self.settings.enabled:
             return None
         order = sorted(
             (
@@ -102,7 +102,7 @@ class Ladder:
         return chosen
 
     def _needs_canary(self, level: int) -> bool:
-        return level >= 2 or self._settings.canary
+        return level >= 2 or self.settings.canary
 
     async def sleep(
         self,
@@ -137,7 +137,7 @@ class Ladder:
         refusal = self._sleep_refusal(slot)
         if refusal is not None:
             raise refusal
-        return await self._slept(slot, self._begin_sleep(slot, level or self._settings.level))
+        return await self._slept(slot, self._begin_sleep(slot, level or self.settings.level))
 
     async def _slept(self, slot: Slot, op: asyncio.Task[str | None] | None) -> Slot:
         """Wait for ``op``, ``slot``'s sleep, and give its outcome to whoever asked for it (the
@@ -175,7 +175,7 @@ class Ladder:
     ) -> str | None:
         """Put ``slot``'s engine to sleep; returns why it failed (``None``: it slept, or an
         unload cut it short), for :meth:`_slept` to give every caller."""
-        conf, engine = self._settings, slot.engine
+        conf, engine = self.settings, slot.engine
         if before_it:
             await asyncio.wait(before_it)  # the sleepers that give it their host RAM
         began = time.monotonic()
@@ -234,14 +234,14 @@ class Ladder:
                 log.info("stopping %s (asleep) for %s to sleep", sleeper.model_id, victim.model_id)
                 sleeper.state = State.UNLOADING
                 stops.append(self._unloads.stop_later(sleeper, State.SLEEPING))
-            return self._begin_sleep(victim, self._settings.level, stops)
+            return self._begin_sleep(victim, self.settings.level, stops)
         log.info("evicting %s for %s", victim.model_id, model_id)
         was, victim.state = victim.state, State.UNLOADING
         # Its own task: a cancelled load must not leave an engine half stopped.
         return self._unloads.stop_later(victim, was)
 
     async def wake(self, slot: Slot, before: list[asyncio.Task[Any]]) -> None:
-        conf, engine = self._settings, slot.engine
+        conf, engine = self.settings, slot.engine
         began = time.monotonic()  # as a load's: its wait for room counts (see Slot.wake_s)
         if before:
             await asyncio.wait(before)  # its own sleep, and the room, first
