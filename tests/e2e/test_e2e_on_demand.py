@@ -4,21 +4,26 @@ path is real).
 
 Two neurons that hold one awake model each (``max_loaded_models = 1``): n1 stop-only (the
 ladder off), n2 with the ladder on (its default). Three catalogued copies of the tiny model,
-``a``, ``b`` and ``c``. Four cortex configurations run in turn against the same neurons, five
-engine starts in all:
+``a``, ``b`` and ``c``. Four cortex configurations run in turn against the same neurons, four
+engine starts in all (each model's first start on each neuron; no model starts twice):
 
-1. ``a`` and ``b`` on n1: five concurrent first requests for ``a`` (one of them streaming,
-   which receives keep-alives, then tokens) cause one load; a request for ``b`` evicts ``a``
-   (its engine process is gone) and loads ``b``.
-2. ``a`` pinned on n1: cortex loads it at start; ``b`` then answers 503 + Retry-After and
-   ``a`` stays.
-3. n1 and n2: ``b`` loads on n2, the one with room; ``c`` then puts ``b`` to sleep, ``b``
-   again wakes with its first token within 3 s (a cold start is about 30 s), and ten
-   concurrent requests for the sleeping ``c`` cause one wake: only two engines started.
-4. n1 alone, ``a`` unpinned with an idle TTL: unloaded once idle for it.
+1. ``a`` on n1: five concurrent first requests for ``a`` (one of them streaming, which
+   receives keep-alives, then tokens) cause one load.
+2. ``b`` pinned on n1: cortex loads it at start, evicting ``a`` (its engine process is gone);
+   ``a`` then answers 503 + Retry-After and ``b`` stays.
+3. n1 and n2: ``a`` loads on n2, the one with room; ``c`` then puts ``a`` to sleep (a request
+   waiting through an eviction and a load), ``a`` again wakes with its first token within 3 s
+   (a cold start is about 30 s), and ten concurrent requests for the sleeping ``c`` cause one
+   wake: only two engines started there.
+4. n1 alone, ``b`` unpinned with an idle TTL: unloaded once idle for it.
 
 Then, cortex gone: ``c`` is unloaded straight from n2 (its engine goes, ``c`` is unknown), and
-SIGTERM stops n2 with ``b`` asleep, leaving no engine.
+SIGTERM stops n2 with ``a`` asleep, leaving no engine.
+
+An eviction that a request waits for, with the evicted engine's process gone (stop-only), is
+the pin's here and the ladder's sleep in 3; cortex's tests cover a request's own LRU eviction
+(``cortex/tests/test_cold_loads.py``). Starting ``b`` on n1 for a request and then ``a`` again
+for the pin would prove no more and cost one more engine start.
 """
 
 from __future__ import annotations
@@ -94,9 +99,9 @@ async def test_models_load_on_demand_evict_pin_sleep_wake_and_go_idle(
         neuron_running(n1_config, tmp_path / "n1.log") as n1,
         neuron_running(n2_config, tmp_path / "n2.log") as n2,
     ):
-        # 1. Cold load, single-flight, keep-alives, LRU eviction.
+        # 1. Cold load, single-flight, keep-alives.
         loading = {"keepalive_interval": 1.0, "cold_start_timeout": LOAD_WAIT}
-        with cortex_serving(tmp_path, "c1", {"n1": n1.url}, [a, b], loading) as (api, metrics):
+        with cortex_serving(tmp_path, "c1", {"n1": n1.url}, [a], loading) as (api, metrics):
             async with httpx.AsyncClient(base_url=api, timeout=LOAD_WAIT) as c:
                 await neurons_up(c, 1)
 
@@ -138,12 +143,22 @@ async def test_models_load_on_demand_evict_pin_sleep_wake_and_go_idle(
                 )
                 assert prometheus_value(scraped, "cortex_requests_waiting_for_load", model="a") == 0
 
+        # 2. A pin is loaded at start, evicting a (its engine goes: n1 is stop-only), and is
+        # then never evicted.
+        pinned = {**b, "pinned_on": ["n1"]}
+        loading = {"check_interval": 0.5}
+        with cortex_serving(tmp_path, "c2", {"n1": n1.url}, [pinned, a], loading) as (api, metrics):
+            async with httpx.AsyncClient(base_url=api, timeout=LOAD_WAIT) as c:
                 began = time.monotonic()
-                evicting = await c.post("/v1/chat/completions", json=chat_body("b"))
-                record("on demand: evict a, cold start of b", time.monotonic() - began)
-                assert evicting.status_code == 200, evicting.text
+
+                async def pin_loaded() -> bool:
+                    models = n1.models()
+                    return set(models) == {"b"} and models["b"]["status"] == "ready"
+
+                await wait_until(pin_loaded, LOAD_WAIT, "cortex to load the pinned b on n1")
+                record("on demand: pin b loaded at start, evicting a", time.monotonic() - began)
                 assert await async_wait_group_gone(engine_a, 30) is not None, "a's engine lives on"
-                assert set(n1.models()) == {"b"}
+                await wait_until(lambda: _ready_in_cortex(c, "b"), 10, "cortex to see b ready")
                 scraped = (await c.get(metrics)).text
                 assert (
                     prometheus_value(
@@ -153,47 +168,34 @@ async def test_models_load_on_demand_evict_pin_sleep_wake_and_go_idle(
                 )
                 load_sum = prometheus_value(scraped, "cortex_model_load_seconds_sum", model="b")
                 assert load_sum is not None and load_sum > 1
-
-        # 2. A pin is loaded at start (evicting b), and is then never evicted.
-        pinned = {**a, "pinned_on": ["n1"]}
-        loading = {"check_interval": 0.5}
-        with cortex_serving(tmp_path, "c2", {"n1": n1.url}, [pinned, b], loading) as (api, _):
-            async with httpx.AsyncClient(base_url=api, timeout=LOAD_WAIT) as c:
-
-                async def pin_loaded() -> bool:
-                    models = n1.models()
-                    return set(models) == {"a"} and models["a"]["status"] == "ready"
-
-                await wait_until(pin_loaded, LOAD_WAIT, "cortex to load the pinned a on n1")
-                await wait_until(lambda: _ready_in_cortex(c, "a"), 10, "cortex to see a ready")
-                refused = await c.post("/v1/chat/completions", json=chat_body("b"))
+                refused = await c.post("/v1/chat/completions", json=chat_body("a"))
                 assert refused.status_code == 503, refused.text
                 assert refused.headers["retry-after"] == "5"
                 assert refused.json()["error"]["code"] == "no_capacity"
-                assert set(n1.models()) == {"a"}
+                assert set(n1.models()) == {"b"}
 
-        # 3. Two neurons: b goes to n2, the one with room. n2 runs the residency ladder
-        # (its default): c then puts b to sleep, b wakes within FIRST_TOKEN_WITHIN, and
-        # ten concurrent requests for the sleeping c cause one wake. Only b and c start.
+        # 3. Two neurons: a goes to n2, the one with room. n2 runs the residency ladder
+        # (its default): c then puts a to sleep, a wakes within FIRST_TOKEN_WITHIN, and
+        # ten concurrent requests for the sleeping c cause one wake. Only a and c start.
         neurons = {"n1": n1.url, "n2": n2.url}
         loading = {**loading, "keepalive_interval": 1.0, "cold_start_timeout": LOAD_WAIT}
-        with cortex_serving(tmp_path, "c3", neurons, [pinned, b, third], loading) as (api, metrics):
+        with cortex_serving(tmp_path, "c3", neurons, [pinned, a, third], loading) as (api, metrics):
             async with httpx.AsyncClient(base_url=api, timeout=LOAD_WAIT) as c:
                 await neurons_up(c, 2)
-                record("ladder: cold start of b on n2", await first_token(c, "b"))
-                assert set(n2.models()) == {"b"}
-                assert set(n1.models()) == {"a"}
-                record("ladder: cold start of c (b sleeps)", await first_token(c, "c"))
+                record("ladder: cold start of a on n2", await first_token(c, "a"))
+                assert set(n2.models()) == {"a"}
+                assert set(n1.models()) == {"b"}
+                record("ladder: cold start of c (a sleeps)", await first_token(c, "c"))
                 models = n2.models()
-                assert models["b"]["status"] == "sleeping", models
-                assert models["b"]["sleep_level"] == 1
+                assert models["a"]["status"] == "sleeping", models
+                assert models["a"]["sleep_level"] == 1
                 assert models["c"]["status"] == "ready"
 
-                took = await first_token(c, "b")
-                record("ladder: b again (b wakes, c sleeps): first token", took)
+                took = await first_token(c, "a")
+                record("ladder: a again (a wakes, c sleeps): first token", took)
                 assert took < FIRST_TOKEN_WITHIN, f"first token after {took:.1f}s"
                 models = n2.models()
-                assert models["b"]["status"] == "ready" and models["c"]["status"] == "sleeping"
+                assert models["a"]["status"] == "ready" and models["c"]["status"] == "sleeping"
 
                 woken = await asyncio.gather(
                     *(c.post("/v1/chat/completions", json=chat_body("c")) for _ in range(10))
@@ -203,40 +205,40 @@ async def test_models_load_on_demand_evict_pin_sleep_wake_and_go_idle(
                 async with httpx.AsyncClient(timeout=30) as direct:
                     own = (await direct.get(f"{n2.url}/metrics")).text
                 assert prometheus_value(own, "neuron_model_wakes_total", model="c") == 1
-                assert prometheus_value(own, "neuron_model_wakes_total", model="b") == 1
+                assert prometheus_value(own, "neuron_model_wakes_total", model="a") == 1
                 assert prometheus_value(own, "neuron_model_load_seconds_count") == 2
                 assert prometheus_value(own, "neuron_engine_exits_total") is None
                 assert (
                     prometheus_value(
-                        own, "vllm:engine_sleep_state", model="b", sleep_state="weights_offloaded"
+                        own, "vllm:engine_sleep_state", model="a", sleep_state="weights_offloaded"
                     )
                     == 1
                 )
                 scraped = (await c.get(metrics)).text
-                assert prometheus_value(scraped, "cortex_wakes_total", model="b") == 1
+                assert prometheus_value(scraped, "cortex_wakes_total", model="a") == 1
                 cold = [
                     prometheus_value(scraped, "cortex_cold_starts_total", model=m)
-                    for m in ("b", "c")
+                    for m in ("a", "c")
                 ]
                 assert cold == [1, 1], cold
-                assert set(n1.models()) == {"a"}, "the pinned a was never evicted"
+                assert set(n1.models()) == {"b"}, "the pinned b was never evicted"
 
-        # 4. n1 alone, a no longer pinned: it leaves once idle (stop-only: unloaded).
-        idle = {**a, "idle_ttl": 3.0}
+        # 4. n1 alone, b no longer pinned: it leaves once idle (stop-only: unloaded).
+        idle = {**b, "idle_ttl": 3.0}
         with cortex_serving(tmp_path, "c4", {"n1": n1.url}, [idle], loading) as (api, metrics):
             async with httpx.AsyncClient(base_url=api, timeout=LOAD_WAIT) as c:
                 await neurons_up(c, 1)
 
-                async def a_gone() -> bool:
-                    return "a" not in n1.models()
+                async def b_gone() -> bool:
+                    return "b" not in n1.models()
 
                 began = time.monotonic()
-                await wait_until(a_gone, 60, "the idle a to be unloaded from n1")
-                record("on demand: idle a unloaded (idle_ttl 3 s)", time.monotonic() - began)
+                await wait_until(b_gone, 60, "the idle b to be unloaded from n1")
+                record("on demand: idle b unloaded (idle_ttl 3 s)", time.monotonic() - began)
                 scraped = (await c.get(metrics)).text
                 assert (
                     prometheus_value(
-                        scraped, "cortex_evictions_total", model="a", node="n1", reason="idle"
+                        scraped, "cortex_evictions_total", model="b", node="n1", reason="idle"
                     )
                     == 1
                 )
@@ -254,12 +256,12 @@ async def test_models_load_on_demand_evict_pin_sleep_wake_and_go_idle(
             assert gone is not None, (
                 f"engine process group {engine_c} still there 10 s after unload"
             )
-            assert set(await list_models(direct, n2)) == {"b"}
+            assert set(await list_models(direct, n2)) == {"a"}
             gone_request = await direct.post("/v1/chat/completions", json=chat_body("c"))
             assert gone_request.status_code == 404
             assert gone_request.json()["error"]["code"] == "model_not_found"
 
-        # 6. SIGTERM to n2 with b asleep: it exits 0 and leaves no engine.
+        # 6. SIGTERM to n2 with a asleep: it exits 0 and leaves no engine.
         pids = [m["engine"]["pid"] for m in n2.models().values()]
         assert len(pids) == 1
         assert n2.stop(timeout=120) == 0
