@@ -11,10 +11,10 @@ run: engine tiny-model
 	@scripts/run-demo.sh
 
 # The fast suites (no vLLM, no timing bounds over whole processes) run on TEST_WORKERS
-# processes (pytest-xdist; 4 on 2 cores: those tests mostly wait on processes they start);
-# the ops, chaos, fleet and e2e suites, which start real processes and measure bounds, run
-# one test at a time after them.
-TEST_WORKERS ?= 4
+# processes (pytest-xdist; TEST_WORKERS=4 is faster on 2 cores, see docs/testing.md); the
+# ops, chaos, fleet and e2e suites, which start real processes and measure bounds, run one
+# test at a time after them.
+TEST_WORKERS ?= 2
 test: engine
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) neuron/tests cortex/tests tests/contract $(PYTEST_ARGS)
 	$(BIN)/python -m pytest tests/ops tests/chaos tests/fleet tests/e2e $(PYTEST_ARGS)

@@ -15,7 +15,6 @@ import os
 import re
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,8 @@ from typing import Any
 
 import httpx
 
+from neuron.engine.process import free_port
+
 HERE = Path(__file__).resolve().parent
 NOFILE = 12_000
 """Open files the test process and cortex get: 5,000 held sockets on each side, and room."""
@@ -34,12 +35,6 @@ ERROR_LINE = re.compile(r" ERROR (cortex\.http|cortex\.upstream|asyncio)\b")
 """A line of cortex's log that is a bug of its own (the format is ``cli.py``'s)."""
 LOGS: list[tuple[str, Path]] = []
 """The logs of the processes running now, shown with a failing test's report."""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def raise_nofile(wanted: int = NOFILE) -> None:

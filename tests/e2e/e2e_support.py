@@ -13,7 +13,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from neuron.engine.process import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 MAKE_TINY_MODEL = REPO / "scripts" / "make_tiny_model.py"
@@ -71,12 +72,6 @@ e2e test's time, so this is the number to keep low."""
 
 def record(what: str, seconds: float) -> None:
     TIMINGS.append((what, seconds))
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def neuron_executable() -> Path:

@@ -15,7 +15,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,15 +26,10 @@ from typing import Any
 import httpx
 from neuron_testing import Running, fake_harness, running, settings_for
 
+from neuron.engine.process import free_port
 from neuron.settings import Harnesses, SleepSettings
 
 ERROR_LINE = re.compile(r"^\S+ \S+ \S+ (ERROR|CRITICAL) ", re.MULTILINE)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def sample(neuron: Running, name: str, **labels: str) -> float:

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import re
+import secrets
 import signal
 import socket
 import sys
@@ -54,10 +55,38 @@ about 5 s after its last request."""
 
 
 def free_port() -> int:
-    """A currently free loopback port (the engine binds it a moment later)."""
+    """A free loopback port for an engine, which binds it only when it is up (many seconds
+    later). Taken outside the kernel's ephemeral range where there is room below it: a port
+    ``bind(0)`` picks comes from that range, and any outgoing connection on the host may take
+    it as its own local port meanwhile, and the engine's start then fails ("address already
+    in use"; seen in the test suite with many processes connecting at once)."""
+    low = _ephemeral_low()
+    for _ in range(64):
+        if low <= PRIVATE_PORTS_FROM:
+            break
+        port = PRIVATE_PORTS_FROM + secrets.randbelow(low - PRIVATE_PORTS_FROM)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+PRIVATE_PORTS_FROM = 20000
+"""The lowest port :func:`free_port` picks outside the ephemeral range."""
+
+
+def _ephemeral_low(path: str = "/proc/sys/net/ipv4/ip_local_port_range") -> int:
+    """The first port of the kernel's ephemeral range (Linux); 0 where it cannot be read."""
+    try:
+        with open(path, encoding="ascii") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def engine_argv(spec: ModelSpec, harness: VllmHarness, port: int) -> list[str]:
