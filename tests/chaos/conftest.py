@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Generator
 
 import pytest
-from chaos_support import LOGS, raise_nofile, tail
+from chaos_support import FLOOD_REPORT, LOGS, raise_nofile, tail
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -26,3 +26,10 @@ def pytest_runtest_makereport(
                 (f"{what} log ({path})", tail(path.read_text(errors="replace"), 80))
             )
     return report
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if FLOOD_REPORT:
+        terminalreporter.section("chaos: pipelining floods")
+        for line in FLOOD_REPORT:
+            terminalreporter.write_line(line)

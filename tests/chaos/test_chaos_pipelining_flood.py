@@ -4,6 +4,13 @@ ahead of the one it answers, so its RSS grows by under 200 MiB, ``/health`` from
 client answers within 2 s throughout, every attacker's connection closes once it has left,
 and what the floods held is reused: RSS stops growing after the second of three floods.
 
+``/health`` is asked on a connection opened before the flood, and on a new connection each
+time. The 2 s bound holds for the new ones only while the kernel dropped no handshake: where
+``net.core.somaxconn`` is below the 1,000 attackers (cortex asks for 4,096 and warns at
+start when the kernel caps it lower), the accept queue overflows and a new connection waits
+on TCP retransmission (1 s, 2, 4 s), whatever cortex does; CI failed so once (a 7 s timeout
+on 2026-12-08). The run's summary prints each flood's figures and the dropped handshakes.
+
 On caa7468 every request of a read became a queued exchange: this flood took cortex's RSS up
 by gigabytes (1,000 connections: 53 MiB → 2.4 GB, ``/health`` down for about 30 s)."""
 
@@ -11,12 +18,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-from chaos_support import CortexProcess, cortex, neuron
+from chaos_support import FLOOD_REPORT, CortexProcess, cortex, neuron
+
+from cortex.server import accept_queue_cap
 
 ATTACKERS = 1000
 """The issue's figure: each holds at most one request parsed ahead and ~64 KiB unparsed."""
@@ -45,10 +55,18 @@ async def test_a_pipelining_flood_stays_bounded_and_health_answers(tmp_path: Pat
                 assert (await client.get(f"{gw.url}/health")).status_code == 200
         baseline, fds = gw.rss_kib(), gw.fds()
         afters = []
-        for _ in range(FLOODS):
-            peak, slowest = await flood(gw.url, gw.api_port, gw.rss_kib)
+        for n in range(FLOODS):
+            peak, kept, fresh, dropped = await flood(gw.url, gw.api_port, gw.rss_kib)
+            FLOOD_REPORT.append(
+                f"flood {n + 1}: RSS +{(peak - baseline) / 1024:.0f} MiB, slowest /health "
+                f"{kept:.2f} s (kept-alive), {fresh:.2f} s (new connections), "
+                f"{dropped} handshakes the kernel dropped (net.core.somaxconn "
+                f"{accept_queue_cap()})"
+            )
             assert (peak - baseline) / 1024 < GROWTH_MIB, f"RSS {baseline} → {peak} KiB"
-            assert slowest < HEALTH_S, f"/health took {slowest:.2f}s under the flood"
+            assert kept < HEALTH_S, f"/health took {kept:.2f}s under the flood"
+            if not dropped:  # else new connections waited on the kernel, not on cortex
+                assert fresh < HEALTH_S, f"/health took {fresh:.2f}s on a new connection"
             # The attackers have left: their connections close and what they cost is freed
             # (but for what the allocator keeps of its arenas, which a second flood reuses).
             afters.append(await settled(gw, fds))
@@ -60,8 +78,10 @@ async def test_a_pipelining_flood_stays_bounded_and_health_answers(tmp_path: Pat
             assert await gw.serves()
 
 
-async def flood(url: str, port: int, rss_kib: Callable[[], int]) -> tuple[int, float]:
-    """One flood of ``ATTACKERS``, ``FLOOD_S`` long: the peak RSS and the slowest /health."""
+async def flood(url: str, port: int, rss_kib: Callable[[], int]) -> tuple[int, float, float, int]:
+    """One flood of ``ATTACKERS``, ``FLOOD_S`` long: the peak RSS, the slowest /health on a
+    connection opened before the flood and on new connections, and how many handshakes the
+    kernel dropped meanwhile (a full accept queue)."""
     writers: list[asyncio.StreamWriter] = []
 
     async def attack() -> None:
@@ -69,22 +89,55 @@ async def flood(url: str, port: int, rss_kib: Callable[[], int]) -> tuple[int, f
         writers.append(writer)
         writer.write(REQUEST * PIPELINED)  # and never reads
 
+    async def watch(client: httpx.AsyncClient, end: float) -> float:
+        slowest = 0.0
+        while time.monotonic() < end:
+            began = time.monotonic()
+            try:
+                answer = await client.get(f"{url}/health")
+            except httpx.TimeoutException:
+                return math.inf
+            slowest = max(slowest, time.monotonic() - began)
+            assert answer.status_code == 200
+            await asyncio.sleep(0.25)
+        return slowest
+
+    async def sample(end: float) -> int:
+        peak = 0
+        while time.monotonic() < end:
+            peak = max(peak, rss_kib())
+            await asyncio.sleep(0.25)
+        return peak
+
+    fresh_only = httpx.Limits(max_keepalive_connections=0)
+    async with (
+        httpx.AsyncClient(timeout=HEALTH_S + 5) as kept,
+        httpx.AsyncClient(timeout=HEALTH_S + 5, limits=fresh_only) as fresh,
+    ):
+        assert (await kept.get(f"{url}/health")).status_code == 200  # its connection is open
+        dropped = listen_drops()
+        try:
+            await asyncio.gather(*(attack() for _ in range(ATTACKERS)))
+            end = time.monotonic() + FLOOD_S
+            peak, slow_kept, slow_fresh = await asyncio.gather(
+                sample(end), watch(kept, end), watch(fresh, end)
+            )
+            return peak, slow_kept, slow_fresh, listen_drops() - dropped
+        finally:
+            for writer in writers:
+                writer.transport.abort()
+
+
+def listen_drops() -> int:
+    """The kernel's count of handshakes dropped at a listener (``TcpExt: ListenDrops``, which
+    includes ``ListenOverflows``, a full accept queue); 0 where it cannot be read."""
     try:
-        await asyncio.gather(*(attack() for _ in range(ATTACKERS)))
-        peak, slowest = 0, 0.0
-        end = time.monotonic() + FLOOD_S
-        async with httpx.AsyncClient(timeout=HEALTH_S + 5) as probe:
-            while time.monotonic() < end:
-                began = time.monotonic()
-                answer = await probe.get(f"{url}/health")
-                slowest = max(slowest, time.monotonic() - began)
-                assert answer.status_code == 200
-                peak = max(peak, rss_kib())
-                await asyncio.sleep(0.25)
-        return peak, slowest
-    finally:
-        for writer in writers:
-            writer.transport.abort()
+        header, values = [
+            line.split() for line in Path("/proc/net/netstat").read_text().splitlines()[:2]
+        ]
+    except (OSError, ValueError):
+        return 0
+    return int(dict(zip(header, values, strict=True)).get("ListenDrops", 0))
 
 
 async def settled(gw: CortexProcess, fds: int) -> int:

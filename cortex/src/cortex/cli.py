@@ -22,7 +22,7 @@ from cortex import __version__
 from cortex.app import build, create_app, create_metrics_app
 from cortex.descriptors import connection_cap
 from cortex.notify import notify_systemd
-from cortex.server import Limits, bind, serve
+from cortex.server import Limits, bind, serve, warn_if_accept_queue_capped
 from cortex.settings import ConfigError, CortexSettings, load_catalogue, load_settings
 from cortex.status import admin, fetch_fleet, render
 
@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             sock.close()
         sys.stderr.write(f"cortex: cannot listen on {listen}: {exc.strerror or exc}\n")
         return 1
+    warn_if_accept_queue_capped()
     notify_systemd("READY=1")  # both listeners are bound (cortex.service: Type=notify)
     _run(_serve(settings, catalogue, *sockets))
     return 0

@@ -11,7 +11,8 @@ fast path, :mod:`cortex.http.asgi` for every other route.
 What serving also takes care of, here:
 
 - A long accept backlog (``LISTEN_BACKLOG``): the sockets are bound here, so a port that is
-  taken is a one-line error, not a failure from deep inside start-up.
+  taken is a one-line error, not a failure from deep inside start-up. The kernel caps the
+  backlog at ``net.core.somaxconn``; cortex warns at start when that cap is lower.
 - The ASGI lifespan: the app's startup before the first request, its shutdown after the last.
 - A drain: when ``stop`` is set the listener closes, idle keep-alive connections close, and
   requests in flight get ``graceful`` seconds to finish. Streams still running then end
@@ -25,6 +26,7 @@ import contextlib
 import logging
 import socket
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from cortex.http.direct import Direct, Pipe
@@ -34,12 +36,51 @@ from cortex.http.lifespan import Lifespan
 from cortex.http.limits import Limits
 from cortex.http.listener import Listener
 
-__all__ = ["LISTEN_BACKLOG", "Direct", "Limits", "Pipe", "bind", "serve"]
+__all__ = [
+    "LISTEN_BACKLOG",
+    "Direct",
+    "Limits",
+    "Pipe",
+    "accept_queue_cap",
+    "bind",
+    "serve",
+    "warn_if_accept_queue_capped",
+]
 
 log = logging.getLogger("cortex")
 
 LISTEN_BACKLOG = 4096
 """Connections the kernel queues before cortex accepts them (capped by net.core.somaxconn)."""
+SOMAXCONN = Path("/proc/sys/net/core/somaxconn")
+
+
+def accept_queue_cap(path: Path = SOMAXCONN) -> int | None:
+    """The kernel's cap on a listener's accept queue (``net.core.somaxconn``), or None where
+    it cannot be read (not Linux). Below ``LISTEN_BACKLOG``, a burst of new connections
+    larger than the cap overflows the queue: the kernel drops the overflow's handshakes, and
+    those clients (a legitimate one among a flood's attackers too) wait on their TCP
+    retransmissions, 1 s, then 2, 4, 8 s, before cortex sees them."""
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def warn_if_accept_queue_capped(path: Path = SOMAXCONN) -> None:
+    """One warning at start when ``net.core.somaxconn`` caps the accept queue below
+    ``LISTEN_BACKLOG`` (Linux's default since 5.4 is 4096)."""
+    cap = accept_queue_cap(path)
+    if cap is not None and cap < LISTEN_BACKLOG:
+        log.warning(
+            "net.core.somaxconn is %d: the kernel queues at most %d connections that cortex "
+            "has not accepted yet (cortex asks for %d); in a burst of more new connections "
+            "than that, the rest wait on TCP retransmission (1 s, then 2, 4, 8 s) before "
+            "cortex sees them. Raise it: sysctl -w net.core.somaxconn=%d",
+            cap,
+            cap,
+            LISTEN_BACKLOG,
+            LISTEN_BACKLOG,
+        )
 
 
 def bind(listen: str) -> socket.socket:
