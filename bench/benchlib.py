@@ -280,13 +280,15 @@ def listen_overflows() -> int:
     return 0
 
 
-def pin(cpu: int | None) -> Callable[[], None] | None:
-    """A ``preexec_fn`` that pins the child to ``cpu`` (``None``: no pinning)."""
+def pin(cpu: int | set[int] | None) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that pins the child to ``cpu``, one core or a set (``None``: no
+    pinning). Its children inherit the affinity."""
     if cpu is None:
         return None
+    cpus = {cpu} if isinstance(cpu, int) else set(cpu)
 
     def apply() -> None:
-        os.sched_setaffinity(0, {cpu})
+        os.sched_setaffinity(0, cpus)
 
     return apply
 

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from benchlib import cpu_seconds, free_port, quantile
+from benchlib import cpu_seconds, free_port, pin, quantile
 from gateways import VLLM_ROUTER, cache_dir, ensure_venv
 
 REPO = Path(__file__).resolve().parent.parent
@@ -97,7 +97,11 @@ def neuron_config(path: Path, port: int, model_dir: Path, max_len: int, kv_gib: 
 
 
 @contextlib.contextmanager
-def process(argv: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+def process(
+    argv: list[str], log: Path, cores: set[int] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``argv`` in a session of its own, output to ``log``; on ``cores`` only, if given (its
+    children inherit the affinity: a neuron's engine runs on its neuron's cores)."""
     with log.open("wb") as out:
         proc = subprocess.Popen(
             argv,
@@ -105,6 +109,7 @@ def process(argv: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=pin(cores),  # only sched_setaffinity between fork and exec
         )
     try:
         yield proc
@@ -345,6 +350,13 @@ def main() -> None:
     parser.add_argument("--kv-gib", type=int, default=1, help="VLLM_CPU_KVCACHE_SPACE")
     parser.add_argument("--max-model-len", type=int, default=4096)
     parser.add_argument("--targets", default=",".join(TARGETS))
+    parser.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="each neuron and its engine on half of the CPU cores, apart (sched_setaffinity); "
+        "without it vLLM's CPU build binds both engines' compute to the same core",
+    )
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument(
         "--router-bin",
@@ -377,6 +389,14 @@ def main() -> None:
         check=True,
         capture_output=True,
     )
+    cores = None
+    if args.pin:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            raise SystemExit("--pin needs two CPU cores")
+        half = len(cpus) // 2
+        cores = [set(cpus[:half]), set(cpus[half : 2 * half])]
+        print(f"# neuron 1 and its engine on cores {cores[0]}, neuron 2 on {cores[1]}")
     rows: list[dict[str, Any]] = []
     with contextlib.ExitStack() as stack:
         neurons = []
@@ -386,7 +406,8 @@ def main() -> None:
                 work / f"neuron{i}.toml", port, model_dir, args.max_model_len, args.kv_gib
             )
             log = work / f"neuron{i}.log"
-            proc = stack.enter_context(process([str(BIN / "neuron"), "--config", str(config)], log))
+            argv = [str(BIN / "neuron"), "--config", str(config)]
+            proc = stack.enter_context(process(argv, log, cores[i - 1] if cores else None))
             wait_http(f"http://127.0.0.1:{port}/health", 60, proc, log)
             neurons.append(f"http://127.0.0.1:{port}")
         began = time.monotonic()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import os
 import secrets
 import socket
 from collections.abc import AsyncIterator
@@ -19,26 +21,46 @@ from cortex.server import bind, serve
 from cortex.settings import Catalogue, CatalogueModel, CortexSettings
 
 
-def free_port() -> int:
-    """A free loopback port below the kernel's ephemeral range, so that no outgoing connection
-    of another test process takes it before the server binds it (as the neuron picks its
-    engines' ports: ``neuron.engine.process.free_port``; cortex's tests run without neuron)."""
+def worker_ports() -> tuple[int, int]:
+    """The ports this test process's servers are picked from (both ends included): the part
+    for servers of this pytest-xdist worker's slice of the private range (20000 up to the
+    kernel's ephemeral range), cut as ``neuron_testing.worker_ports(0)`` cuts it (cortex's
+    tests run without neuron, so the cut is repeated here). No two workers, and no server
+    and engine, pick from the same ports: a port picked free and bound a moment later cannot
+    be taken meanwhile by another worker's pick."""
     try:
         with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as f:
-            low = int(f.read().split()[0])
+            ephemeral = int(f.read().split()[0])
     except (OSError, ValueError, IndexError):
-        low = 0
-    for _ in range(64 if low > 20000 else 0):
-        port = 20000 + secrets.randbelow(low - 20000)
+        ephemeral = 0
+    low = 20000
+    high = max(ephemeral, low + 2048)
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    span = (high - low) // max(count, 1) // 2
+    first = low + 2 * worker * span
+    return first, first + span - 1
+
+
+_turn = itertools.count(secrets.randbelow(1 << 16))
+"""Where :func:`free_port` looks next: ports are handed out in turn, not at random, so that
+two picks a moment apart (several servers of one test, bound only after all are picked)
+never get the same port."""
+
+
+def free_port() -> int:
+    """A free loopback port for a server a test starts, from :func:`worker_ports`, in turn."""
+    low, high = worker_ports()
+    size = high - low + 1
+    for _ in range(size):
+        port = low + next(_turn) % size
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
                 continue
             return port
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    raise OSError(f"no free port in {low}-{high}")
 
 
 @contextlib.asynccontextmanager

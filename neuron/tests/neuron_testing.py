@@ -25,10 +25,35 @@ from hypercorn.config import Config
 
 from neuron.app import Neuron, build, create_app
 from neuron.discovery import GpuProbe
-from neuron.engine.process import free_port
+from neuron.engine import process
 from neuron.settings import Harnesses, NeuronSettings, VllmHarness
 
 FAKE_ENGINE = Path(__file__).with_name("fake_engine.py")
+
+
+def worker_ports(part: int) -> tuple[int, int]:
+    """This test process's own ports (both ends included): the private range (20000 up to the
+    kernel's ephemeral range) cut into one slice per pytest-xdist worker, and each slice in
+    two: ``part`` 0 for the servers a test starts, 1 for the engines its neurons start.
+
+    A port is picked free, then bound later (a server subprocess after its start; an engine
+    once it is up): in between, another worker picking from the same ports could take it,
+    and one of the two fails with "address already in use" (CI saw it). Cut this way, no two
+    workers, and no server and engine, pick from the same ports. cortex's tests cut the same
+    way (``cortex_testing.worker_ports``)."""
+    low = process.PRIVATE_PORTS_FROM
+    high = max(process._ephemeral_low(), low + 2048)  # (a kernel with no room below: any)
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    span = (high - low) // max(count, 1) // 2
+    first = low + (2 * worker + part) * span
+    return first, first + span - 1
+
+
+def free_port() -> int:
+    """A free port for a server a test starts, from this worker's own ports (handed out in
+    turn, as the neuron hands out its engines' ports)."""
+    return process.free_port(worker_ports(0))
 
 
 def errors_logged(request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture) -> None:
@@ -62,6 +87,7 @@ def fake_harness(**env: str) -> VllmHarness:
         startup_timeout=15,
         stop_timeout=5,
         env=env,
+        engine_ports=worker_ports(1),
         # Where the fake engine's missing models are: a load from there starts and fails.
         allowed_paths=["/nonexistent"],
     )
@@ -199,6 +225,7 @@ drain_timeout = {drain_timeout}
 command = {command}
 startup_timeout = 15
 stop_timeout = 5
+engine_ports = {list(worker_ports(1))}
 env = {{ {env_table} }}
 """
     return text + "".join(f'[[default_models]]\nmodel_id = "{m}"\n' for m in models)

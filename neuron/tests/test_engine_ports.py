@@ -1,5 +1,6 @@
 """An engine's port is taken outside the kernel's ephemeral range, where any outgoing
-connection could take it before the engine binds it."""
+connection could take it before the engine binds it, or from ``[harness.vllm] engine_ports``;
+never one of the neuron's other engines' ports."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import socket
 from pathlib import Path
 
 import pytest
+from neuron_testing import fake_harness, running, settings_for
 
 from neuron.engine import process
 from neuron.engine.process import PRIVATE_PORTS_FROM, free_port
+from neuron.settings import ConfigError, Harnesses, load_settings
 
 
 def test_ports_come_from_below_the_ephemeral_range_and_are_free() -> None:
@@ -34,3 +37,56 @@ def test_without_room_below_the_range_the_kernel_picks(
     monkeypatch.setattr(process, "_ephemeral_low", lambda: 1024)
     port = free_port()
     assert 1024 <= port <= 65535
+
+
+def test_a_configured_range_is_kept_and_ports_taken_are_skipped() -> None:
+    low = free_port()
+    ports = (low, low + 3) if low + 3 <= 65535 else (low - 3, low)
+    seen = {free_port(ports) for _ in range(40)}
+    assert seen <= set(range(ports[0], ports[1] + 1)), seen
+    only = free_port(ports, taken=set(range(ports[0], ports[1])))
+    assert only == ports[1]
+
+
+def test_a_range_with_no_free_port_is_an_error() -> None:
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        with pytest.raises(OSError, match=f"no free port in engine_ports {port}-{port}"):
+            free_port((port, port))
+        with pytest.raises(OSError, match="no free port"):
+            free_port(
+                (port + 1, port + 1) if port < 65535 else (port - 1, port - 1),
+                taken={port + 1, port - 1},
+            )
+
+
+async def test_a_load_that_finds_no_free_engine_port_is_502_and_the_next_one_loads() -> None:
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        harness = fake_harness().model_copy(update={"engine_ports": (port, port)})
+        async with running(settings_for(harness=Harnesses(vllm=harness))) as neuron:
+            response = await neuron.load("m1")
+            assert response.status_code == 502, response.text
+            error = response.json()["error"]
+            assert error["code"] == "engine_failed"
+            assert error["message"] == (
+                f"cannot start an engine for m1: no free port in engine_ports {port}-{port}; "
+                "widen [harness.vllm] engine_ports or unload a model"
+            )
+            assert await neuron.models() == {}
+            held.close()  # the port is free again: the same load now starts
+            response = await neuron.load("m1")
+            assert response.status_code == 200, response.text
+            assert (await neuron.models())["m1"]["status"] == "ready"
+
+
+@pytest.mark.parametrize("ports", ["[2000, 1000]", "[80, 90]", "[60000, 70000]", "[20000]"])
+def test_a_bad_engine_ports_range_is_a_config_error(tmp_path: Path, ports: str) -> None:
+    path = tmp_path / "neuron.toml"
+    path.write_text(f"[harness.vllm]\nengine_ports = {ports}\n")
+    with pytest.raises(ConfigError, match=r"harness\.vllm\.engine_ports"):
+        load_settings(path)

@@ -180,6 +180,18 @@ class VllmHarness(BaseModel):
     env: dict[str, str] = Field(default_factory=dict)
     """Extra environment for every engine (e.g. ``VLLM_CPU_KVCACHE_SPACE``)."""
     log_tail_lines: Annotated[int, Field(ge=1, le=1000)] = 40
+    engine_ports: tuple[int, int] | None = None
+    """The loopback ports engines listen on, both ends included (``[20000, 20999]``). Unset:
+    from 20000 up to the kernel's ephemeral range (32767 on a default Linux), which avoids
+    ports the kernel hands to outgoing connections. A port in use is skipped; a load that
+    finds none free fails (502)."""
+
+    @field_validator("engine_ports")
+    @classmethod
+    def _port_range(cls, ports: tuple[int, int] | None) -> tuple[int, int] | None:
+        if ports is not None and not 1024 <= ports[0] <= ports[1] <= 65535:
+            raise ValueError("must be [low, high] with 1024 <= low <= high <= 65535")
+        return ports
 
     @field_validator("allowed_engine_args")
     @classmethod

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import itertools
 import logging
 import os
 import re
@@ -20,7 +22,7 @@ import socket
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 import httpx
 
@@ -54,23 +56,38 @@ no answer (a 502 to its client), which with 5 s against 60 s happened to a model
 about 5 s after its last request."""
 
 
-def free_port() -> int:
+_turn = itertools.count(secrets.randbelow(1 << 16))
+"""Where :func:`free_port` looks next. Ports are handed out in turn from a random start, not
+at random: a port picked a moment ago is still free until its engine binds it (many seconds
+later), and a random pick could hand it out again meanwhile."""
+
+
+def free_port(ports: tuple[int, int] | None = None, taken: Collection[int] = ()) -> int:
     """A free loopback port for an engine, which binds it only when it is up (many seconds
-    later). Taken outside the kernel's ephemeral range where there is room below it: a port
-    ``bind(0)`` picks comes from that range, and any outgoing connection on the host may take
-    it as its own local port meanwhile, and the engine's start then fails ("address already
-    in use"; seen in the test suite with many processes connecting at once)."""
-    low = _ephemeral_low()
-    for _ in range(64):
-        if low <= PRIVATE_PORTS_FROM:
-            break
-        port = PRIVATE_PORTS_FROM + secrets.randbelow(low - PRIVATE_PORTS_FROM)
+    later), and not one of ``taken`` (the ports of the engines this neuron already runs).
+
+    From ``ports`` (both ends included: ``[harness.vllm] engine_ports``) where it is set; an
+    error (``OSError``) when no port there is free. Else outside the kernel's ephemeral
+    range, from :data:`PRIVATE_PORTS_FROM` up to it, where there is room: a port ``bind(0)``
+    picks comes from that range, and any outgoing connection on the host may take it as its
+    own local port meanwhile, and the engine's start then fails ("address already in use";
+    seen in the test suite with many processes connecting at once); failing that, any free
+    port.
+    """
+    low, high = ports if ports is not None else (PRIVATE_PORTS_FROM, _ephemeral_low() - 1)
+    size = high - low + 1
+    for _ in range(max(size, 0)):
+        port = low + next(_turn) % size
+        if port in taken:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
                 continue
             return port
+    if ports is not None:
+        raise OSError(errno.EADDRINUSE, f"no free port in engine_ports {low}-{high}")
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -167,14 +184,17 @@ class EngineProcess:
         devices: list[int] | None = None,
         on_exit: Callable[[EngineProcess], None] | None = None,
         sleep_mode: bool = False,
+        taken: Collection[int] = (),
     ) -> None:
+        """Raises OSError when ``harness.engine_ports`` has no free port (none of ``taken``:
+        the ports of the neuron's other engines)."""
         self.spec = spec
         self.sleep_mode = sleep_mode
         """Development routes on (``/sleep``, ``/wake_up``: loopback only, never proxied), and
         ``--enable-sleep-mode`` where there are GPUs (vLLM refuses it on CPU)."""
         self.harness = harness
         self.devices = devices
-        self.port = free_port()
+        self.port = free_port(harness.engine_ports, taken)
         self.url = f"http://127.0.0.1:{self.port}"
         self._client = client
         self._on_exit = on_exit

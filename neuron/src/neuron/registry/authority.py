@@ -215,14 +215,23 @@ class Registry:
         return slot
 
     def _engine(self, spec: ModelSpec, devices: list[int] | None) -> EngineProcess:
-        return EngineProcess(
-            spec,
-            self._harness,
-            self._client,
-            devices=devices,
-            on_exit=self._engine_exited,
-            sleep_mode=self.sleep_settings.enabled,
-        )
+        """A new engine for ``spec`` (not started), on a port none of this neuron's engines
+        has; EngineFailed (502) when ``[harness.vllm] engine_ports`` has no free port."""
+        try:
+            return EngineProcess(
+                spec,
+                self._harness,
+                self._client,
+                devices=devices,
+                on_exit=self._engine_exited,
+                sleep_mode=self.sleep_settings.enabled,
+                taken={slot.engine.port for slot in self._table.slots()},
+            )
+        except OSError as exc:
+            raise EngineFailed(
+                f"cannot start an engine for {spec.model_id}: {exc.strerror or exc}; "
+                "widen [harness.vllm] engine_ports or unload a model"
+            ) from exc
 
     async def _start(self, slot: Slot, stops: list[asyncio.Task[Any]] | None = None) -> None:
         began = time.monotonic()

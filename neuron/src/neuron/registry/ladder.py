@@ -289,11 +289,11 @@ class Ladder:
         self._metrics.engine_exits.labels(slot.model_id, "stopped").inc()
         if not self._waking(slot):
             return  # unloaded meanwhile: start nothing
-        slot.engine = self._engine(slot.spec, old.devices)
-        slot.slept, slot.host_ram_mb, slot.canary, slot.sleep_level = False, 0, None, None
-        slot.woken_at = slot.wake_s = None  # a cold start, not a wake
-        self._table.publish()
         try:
+            slot.engine = self._engine(slot.spec, old.devices)  # EngineFailed: no free port
+            slot.slept, slot.host_ram_mb, slot.canary, slot.sleep_level = False, 0, None, None
+            slot.woken_at = slot.wake_s = None  # a cold start, not a wake
+            self._table.publish()
             await slot.engine.start()
         except Exception as exc:
             message = exc.message if isinstance(exc, EngineFailed) else repr(exc)
