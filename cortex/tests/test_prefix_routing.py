@@ -369,3 +369,53 @@ def test_a_queue_at_the_prefix_engine_trips_the_guard_when_the_other_has_none(
     assert choose(nodes, [1, 0], {"n0": 100}, 100, lambda: 7, 2, 0.5)[1] == PREFIX
     del nodes[0].loads["m1"]
     assert choose(nodes, [1, 0], {"n0": 100}, 100, lambda: 7, 2, 0.5, "m1")[1] == PREFIX
+
+
+@pytest.mark.parametrize(
+    ("waiting", "reason"),
+    [((0, 0), PREFIX), ((1, 0), GUARD), ((2, 1), GUARD), ((1, 1), PREFIX), ((0, 1), PREFIX)],
+)
+def test_requests_awaiting_their_first_token_at_the_prefix_engine_trip_the_guard(
+    waiting: tuple[int, int], reason: str
+) -> None:
+    """Equal load scores, but this cortex's requests at n0 have had no token yet (queued or
+    in their prefill, which a new request's prefill waits behind) and fewer at n1 have."""
+    nodes = fleet(1, 1)
+    for node, count in zip(nodes, waiting, strict=True):
+        node.model_waiting["m1"] = count
+    ranked, why = choose(nodes, [1, 1], {"n0": 100, "n1": 60}, 100, lambda: 7, 2, 0.5, "m1")
+    assert why == reason
+    assert names(ranked) == (["n0", "n1"] if reason == PREFIX else ["n1", "n0"])
+
+
+async def test_a_request_awaits_its_first_token_until_its_first_event_or_its_end() -> None:
+    async with gateway("load") as (fakes, c, gw):
+        for fake in fakes:
+            fake.chunk_delay = fake.answer_delay = 0.3
+        nodes = {n.name: n for n in gw.fleet.nodes}
+
+        def counts() -> list[tuple[int, int]]:
+            return [
+                (n.model_in_flight.get("m1", 0), n.model_waiting.get("m1", 0))
+                for n in nodes.values()
+            ]
+
+        async with c.stream("POST", CHAT, json={**body("hi"), "stream": True}) as response:
+            assert response.status_code == 200
+            assert sorted(counts()) == [(0, 0), (1, 1)]  # sent, no event yet
+            lines = response.aiter_lines()
+            while not (await anext(lines)).startswith("data:"):
+                pass
+            assert sorted(counts()) == [(0, 0), (1, 0)]  # its first token came: decoding
+            async for _ in lines:
+                pass
+        assert counts() == [(0, 0), (0, 0)]
+        whole = asyncio.create_task(c.post(CHAT, json=body("hi")))
+        await asyncio.sleep(0.15)
+        assert sorted(counts()) == [(0, 0), (1, 1)]  # a whole answer: waiting to its end
+        assert (await whole).status_code == 200
+        assert counts() == [(0, 0), (0, 0)]
+        for fake in fakes:
+            fake.answer_status = 503  # the first neuron refuses; the second answers 503 too
+        assert (await c.post(CHAT, json=body("hi"))).status_code == 503
+        assert counts() == [(0, 0), (0, 0)]

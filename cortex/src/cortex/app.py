@@ -62,6 +62,8 @@ class Gateway:
     def enter(self, call: Call, node: Node) -> None:
         node.in_flight += 1
         node.model_in_flight[call.model] = node.model_in_flight.get(call.model, 0) + 1
+        node.model_waiting[call.model] = node.model_waiting.get(call.model, 0) + 1
+        call.waiting = True
         node.last_used[call.model] = call.started
         call.node = node.name
         self.metrics.in_flight.labels(call.label, node.name).inc()
@@ -77,6 +79,9 @@ class Gateway:
         """
         node.in_flight -= 1
         node.model_in_flight[call.model] -= 1
+        if call.waiting:  # no answer byte came (or not a stream): no longer waiting
+            call.waiting = False
+            node.model_waiting[call.model] -= 1
         now = time.monotonic()
         node.last_used[call.model] = now
         m = self.metrics

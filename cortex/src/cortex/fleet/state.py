@@ -71,6 +71,11 @@ class Node:
     """Requests this cortex has routed to the node that have not finished."""
     model_in_flight: dict[str, int] = field(default_factory=dict)
     """The same, by model: a model with requests in flight is never evicted."""
+    model_waiting: dict[str, int] = field(default_factory=dict)
+    """Of those, by model, the ones no answer byte has come back for yet (a stream's first
+    event; a whole answer's end): the engine is queueing or prefilling them, which delays a
+    new request's first token far more than requests that are decoding. Prefix routing's
+    guard reads it."""
     loads: dict[str, Load] = field(default_factory=dict)
     """Model id → its engine's load as of the last poll (models that report one)."""
     queued_others: dict[str, int] = field(default_factory=dict)

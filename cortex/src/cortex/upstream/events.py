@@ -67,6 +67,10 @@ class Events:
         now = time.monotonic()
         if self.last is None:
             self.ttft.observe(now - self.call.started)
+            call = self.call
+            if call.waiting:  # its first token: the engine has it past its prefill
+                call.waiting = False
+                self.node.model_waiting[call.model] -= 1
         else:
             self.gap.observe(now - self.last)
         self.last = now

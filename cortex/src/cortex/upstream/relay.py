@@ -89,6 +89,9 @@ class Call:
     node: str = "none"
     status: int = 0
     usage: Usage = field(default_factory=Usage)
+    waiting: bool = False
+    """Sent to ``node`` and no answer byte yet (a stream: no event yet): counted in the node's
+    ``model_waiting`` until its first event or its end."""
 
 
 async def relay(request: Request) -> Response:
