@@ -389,7 +389,7 @@ def test_requests_awaiting_their_first_token_at_the_prefix_engine_trip_the_guard
 
 
 async def test_a_request_awaits_its_first_token_until_its_first_event_or_its_end() -> None:
-    async with gateway("load") as (fakes, c, gw):
+    async with gateway("prefix") as (fakes, c, gw):
         for fake in fakes:
             fake.chunk_delay = fake.answer_delay = 0.3
         nodes = {n.name: n for n in gw.fleet.nodes}

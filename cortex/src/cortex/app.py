@@ -62,8 +62,9 @@ class Gateway:
     def enter(self, call: Call, node: Node) -> None:
         node.in_flight += 1
         node.model_in_flight[call.model] = node.model_in_flight.get(call.model, 0) + 1
-        node.model_waiting[call.model] = node.model_waiting.get(call.model, 0) + 1
-        call.waiting = True
+        if self.router.prefix:  # only prefix routing reads it
+            node.model_waiting[call.model] = node.model_waiting.get(call.model, 0) + 1
+            call.waiting = True
         node.last_used[call.model] = call.started
         call.node = node.name
         self.metrics.in_flight.labels(call.label, node.name).inc()
