@@ -410,8 +410,13 @@ async def test_a_request_awaits_its_first_token_until_its_first_event_or_its_end
             async for _ in lines:
                 pass
         assert counts() == [(0, 0), (0, 0)]
+        for fake in fakes:
+            fake.answer_delay = 2.0
         whole = asyncio.create_task(c.post(CHAT, json=body("hi")))
-        await asyncio.sleep(0.15)
+        for _ in range(100):
+            if sorted(counts()) != [(0, 0), (0, 0)]:
+                break
+            await asyncio.sleep(0.02)
         assert sorted(counts()) == [(0, 0), (1, 1)]  # a whole answer: waiting to its end
         assert (await whole).status_code == 200
         assert counts() == [(0, 0), (0, 0)]

@@ -47,7 +47,7 @@ def test_a_capped_accept_queue_is_one_warning_at_start(
     (record,) = caplog.records
     assert record.levelname == "WARNING"
     assert record.getMessage().startswith("net.core.somaxconn is 128: the kernel queues at most")
-    assert "sysctl -w net.core.somaxconn=4096" in record.getMessage()
+    assert "(sysctl -w net.core.somaxconn=4096), then restart cortex" in record.getMessage()
 
 
 def test_an_accept_queue_as_long_as_asked_or_unknown_says_nothing(

@@ -8,7 +8,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from neuron_testing import fake_harness, running, settings_for
+from neuron_testing import fake_harness, running, settings_for, worker_ports
 
 from neuron.engine import process
 from neuron.engine.process import PRIVATE_PORTS_FROM, free_port
@@ -39,9 +39,35 @@ def test_without_room_below_the_range_the_kernel_picks(
     assert 1024 <= port <= 65535
 
 
+def engine_range(size: int) -> tuple[int, int]:
+    """``size`` ports of this test worker's own (where no other worker picks), free now."""
+    low, high = worker_ports(1)
+    for first in range(low, high - size, size):
+        if all(_free(port) for port in range(first, first + size)):
+            return first, first + size - 1
+    raise AssertionError(f"no {size} free ports in {low}-{high}")
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def test_picks_in_a_row_never_repeat_a_port_until_the_range_is_used_up() -> None:
+    """Engines bind their port only once up: a port picked a moment ago is still free, and a
+    random pick could hand it out again (two servers of one test got the same port so)."""
+    ports = engine_range(8)
+    assert sorted(free_port(ports) for _ in range(8)) == list(range(ports[0], ports[1] + 1))
+    picks = [free_port() for _ in range(200)]
+    assert len(set(picks)) == 200
+
+
 def test_a_configured_range_is_kept_and_ports_taken_are_skipped() -> None:
-    low = free_port()
-    ports = (low, low + 3) if low + 3 <= 65535 else (low - 3, low)
+    ports = engine_range(4)
     seen = {free_port(ports) for _ in range(40)}
     assert seen <= set(range(ports[0], ports[1] + 1)), seen
     only = free_port(ports, taken=set(range(ports[0], ports[1])))
@@ -63,10 +89,10 @@ def test_a_range_with_no_free_port_is_an_error() -> None:
 
 
 async def test_a_load_that_finds_no_free_engine_port_is_502_and_the_next_one_loads() -> None:
+    port = engine_range(1)[0]
     with socket.socket() as held:
-        held.bind(("127.0.0.1", 0))
+        held.bind(("127.0.0.1", port))
         held.listen()
-        port = held.getsockname()[1]
         harness = fake_harness().model_copy(update={"engine_ports": (port, port)})
         async with running(settings_for(harness=Harnesses(vllm=harness))) as neuron:
             response = await neuron.load("m1")
@@ -90,3 +116,11 @@ def test_a_bad_engine_ports_range_is_a_config_error(tmp_path: Path, ports: str) 
     path.write_text(f"[harness.vllm]\nengine_ports = {ports}\n")
     with pytest.raises(ConfigError, match=r"harness\.vllm\.engine_ports"):
         load_settings(path)
+
+
+def test_engine_ports_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "neuron.toml"
+    path.write_text("[harness.vllm]\nengine_ports = [21000, 21099]\n")
+    assert load_settings(path).harness.vllm.engine_ports == (21000, 21099)
+    monkeypatch.setenv("NEURON_HARNESS__VLLM__ENGINE_PORTS", "[20000, 20999]")
+    assert load_settings(path).harness.vllm.engine_ports == (20000, 20999)

@@ -34,9 +34,9 @@ NOFILE = 12_000
 ERROR_LINE = re.compile(r" ERROR (cortex\.http|cortex\.upstream|asyncio)\b")
 """A line of cortex's log that is a bug of its own (the format is ``cli.py``'s)."""
 LOGS: list[tuple[str, Path]] = []
+"""The logs of the processes running now, shown with a failing test's report."""
 FLOOD_REPORT: list[str] = []
 """What each pipelining flood measured, printed at the end of the run (conftest)."""
-"""The logs of the processes running now, shown with a failing test's report."""
 
 
 def raise_nofile(wanted: int = NOFILE) -> None:

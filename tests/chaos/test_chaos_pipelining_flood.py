@@ -5,11 +5,13 @@ client answers within 2 s throughout, every attacker's connection closes once it
 and what the floods held is reused: RSS stops growing after the second of three floods.
 
 ``/health`` is asked on a connection opened before the flood, and on a new connection each
-time. The 2 s bound holds for the new ones only while the kernel dropped no handshake: where
+time. The 2 s bound holds for the new ones while the kernel dropped no handshake: where
 ``net.core.somaxconn`` is below the 1,000 attackers (cortex asks for 4,096 and warns at
 start when the kernel caps it lower), the accept queue overflows and a new connection waits
-on TCP retransmission (1 s, 2, 4 s), whatever cortex does; CI failed so once (a 7 s timeout
-on 2026-12-08). The run's summary prints each flood's figures and the dropped handshakes.
+on TCP retransmission (1 s, then 2, 4, 8 s), whatever cortex does; then each must still be
+answered within ``FRESH_S``. CI failed once on a new connection's 7 s timeout (2026-12-08),
+probably so: reproduced here only with cortex's backlog set to 128. The run's summary prints
+each flood's figures, the dropped handshakes and ``somaxconn``.
 
 On caa7468 every request of a read became a queued exchange: this flood took cortex's RSS up
 by gigabytes (1,000 connections: 53 MiB → 2.4 GB, ``/health`` down for about 30 s)."""
@@ -43,6 +45,9 @@ this of RSS after the second. Measured: 55 → 137 → 217 → 218 → 219 MB af
 floods, all connections closed each time (a closed connection's objects are reference cycles
 that wait for a full collection, rare after ``gc.freeze()``; the allocator keeps the pages)."""
 HEALTH_S = 2.0
+FRESH_S = 20.0
+"""A new connection's bound when the kernel dropped handshakes meanwhile: TCP's retransmissions
+(1 s, then 2, 4, 8 s: 15 s in all) and the 2 s."""
 FLOOD_S = 5.0
 """How long each flood is watched. RSS peaks, and ``/health`` is slowest, in a flood's first
 seconds, while cortex reads what every attacker sent (tests/chaos/README.md has the timeline)."""
@@ -65,8 +70,9 @@ async def test_a_pipelining_flood_stays_bounded_and_health_answers(tmp_path: Pat
             )
             assert (peak - baseline) / 1024 < GROWTH_MIB, f"RSS {baseline} → {peak} KiB"
             assert kept < HEALTH_S, f"/health took {kept:.2f}s under the flood"
-            if not dropped:  # else new connections waited on the kernel, not on cortex
-                assert fresh < HEALTH_S, f"/health took {fresh:.2f}s on a new connection"
+            # With handshakes dropped, new connections wait on TCP's retransmission too.
+            bound = FRESH_S if dropped else HEALTH_S
+            assert fresh < bound, f"/health took {fresh:.2f}s on a new connection"
             # The attackers have left: their connections close and what they cost is freed
             # (but for what the allocator keeps of its arenas, which a second flood reuses).
             afters.append(await settled(gw, fds))
@@ -90,6 +96,7 @@ async def flood(url: str, port: int, rss_kib: Callable[[], int]) -> tuple[int, f
         writer.write(REQUEST * PIPELINED)  # and never reads
 
     async def watch(client: httpx.AsyncClient, end: float) -> float:
+        """The slowest /health asked through ``client`` until ``end`` (inf: one timed out)."""
         slowest = 0.0
         while time.monotonic() < end:
             began = time.monotonic()
@@ -112,7 +119,7 @@ async def flood(url: str, port: int, rss_kib: Callable[[], int]) -> tuple[int, f
     fresh_only = httpx.Limits(max_keepalive_connections=0)
     async with (
         httpx.AsyncClient(timeout=HEALTH_S + 5) as kept,
-        httpx.AsyncClient(timeout=HEALTH_S + 5, limits=fresh_only) as fresh,
+        httpx.AsyncClient(timeout=FRESH_S, limits=fresh_only) as fresh,
     ):
         assert (await kept.get(f"{url}/health")).status_code == 200  # its connection is open
         dropped = listen_drops()

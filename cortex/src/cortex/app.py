@@ -62,7 +62,9 @@ class Gateway:
     def enter(self, call: Call, node: Node) -> None:
         node.in_flight += 1
         node.model_in_flight[call.model] = node.model_in_flight.get(call.model, 0) + 1
-        if self.router.prefix:  # only prefix routing reads it
+        # Only prefix routing reads it. A /v1/responses stream's first events (created, in
+        # progress) come before any token, so they would say nothing: not counted.
+        if self.router.prefix and call.path != "/v1/responses":
             node.model_waiting[call.model] = node.model_waiting.get(call.model, 0) + 1
             call.waiting = True
         node.last_used[call.model] = call.started

@@ -75,7 +75,7 @@ def warn_if_accept_queue_capped(path: Path = SOMAXCONN) -> None:
             "net.core.somaxconn is %d: the kernel queues at most %d connections that cortex "
             "has not accepted yet (cortex asks for %d); in a burst of more new connections "
             "than that, the rest wait on TCP retransmission (1 s, then 2, 4, 8 s) before "
-            "cortex sees them. Raise it: sysctl -w net.core.somaxconn=%d",
+            "cortex sees them. Raise it (sysctl -w net.core.somaxconn=%d), then restart cortex",
             cap,
             cap,
             LISTEN_BACKLOG,

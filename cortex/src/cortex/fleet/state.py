@@ -75,7 +75,8 @@ class Node:
     """Of those, by model, the ones no answer byte has come back for yet (a stream's first
     event; a whole answer's end): the engine is queueing or prefilling them, which delays a
     new request's first token far more than requests that are decoding. Prefix routing's
-    guard reads it; counted only with ``[routing] policy = "prefix"``."""
+    guard reads it; counted only with ``[routing] policy = "prefix"``, and not for
+    ``/v1/responses``, whose streams send events before the first token."""
     loads: dict[str, Load] = field(default_factory=dict)
     """Model id → its engine's load as of the last poll (models that report one)."""
     queued_others: dict[str, int] = field(default_factory=dict)

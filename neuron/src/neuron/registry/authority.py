@@ -206,7 +206,12 @@ class Registry:
             room.less_reservations(self._table, samples, victims),
             self._harness.gpu_memory_utilization,
         )
-        slot = Slot(spec=spec, engine=self._engine(spec, devices))
+        try:
+            engine = self._engine(spec, devices)
+        except EngineFailed:
+            self._metrics.load_failures.labels(spec.model_id).inc()
+            raise
+        slot = Slot(spec=spec, engine=engine)
         slot.reserved_mb = room.reservation(spec, devices, samples, self._harness)
         stops = [self._ladder.demote(victim, spec.model_id) for victim in victims]
         self._table.add(slot)
@@ -214,9 +219,12 @@ class Registry:
         self._table.publish()
         return slot
 
-    def _engine(self, spec: ModelSpec, devices: list[int] | None) -> EngineProcess:
-        """A new engine for ``spec`` (not started), on a port none of this neuron's engines
-        has; EngineFailed (502) when ``[harness.vllm] engine_ports`` has no free port."""
+    def _engine(
+        self, spec: ModelSpec, devices: list[int] | None, replacing: Slot | None = None
+    ) -> EngineProcess:
+        """A new engine for ``spec`` (not started), on a port none of this neuron's other
+        engines has (``replacing``'s, stopped, may be taken again); EngineFailed (502) when no
+        port is free (``[harness.vllm] engine_ports``)."""
         try:
             return EngineProcess(
                 spec,
@@ -225,12 +233,14 @@ class Registry:
                 devices=devices,
                 on_exit=self._engine_exited,
                 sleep_mode=self.sleep_settings.enabled,
-                taken={slot.engine.port for slot in self._table.slots()},
+                taken={s.engine.port for s in self._table.engines() if s is not replacing},
             )
         except OSError as exc:
+            hint = ""
+            if self._harness.engine_ports is not None:
+                hint = "; widen [harness.vllm] engine_ports or unload a model"
             raise EngineFailed(
-                f"cannot start an engine for {spec.model_id}: {exc.strerror or exc}; "
-                "widen [harness.vllm] engine_ports or unload a model"
+                f"cannot start an engine for {spec.model_id}: {exc.strerror or exc}{hint}"
             ) from exc
 
     async def _start(self, slot: Slot, stops: list[asyncio.Task[Any]] | None = None) -> None:

@@ -41,7 +41,7 @@ class Ladder:
         metrics: NeuronMetrics,
         sample: Sampler,
         settings: SleepSettings,
-        engine: Callable[[ModelSpec, list[int] | None], EngineProcess],
+        engine: Callable[[ModelSpec, list[int] | None, Slot | None], EngineProcess],
     ) -> None:
         self._table = table
         self._unloads = unloads
@@ -290,7 +290,7 @@ class Ladder:
         if not self._waking(slot):
             return  # unloaded meanwhile: start nothing
         try:
-            slot.engine = self._engine(slot.spec, old.devices)  # EngineFailed: no free port
+            slot.engine = self._engine(slot.spec, old.devices, slot)  # EngineFailed: no port
             slot.slept, slot.host_ram_mb, slot.canary, slot.sleep_level = False, 0, None, None
             slot.woken_at = slot.wake_s = None  # a cold start, not a wake
             self._table.publish()
